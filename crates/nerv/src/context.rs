@@ -1,0 +1,79 @@
+//! What a task's work can see and ask while it runs.
+
+use crate::exec::runner::Runner;
+use crate::graph::TaskId;
+use nerv_pool::{NodeCx, OnceArena, RunHandle};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The context of one attempt at a task: its identity, its attempt number, and cancellation.
+///
+/// Sync work that may run long should poll [`TaskContext::is_cancelled`]: it turns true when
+/// the run is cancelled (or fails fast) and when the task's timeout has passed.
+pub struct TaskContext<'a> {
+    pub(crate) ncx: &'a NodeCx<'a, Runner>,
+    pub(crate) runner: &'a Runner,
+    pub(crate) attempt: u32,
+    pub(crate) deadline: Option<(quanta::Instant, Duration)>,
+}
+
+impl std::fmt::Debug for TaskContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("task", &self.task_id())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl<'a> TaskContext<'a> {
+    /// The id of the task (for a task of a subgraph: `parent/child`).
+    pub fn task_id(&self) -> String {
+        self.runner.full_id(self.ncx.node())
+    }
+
+    /// The task's index in its graph.
+    pub fn index(&self) -> usize {
+        self.ncx.node() as usize
+    }
+
+    /// The run's id (unique in this process).
+    pub fn run_id(&self) -> u64 {
+        self.runner.run_id
+    }
+
+    /// Which attempt this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the task should stop: the run was cancelled, or its timeout passed.
+    pub fn is_cancelled(&self) -> bool {
+        self.runner.cancel.is_cancelled() || self.deadline_passed().is_some()
+    }
+
+    /// The run's cancellation token, for async work (`token.cancelled().await`).
+    pub fn cancellation(&self) -> CancellationToken {
+        self.runner.cancel.clone()
+    }
+
+    /// The timeout, if it has passed.
+    pub(crate) fn deadline_passed(&self) -> Option<Duration> {
+        match self.deadline {
+            Some((at, limit)) if self.runner.env.clock.now() >= at => Some(limit),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn arena(&self) -> &'a OnceArena {
+        &self.runner.arena
+    }
+
+    pub(crate) fn run_handle(&self) -> RunHandle<Runner> {
+        self.ncx.handle()
+    }
+
+    pub(crate) fn graph_id_of(&self, t: TaskId) -> String {
+        self.runner.full_id(t.index() as u32)
+    }
+}

@@ -1,0 +1,295 @@
+//! The executor: runs graphs on a work-stealing pool of worker threads (CPU-bound sync work)
+//! and on tokio (async work), and reports every task's result.
+//!
+//! An [`Executor`] owns (or borrows) its resources: the worker pool, a clock, and a tokio
+//! runtime handle — the caller's if one was given, otherwise a small runtime created on first
+//! need (a graph of sync tasks without retries never starts one). Many runs may share one
+//! executor at once; each is independent ([`Run`]).
+
+pub(crate) mod report;
+pub(crate) mod runner;
+
+pub use report::{RunReport, RunStatus, StatusCounts};
+
+use crate::graph::{Graph, TaskId};
+use crate::policy::retry::RetryPolicy;
+use crate::task::TaskStatus;
+use nerv_pool::{Pool, RunHandle};
+use runner::Runner;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a run does when a task fails for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Skip the failed task's descendants and run everything else (the default).
+    #[default]
+    Continue,
+    /// Cancel the run: tasks not yet started are CANCELLED, running ones see cancellation.
+    FailFast,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// What a failure does to the rest of the run.
+    pub failure: FailurePolicy,
+    /// Retry policy for tasks that have none of their own.
+    pub retry: Option<RetryPolicy>,
+    /// Timeout for tasks that have none of their own.
+    pub timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    /// Fail fast: the first failure cancels the run.
+    pub fn fail_fast(mut self) -> Self {
+        self.failure = FailurePolicy::FailFast;
+        self
+    }
+    /// Keep going after failures (the default).
+    pub fn keep_going(mut self) -> Self {
+        self.failure = FailurePolicy::Continue;
+        self
+    }
+    /// Default retry policy.
+    pub fn retry(mut self, p: RetryPolicy) -> Self {
+        self.retry = Some(p);
+        self
+    }
+    /// Default timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+}
+
+/// Resources shared by an executor and its runs.
+pub(crate) struct Env {
+    pub(crate) pool: Pool,
+    pub(crate) clock: quanta::Clock,
+    given_tokio: Option<tokio::runtime::Handle>,
+    own_tokio: OnceLock<tokio::runtime::Runtime>,
+}
+
+impl Env {
+    /// The tokio handle for async work and timers.
+    pub(crate) fn tokio(&self) -> tokio::runtime::Handle {
+        if let Some(h) = &self.given_tokio {
+            return h.clone();
+        }
+        self.own_tokio
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("nerv-io")
+                    .enable_all()
+                    .build()
+                    .expect("failed to start nerv's tokio runtime")
+            })
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // A runtime may not be dropped from inside async context; shut it down in the
+        // background instead of blocking.
+        if let Some(rt) = self.own_tokio.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Configures an [`Executor`].
+#[derive(Debug, Default)]
+pub struct ExecutorBuilder {
+    workers: Option<usize>,
+    tokio: Option<tokio::runtime::Handle>,
+    name: Option<String>,
+}
+
+impl ExecutorBuilder {
+    /// Number of worker threads for sync work (default: the available cores).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n.max(1));
+        self
+    }
+
+    /// Runs async work and timers on this tokio runtime instead of nerv's own.
+    pub fn tokio_handle(mut self, h: tokio::runtime::Handle) -> Self {
+        self.tokio = Some(h);
+        self
+    }
+
+    /// Uses the tokio runtime the calling code is running in, if any.
+    pub fn current_tokio(mut self) -> Self {
+        self.tokio = tokio::runtime::Handle::try_current().ok();
+        self
+    }
+
+    /// The worker threads' name prefix (default `nerv`).
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Executor {
+        let workers = self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        Executor {
+            env: Arc::new(Env {
+                pool: Pool::new(workers, self.name.as_deref().unwrap_or("nerv")),
+                clock: quanta::Clock::new(),
+                given_tokio: self.tokio,
+                own_tokio: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+/// Runs graphs. Cheap to clone (clones share the workers).
+#[derive(Clone)]
+pub struct Executor {
+    env: Arc<Env>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("workers", &self.workers())
+            .finish()
+    }
+}
+
+impl Default for Executor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Executor {
+    /// An executor with one worker per available core.
+    pub fn new() -> Self {
+        ExecutorBuilder::default().build()
+    }
+
+    /// Configures an executor.
+    pub fn builder() -> ExecutorBuilder {
+        ExecutorBuilder::default()
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.env.pool.workers()
+    }
+
+    /// Starts running `graph`; returns at once.
+    pub fn start(&self, graph: &Graph) -> Run {
+        self.start_with(graph, RunOptions::default())
+    }
+
+    /// Starts running `graph` with options; returns at once.
+    pub fn start_with(&self, graph: &Graph, opts: RunOptions) -> Run {
+        let runner = Runner::new(
+            graph.clone(),
+            self.env.clone(),
+            opts,
+            CancellationToken::new(),
+            String::new(),
+            None,
+        );
+        Run {
+            handle: self.env.pool.start(graph.0.dag.clone(), runner),
+        }
+    }
+
+    /// Runs `graph` to the end and returns its report (blocks the calling thread).
+    pub fn run(&self, graph: &Graph) -> RunReport {
+        self.start(graph).wait()
+    }
+
+    /// Runs `graph` with options to the end and returns its report.
+    pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> RunReport {
+        self.start_with(graph, opts).wait()
+    }
+}
+
+/// A run in progress: wait for it (blocking or async), cancel it, or look at its tasks.
+pub struct Run {
+    handle: RunHandle<Runner>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("id", &self.id())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl Run {
+    /// The run's id (unique in this process).
+    pub fn id(&self) -> u64 {
+        self.handle.runner().run_id
+    }
+
+    /// Cancels the run from any thread: tasks not yet started end CANCELLED, running tasks see
+    /// [`TaskContext::is_cancelled`](crate::TaskContext::is_cancelled) (async ones are
+    /// dropped), retries waiting for their delay stop waiting.
+    pub fn cancel(&self) {
+        self.handle.runner().cancel.cancel();
+        self.handle.cancel();
+    }
+
+    /// A token that cancels this run when cancelled (e.g. from a signal handler).
+    pub fn cancellation(&self) -> CancellationToken {
+        self.handle.runner().cancel.clone()
+    }
+
+    /// Whether every task reached a final status.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// The current status of a task.
+    pub fn status(&self, task: impl Into<TaskId>) -> TaskStatus {
+        let id = task.into();
+        assert!(
+            self.handle.runner().graph.owns(id),
+            "task id of another graph"
+        );
+        self.handle.state(id.index() as u32).into()
+    }
+
+    /// Blocks until the run is finished; returns its report.
+    pub fn wait(self) -> RunReport {
+        self.handle.wait();
+        RunReport::new(self.handle)
+    }
+
+    /// Blocks up to `timeout`; returns whether the run finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.handle.wait_timeout(timeout)
+    }
+}
+
+/// Awaiting a [`Run`] waits for its report without blocking a thread.
+impl Future for Run {
+    type Output = RunReport;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RunReport> {
+        match self.handle.poll_finished(cx) {
+            Poll::Ready(()) => Poll::Ready(RunReport::new(self.handle.clone())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

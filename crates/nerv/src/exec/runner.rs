@@ -1,0 +1,416 @@
+//! The per-run state and the work of one node: statuses come from the pool; this adds outputs,
+//! attempts, timestamps, errors, retries, timeouts, async work and subgraphs.
+//!
+//! One attempt at a node (`Runner::run`):
+//! 1. an upstream failure makes it SKIPPED, a cancelled run makes it CANCELLED (no work runs);
+//! 2. the attempt is counted and the first attempt's start time recorded;
+//! 3. the body runs inside `catch_unwind` (a panic is this task's failure, with its message);
+//! 4. sync work that finished is COMPLETED; async work and subgraphs are DEFERRED and finish
+//!    later through the pool's `complete`;
+//! 5. an error asks the retry policy: retry at once (loop), retry after a delay (DEFERRED, a
+//!    timer requeues the node), or give up: the error is recorded and the node is FAILED (and
+//!    under fail-fast the run is cancelled).
+
+use super::{Env, FailurePolicy, RunOptions};
+use crate::context::TaskContext;
+use crate::dynamic::{ChildGraph, Transfer};
+use crate::graph::{Graph, Started};
+use crate::policy::retry::RetryPolicy;
+use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
+use futures_util::FutureExt;
+use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// How a subgraph's run reports back to the task that made it.
+pub(crate) struct ParentLink {
+    pub(crate) handle: RunHandle<Runner>,
+    pub(crate) node: u32,
+    pub(crate) output: u32,
+    pub(crate) transfer: Transfer,
+}
+
+/// Everything one run keeps besides the pool's node states.
+pub(crate) struct Runner {
+    pub(crate) graph: Graph,
+    pub(crate) arena: OnceArena,
+    pub(crate) env: Arc<Env>,
+    pub(crate) opts: RunOptions,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) run_id: u64,
+    /// Prefix of task ids in this run (`parent/` for a subgraph).
+    pub(crate) prefix: String,
+    attempts: Box<[AtomicU32]>,
+    /// Raw clock ticks at the first attempt's start (0: never started).
+    started: Box<[AtomicU64]>,
+    /// Raw clock ticks at the final status (0: not reached, or never ran).
+    ended: Box<[AtomicU64]>,
+    errors: Mutex<Vec<(u32, TaskError)>>,
+    /// Results of the tasks of subgraphs started by this run's tasks.
+    children: Mutex<Vec<TaskResult>>,
+    parent: Option<ParentLink>,
+    pub(crate) t0: u64,
+    pub(crate) sys0: SystemTime,
+    pub(crate) t_end: AtomicU64,
+}
+
+impl Runner {
+    pub(crate) fn new(
+        graph: Graph,
+        env: Arc<Env>,
+        opts: RunOptions,
+        cancel: CancellationToken,
+        prefix: String,
+        parent: Option<ParentLink>,
+    ) -> Runner {
+        let n = graph.len();
+        let arena = OnceArena::new(&graph.0.layout);
+        let zeros = |_| AtomicU64::new(0);
+        static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
+        Runner {
+            arena,
+            attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            started: (0..n).map(zeros).collect(),
+            ended: (0..n).map(zeros).collect(),
+            errors: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
+            parent,
+            t0: env.clock.raw(),
+            sys0: SystemTime::now(),
+            t_end: AtomicU64::new(0),
+            run_id: NEXT_RUN.fetch_add(1, Relaxed),
+            graph,
+            env,
+            opts,
+            cancel,
+            prefix,
+        }
+    }
+
+    pub(crate) fn full_id(&self, node: u32) -> String {
+        format!("{}{}", self.prefix, self.graph.0.ids.get(node as usize))
+    }
+
+    fn retry_policy(&self, node: u32) -> Option<&RetryPolicy> {
+        self.graph.0.nodes[node as usize]
+            .extra
+            .as_ref()
+            .and_then(|e| e.retry.as_ref())
+            .or(self.opts.retry.as_ref())
+    }
+
+    fn timeout(&self, node: u32) -> Option<Duration> {
+        self.graph.0.nodes[node as usize]
+            .extra
+            .as_ref()
+            .and_then(|e| e.timeout)
+            .or(self.opts.timeout)
+    }
+
+    #[inline]
+    fn stamp_end(&self, node: u32) {
+        self.ended[node as usize].store(self.env.clock.raw(), Release);
+    }
+
+    /// Records a final failure; returns the verdict.
+    fn give_up(&self, node: u32, err: TaskError) -> Verdict {
+        self.stamp_end(node);
+        let cancelled = err.is_cancelled() || self.cancel.is_cancelled();
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((node, err));
+        if cancelled {
+            return Verdict::Cancelled;
+        }
+        if self.opts.failure == FailurePolicy::FailFast {
+            self.cancel.cancel();
+        }
+        Verdict::Failed
+    }
+
+    /// The decision after a failed attempt: `Ok(None)` retry now, `Ok(Some(d))` retry after
+    /// `d`, `Err(v)` gave up with verdict `v`.
+    fn after_failure(
+        &self,
+        node: u32,
+        attempt: u32,
+        mut err: TaskError,
+    ) -> Result<Option<Duration>, Verdict> {
+        if self.cancel.is_cancelled() && !err.is_cancelled() && err.kind() != ErrorKind::TimedOut {
+            err = TaskError::cancelled();
+        }
+        match self
+            .retry_policy(node)
+            .and_then(|p| p.next_delay(attempt, &err))
+        {
+            Some(d) if d.is_zero() => Ok(None),
+            Some(d) => Ok(Some(d)),
+            None => Err(self.give_up(node, err)),
+        }
+    }
+
+    /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
+    fn requeue_later(&self, h: RunHandle<Runner>, node: u32, delay: Duration) {
+        let cancel = self.cancel.clone();
+        self.env.tokio().spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => {}
+            }
+            let _ = h.requeue(node);
+        });
+    }
+
+    fn spawn_future(
+        &self,
+        h: RunHandle<Runner>,
+        node: u32,
+        attempt: u32,
+        fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TaskError>> + Send>>,
+        timeout: Option<Duration>,
+    ) {
+        let cancel = self.cancel.clone();
+        self.env.tokio().spawn(async move {
+            let work = AssertUnwindSafe(fut).catch_unwind();
+            let res = tokio::select! {
+                r = work => match r {
+                    Ok(r) => r,
+                    Err(p) => Err(TaskError::panic(panic_message(&*p))),
+                },
+                _ = sleep_opt(timeout) => Err(TaskError::timeout(timeout.unwrap_or_default())),
+                _ = cancel.cancelled() => Err(TaskError::cancelled()),
+            };
+            let r = h.runner();
+            let verdict = match res {
+                Ok(()) => {
+                    r.stamp_end(node);
+                    Verdict::Completed
+                }
+                Err(e) => match r.after_failure(node, attempt, e) {
+                    Ok(None) => {
+                        let _ = h.requeue(node);
+                        return;
+                    }
+                    Ok(Some(d)) => {
+                        r.requeue_later(h.clone(), node, d);
+                        return;
+                    }
+                    Err(v) => v,
+                },
+            };
+            let _ = h.complete(node, verdict);
+        });
+    }
+
+    fn start_child(&self, h: RunHandle<Runner>, node: u32, child: ChildGraph) -> Verdict {
+        let graph = match child.builder.build() {
+            Ok(g) => g,
+            Err(e) => {
+                return self.give_up(
+                    node,
+                    TaskError::with_kind(ErrorKind::InvalidGraph, format!("invalid subgraph: {e}")),
+                )
+            }
+        };
+        if !graph.owns(child.output) {
+            return self.give_up(
+                node,
+                TaskError::with_kind(
+                    ErrorKind::InvalidGraph,
+                    "the subgraph's output is not one of its tasks",
+                ),
+            );
+        }
+        let runner = Runner::new(
+            graph.clone(),
+            self.env.clone(),
+            self.opts.clone(),
+            self.cancel.child_token(),
+            format!("{}/", self.full_id(node)),
+            Some(ParentLink {
+                handle: h,
+                node,
+                output: child.output.index() as u32,
+                transfer: child.transfer,
+            }),
+        );
+        let _run = self.env.pool.start(graph.0.dag.clone(), runner);
+        Verdict::Deferred
+    }
+
+    /// The result of node `node` as of now.
+    pub(crate) fn result(&self, h: &RunHandle<Runner>, node: u32) -> TaskResult {
+        let g = &self.graph.0;
+        let status: TaskStatus = h.state(node).into();
+        let at =
+            |ticks: u64| (ticks != 0).then(|| self.sys0 + self.env.clock.delta(self.t0, ticks));
+        let started = self.started[node as usize].load(Acquire);
+        let ended = self.ended[node as usize].load(Acquire);
+        let error = if matches!(status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            self.errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == node)
+                .map(|(_, e)| e.clone())
+        } else {
+            None
+        };
+        let skipped_because = match (status, h.upstream(node)) {
+            (TaskStatus::Skipped, Upstream::Failed(root)) => Some(self.full_id(root)),
+            _ => None,
+        };
+        let name = g.nodes[node as usize]
+            .extra
+            .as_ref()
+            .and_then(|e| e.name.clone())
+            .unwrap_or_else(|| self.full_id(node));
+        TaskResult {
+            id: self.full_id(node),
+            name,
+            status,
+            error,
+            skipped_because,
+            scheduled_at: None,
+            started_at: at(started),
+            completed_at: at(ended),
+            execution_time: if started != 0 && ended >= started {
+                self.env.clock.delta(started, ended)
+            } else {
+                Duration::ZERO
+            },
+            attempts: self.attempts[node as usize].load(Relaxed),
+        }
+    }
+
+    /// Results of subgraph tasks, in the order their subgraphs finished.
+    pub(crate) fn child_results(&self) -> Vec<TaskResult> {
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The message of a panic payload (`&str` or `String`), or a placeholder.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}
+
+impl NodeRunner for Runner {
+    fn run(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
+        let node = ncx.node();
+        match ncx.upstream() {
+            Upstream::Ok => {}
+            Upstream::Failed(_) => return Verdict::Skipped,
+            Upstream::Cancelled => return Verdict::Cancelled,
+        }
+        let body = &self.graph.0.nodes[node as usize].body;
+        loop {
+            if self.cancel.is_cancelled() {
+                self.stamp_end(node);
+                return Verdict::Cancelled;
+            }
+            let attempt = self.attempts[node as usize].fetch_add(1, Relaxed) + 1;
+            let now = self.env.clock.raw();
+            if attempt == 1 {
+                self.started[node as usize].store(now, Relaxed);
+            }
+            let timeout = self.timeout(node);
+            let cx = TaskContext {
+                ncx,
+                runner: self,
+                attempt,
+                deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
+            };
+            let res = match std::panic::catch_unwind(AssertUnwindSafe(|| body.start(&cx))) {
+                Ok(r) => r,
+                Err(p) => Err(TaskError::panic(panic_message(&*p))),
+            };
+            let err = match res {
+                Ok(Started::Done) => {
+                    self.stamp_end(node);
+                    return Verdict::Completed;
+                }
+                Ok(Started::Future(fut)) => {
+                    self.spawn_future(ncx.handle(), node, attempt, fut, timeout);
+                    return Verdict::Deferred;
+                }
+                Ok(Started::Graph(child)) => return self.start_child(ncx.handle(), node, child),
+                Err(e) => match cx.deadline_passed() {
+                    Some(limit) if !e.is_timeout() && !self.cancel.is_cancelled() => {
+                        TaskError::timeout(limit)
+                    }
+                    _ => e,
+                },
+            };
+            match self.after_failure(node, attempt, err) {
+                Ok(None) => continue,
+                Ok(Some(d)) => {
+                    self.requeue_later(ncx.handle(), node, d);
+                    return Verdict::Deferred;
+                }
+                Err(v) => return v,
+            }
+        }
+    }
+
+    fn finished(&self, run: &RunHandle<Self>) {
+        self.t_end.store(self.env.clock.raw(), Release);
+        let Some(link) = &self.parent else { return };
+        let parent = link.handle.runner();
+        let mut results: Vec<TaskResult> = (0..self.graph.len() as u32)
+            .map(|i| self.result(run, i))
+            .collect();
+        results.extend(self.child_results());
+        let failed = results
+            .iter()
+            .find(|r| r.status != TaskStatus::Completed)
+            .map(|r| (r.id.clone(), r.status, r.error.clone()));
+        parent
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(results);
+        let verdict = match failed {
+            None if (link.transfer)(&self.arena, &parent.arena) => {
+                parent.stamp_end(link.node);
+                Verdict::Completed
+            }
+            None => parent.give_up(
+                link.node,
+                TaskError::msg(format!(
+                    "subgraph output `{}` has no value",
+                    self.full_id(link.output)
+                )),
+            ),
+            Some((id, status, err)) => {
+                let why = err.map(|e| format!(": {e}")).unwrap_or_default();
+                parent.give_up(
+                    link.node,
+                    TaskError::msg(format!("subgraph task `{id}` {status}{why}")),
+                )
+            }
+        };
+        let _ = link.handle.complete(link.node, verdict);
+    }
+}

@@ -1,0 +1,116 @@
+//! The type-erased work of a task: one virtual call per attempt, monomorphized inside.
+
+use super::{Inputs, TaskId};
+use crate::context::TaskContext;
+use crate::dynamic::{ChildGraph, Subgraph};
+use crate::task::{ErrorKind, TaskError};
+use nerv_pool::SlotKey;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+/// What starting an attempt produced.
+pub(crate) enum Started {
+    /// Sync work finished and its output is stored.
+    Done,
+    /// Async work: the future stores the output when it completes.
+    Future(Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>),
+    /// A subgraph to run; the task finishes with it.
+    Graph(ChildGraph),
+}
+
+/// A task's work, erased to a trait object in the graph.
+pub(crate) trait Body: Send + Sync + 'static {
+    /// Starts one attempt: reads the inputs and runs (sync) or creates (async, dynamic) the
+    /// work.
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError>;
+}
+
+fn missing(cx: &TaskContext<'_>, t: TaskId) -> TaskError {
+    TaskError::with_kind(
+        ErrorKind::MissingInput,
+        format!(
+            "input `{}` of task `{}` has no value (its task did not complete)",
+            cx.graph_id_of(t),
+            cx.task_id()
+        ),
+    )
+}
+
+pub(crate) struct SyncBody<I, T, F> {
+    pub(crate) inputs: I,
+    pub(crate) out: SlotKey<T>,
+    pub(crate) f: F,
+}
+
+impl<I, T, F> Body for SyncBody<I, T, F>
+where
+    I: Inputs,
+    T: Send + Sync + 'static,
+    F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError> + Send + Sync + 'static,
+{
+    #[inline]
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        let arena = cx.arena();
+        let refs = self.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+        let v = (self.f)(cx, refs)?;
+        if let Some(limit) = cx.deadline_passed() {
+            return Err(TaskError::timeout(limit));
+        }
+        arena
+            .set(self.out, v)
+            .map_err(|_| TaskError::msg("output already set"))?;
+        Ok(Started::Done)
+    }
+}
+
+pub(crate) struct AsyncBody<I, T, F, Fut> {
+    pub(crate) inputs: I,
+    pub(crate) out: SlotKey<T>,
+    pub(crate) f: F,
+    pub(crate) _fut: PhantomData<fn() -> Fut>,
+}
+
+impl<I, T, F, Fut> Body for AsyncBody<I, T, F, Fut>
+where
+    I: Inputs,
+    T: Send + Sync + 'static,
+    F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
+{
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        let refs = self.inputs.fetch(cx.arena()).map_err(|t| missing(cx, t))?;
+        let fut = (self.f)(cx, refs);
+        let run = cx.run_handle();
+        let out = self.out;
+        Ok(Started::Future(Box::pin(async move {
+            let v = fut.await?;
+            run.runner()
+                .arena
+                .set(out, v)
+                .map_err(|_| TaskError::msg("output already set"))
+        })))
+    }
+}
+
+pub(crate) struct DynamicBody<I, T, F> {
+    pub(crate) inputs: I,
+    pub(crate) out: SlotKey<T>,
+    pub(crate) f: F,
+}
+
+impl<I, T, F> Body for DynamicBody<I, T, F>
+where
+    I: Inputs,
+    T: Clone + Send + Sync + 'static,
+    F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<Subgraph<T>, TaskError>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        let refs = self.inputs.fetch(cx.arena()).map_err(|t| missing(cx, t))?;
+        let sub = (self.f)(cx, refs)?;
+        Ok(Started::Graph(sub.into_child(self.out)))
+    }
+}

@@ -1,0 +1,46 @@
+//! nerv: a parallel workflow engine.
+//!
+//! Build a graph of typed tasks, validate it once, and run it on every core: each task starts
+//! as soon as its last dependency finished, its output flows to its dependents by typed handle,
+//! and the run reports every task's status, error, timing and attempts.
+//!
+//! ```
+//! use nerv::{Executor, Graph, TaskError};
+//!
+//! let mut g = Graph::builder();
+//! let load = g.task("load").run((), |_, ()| Ok::<_, TaskError>(vec![1, 2, 3]));
+//! let sum = g.task("sum").run(load, |_, v| Ok(v.iter().sum::<i32>()));
+//! let double = g.task("double").run(load, |_, v| Ok(v.iter().map(|x| x * 2).collect::<Vec<_>>()));
+//! let total = g.task("total").run((sum, double), |_, (s, d)| Ok(*s + d.iter().sum::<i32>()));
+//! let graph = g.build().expect("valid graph");
+//!
+//! let report = Executor::builder().workers(2).build().run(&graph);
+//! assert_eq!(report.output(total), Some(&18));
+//! ```
+//!
+//! Modules, one concept each: `graph` (building and validating), `plan` (levels and critical
+//! path), `exec` (the executor, runs and reports), `policy` (retries), `dynamic` (subgraphs
+//! added at run time), `context` (what a running task sees), `task` (the task model).
+
+#![forbid(unsafe_code)]
+
+mod context;
+mod dynamic;
+mod exec;
+mod graph;
+mod plan;
+mod policy;
+mod task;
+
+pub use context::TaskContext;
+pub use dynamic::Subgraph;
+pub use exec::{
+    Executor, ExecutorBuilder, FailurePolicy, Run, RunOptions, RunReport, RunStatus, StatusCounts,
+};
+pub use graph::{
+    Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, TaskBuilder, TaskId, TaskInfo,
+};
+pub use plan::{Plan, Planner};
+pub use policy::retry::RetryPolicy;
+pub use task::{ErrorKind, Priority, TaskError, TaskMetadata, TaskResult, TaskStatus};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,238 @@
+//! The planner (the seed's QuantumPartitioner): execution levels, priority order within each
+//! level, and the critical path from per-task duration estimates.
+//!
+//! Levels are for display and analysis: level `k` holds the tasks whose longest chain of
+//! dependencies has `k` links. The executor never waits for a level to finish; it starts each
+//! task as soon as its own dependencies are done, and among ready tasks prefers higher priority,
+//! then a longer remaining critical path (the upward rank computed here).
+
+use crate::graph::{Graph, TaskInfo};
+use crate::task::Priority;
+use nerv_pool::Dag;
+use std::fmt;
+use std::time::Duration;
+
+/// Upward rank of every node: its estimate plus the largest rank among its successors (the
+/// length of the longest path from the node to the end of the graph).
+pub(crate) fn upward_rank(dag: &Dag, est: impl Fn(u32) -> u64) -> Vec<u64> {
+    let mut rank = vec![0u64; dag.len()];
+    for &u in dag.topological_order().iter().rev() {
+        let below = dag
+            .successors(u)
+            .iter()
+            .map(|&s| rank[s as usize])
+            .max()
+            .unwrap_or(0);
+        rank[u as usize] = est(u).saturating_add(below);
+    }
+    rank
+}
+
+type Estimator = Box<dyn Fn(&TaskInfo<'_>) -> Option<Duration>>;
+
+/// Makes [`Plan`]s; the duration of each task comes from the estimator given here, else from
+/// the task's own [`estimate`](crate::TaskBuilder::estimate), else all tasks count as equal.
+#[derive(Default)]
+pub struct Planner {
+    estimator: Option<Estimator>,
+}
+
+impl fmt::Debug for Planner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Planner")
+            .field("estimator", &self.estimator.is_some())
+            .finish()
+    }
+}
+
+impl Planner {
+    /// A planner that uses the tasks' own estimates.
+    pub fn new() -> Self {
+        Planner::default()
+    }
+
+    /// Uses `f` for durations (falling back to the task's estimate where it returns `None`).
+    pub fn estimate_with(
+        mut self,
+        f: impl Fn(&TaskInfo<'_>) -> Option<Duration> + 'static,
+    ) -> Self {
+        self.estimator = Some(Box::new(f));
+        self
+    }
+
+    /// Plans `graph`.
+    pub fn plan(&self, graph: &Graph) -> Plan {
+        let dag = &graph.0.dag;
+        let mut known = false;
+        let est: Vec<Duration> = graph
+            .tasks()
+            .map(|t| {
+                let e = self
+                    .estimator
+                    .as_ref()
+                    .and_then(|f| f(&t))
+                    .or_else(|| t.estimate());
+                known |= e.is_some();
+                e.unwrap_or(Duration::ZERO)
+            })
+            .collect();
+        // Without any estimate every task weighs one unit; with some, unknown ones weigh 0.
+        let weight: Vec<u64> = est
+            .iter()
+            .map(|d| {
+                if known {
+                    d.as_nanos().min(u64::MAX as u128) as u64
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let rank = upward_rank(dag, |u| weight[u as usize]);
+        let mut depth = vec![0u32; dag.len()];
+        for &u in dag.topological_order() {
+            for &s in dag.successors(u) {
+                depth[s as usize] = depth[s as usize].max(depth[u as usize] + 1);
+            }
+        }
+        let nlevels = depth.iter().max().map_or(0, |&d| d as usize + 1);
+        let mut levels: Vec<Vec<u32>> = vec![Vec::new(); nlevels];
+        for (i, &d) in depth.iter().enumerate() {
+            levels[d as usize].push(i as u32);
+        }
+        let prio = |i: u32| graph.0.nodes[i as usize].priority;
+        for l in &mut levels {
+            l.sort_by_key(|&i| {
+                (
+                    std::cmp::Reverse(prio(i)),
+                    std::cmp::Reverse(rank[i as usize]),
+                    i,
+                )
+            });
+        }
+        let mut critical = Vec::new();
+        let mut cur = dag
+            .roots()
+            .iter()
+            .copied()
+            .max_by_key(|&r| (rank[r as usize], std::cmp::Reverse(r)));
+        while let Some(u) = cur {
+            critical.push(u);
+            cur = dag
+                .successors(u)
+                .iter()
+                .copied()
+                .max_by_key(|&s| (rank[s as usize], std::cmp::Reverse(s)));
+        }
+        let total: u64 = weight.iter().fold(0u64, |a, &w| a.saturating_add(w));
+        let cp = critical.first().map_or(0, |&r| rank[r as usize]);
+        Plan {
+            graph: graph.clone(),
+            levels,
+            critical,
+            critical_weight: cp,
+            total_weight: total,
+            timed: known,
+        }
+    }
+}
+
+/// An execution plan: levels, the critical path, and the work it implies.
+#[derive(Clone)]
+pub struct Plan {
+    graph: Graph,
+    levels: Vec<Vec<u32>>,
+    critical: Vec<u32>,
+    critical_weight: u64,
+    total_weight: u64,
+    timed: bool,
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan")
+            .field("levels", &self.levels.len())
+            .field("critical_path", &self.critical_path())
+            .finish()
+    }
+}
+
+impl Plan {
+    fn id(&self, i: u32) -> &str {
+        self.graph.0.ids.get(i as usize)
+    }
+
+    /// The levels, each a list of task ids in priority order (highest first, then longest
+    /// remaining critical path).
+    pub fn levels(&self) -> Vec<Vec<&str>> {
+        self.levels
+            .iter()
+            .map(|l| l.iter().map(|&i| self.id(i)).collect())
+            .collect()
+    }
+
+    /// The ids along the critical path, first to last.
+    pub fn critical_path(&self) -> Vec<&str> {
+        self.critical.iter().map(|&i| self.id(i)).collect()
+    }
+
+    /// Whether durations came from estimates (otherwise every task counts as one unit).
+    pub fn is_timed(&self) -> bool {
+        self.timed
+    }
+
+    /// Length of the critical path: a duration when estimates are known, else a task count
+    /// expressed as nanoseconds (one per task).
+    pub fn critical_path_length(&self) -> Duration {
+        Duration::from_nanos(self.critical_weight)
+    }
+
+    /// Sum of all estimates (see [`Plan::critical_path_length`] for units).
+    pub fn total_work(&self) -> Duration {
+        Duration::from_nanos(self.total_weight)
+    }
+
+    /// No schedule on `workers` workers can finish sooner than this:
+    /// `max(critical path, total work / workers)`.
+    pub fn lower_bound(&self, workers: usize) -> Duration {
+        let per = self.total_weight / workers.max(1) as u64;
+        Duration::from_nanos(self.critical_weight.max(per))
+    }
+
+    /// The widest level's size (the most tasks that can ever run at once by levels).
+    pub fn max_parallelism(&self) -> usize {
+        self.levels.iter().map(Vec::len).max().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = |w: u64| {
+            if self.timed {
+                format!("{:?}", Duration::from_nanos(w))
+            } else {
+                format!("{w} tasks")
+            }
+        };
+        writeln!(
+            f,
+            "plan: {} tasks, {} levels, critical path {} (total work {})",
+            self.graph.len(),
+            self.levels.len(),
+            len(self.critical_weight),
+            len(self.total_weight)
+        )?;
+        for (k, l) in self.levels.iter().enumerate() {
+            write!(f, "  level {k}:")?;
+            for &i in l {
+                let p = self.graph.0.nodes[i as usize].priority;
+                if p == Priority::Medium {
+                    write!(f, " {}", self.id(i))?;
+                } else {
+                    write!(f, " {} [{p}]", self.id(i))?;
+                }
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "  critical path: {}", self.critical_path().join(" → "))
+    }
+}

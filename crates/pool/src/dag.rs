@@ -1,0 +1,319 @@
+//! The topology of a task graph in compressed sparse rows: successors and predecessors of node
+//! `i` are contiguous slices, ids are dense `u32` indices, nothing is hashed.
+//!
+//! Invariants of a built [`Dag`]: every edge's ends are in range; there is no cycle (checked by
+//! [`Dag::new`]); each node's successors keep the order the edges were given in, or the order
+//! set by [`Dag::sort_successors_by_key`], which is the order the executor releases them in.
+
+use std::fmt;
+
+/// Number of priority bands the pool keeps ready queues for.
+pub const BANDS: usize = 4;
+
+/// Why a list of edges is not a DAG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DagError {
+    /// An edge names a node index that does not exist.
+    OutOfRange {
+        /// The edge's source.
+        from: u32,
+        /// The edge's target.
+        to: u32,
+        /// How many nodes there are.
+        nodes: u32,
+    },
+    /// An edge from a node to itself.
+    SelfLoop(u32),
+    /// The graph has a cycle; `on_cycle` are the nodes that could never become ready.
+    Cycle {
+        /// Nodes on or behind a cycle (never ready).
+        on_cycle: Vec<u32>,
+    },
+    /// More nodes or edges than a `u32` index can hold.
+    TooLarge,
+}
+
+impl fmt::Display for DagError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DagError::OutOfRange { from, to, nodes } => {
+                write!(f, "edge {from} -> {to} names a node outside 0..{nodes}")
+            }
+            DagError::SelfLoop(n) => write!(f, "node {n} depends on itself"),
+            DagError::Cycle { on_cycle } => {
+                write!(f, "cycle among {} nodes", on_cycle.len())
+            }
+            DagError::TooLarge => write!(f, "more than u32::MAX nodes or edges"),
+        }
+    }
+}
+
+impl std::error::Error for DagError {}
+
+/// An immutable, acyclic task topology.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    succ_off: Box<[u32]>,
+    succ: Box<[u32]>,
+    pred_off: Box<[u32]>,
+    pred: Box<[u32]>,
+    /// Priority band per node (higher runs first); empty when every node is in band 0.
+    band: Box<[u8]>,
+    roots: Box<[u32]>,
+    topo: Box<[u32]>,
+}
+
+impl Dag {
+    /// Builds the topology of `nodes` nodes from `edges` (`(from, to)`: `to` waits for `from`).
+    /// Duplicate edges are kept once. Fails on an index out of range, a self-loop or a cycle.
+    pub fn new(nodes: usize, edges: &[(u32, u32)]) -> Result<Dag, DagError> {
+        let n = u32::try_from(nodes).map_err(|_| DagError::TooLarge)?;
+        if n == u32::MAX || u32::try_from(edges.len()).is_err() {
+            return Err(DagError::TooLarge);
+        }
+        for &(from, to) in edges {
+            if from >= n || to >= n {
+                return Err(DagError::OutOfRange { from, to, nodes: n });
+            }
+            if from == to {
+                return Err(DagError::SelfLoop(from));
+            }
+        }
+        let (succ_off, mut succ) = csr(nodes, edges.iter().map(|&(f, t)| (f, t)));
+        dedup_rows(&succ_off, &mut succ);
+        let (succ_off, succ) = compact(&succ_off, &succ);
+        let (pred_off, pred) = csr(
+            nodes,
+            (0..nodes).flat_map(|i| {
+                let (a, b) = (succ_off[i] as usize, succ_off[i + 1] as usize);
+                succ[a..b].iter().map(move |&s| (s, i as u32))
+            }),
+        );
+        let roots: Box<[u32]> = (0..n)
+            .filter(|&i| pred_off[i as usize] == pred_off[i as usize + 1])
+            .collect();
+        // Kahn's algorithm: a topological order, or the nodes that are stuck behind a cycle.
+        let mut indeg: Vec<u32> = (0..nodes).map(|i| pred_off[i + 1] - pred_off[i]).collect();
+        let mut topo: Vec<u32> = Vec::with_capacity(nodes);
+        topo.extend_from_slice(&roots);
+        let mut head = 0;
+        while head < topo.len() {
+            let u = topo[head] as usize;
+            head += 1;
+            for &s in &succ[succ_off[u] as usize..succ_off[u + 1] as usize] {
+                indeg[s as usize] -= 1;
+                if indeg[s as usize] == 0 {
+                    topo.push(s);
+                }
+            }
+        }
+        if topo.len() != nodes {
+            let on_cycle = (0..n).filter(|&i| indeg[i as usize] > 0).collect();
+            return Err(DagError::Cycle { on_cycle });
+        }
+        Ok(Dag {
+            succ_off,
+            succ,
+            pred_off,
+            pred,
+            band: Box::new([]),
+            roots,
+            topo: topo.into_boxed_slice(),
+        })
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.succ_off.len() - 1
+    }
+
+    /// Whether the graph has no node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of (distinct) edges.
+    pub fn edge_count(&self) -> usize {
+        self.succ.len()
+    }
+
+    /// The nodes that `node` releases when it finishes, in release order.
+    #[inline]
+    pub fn successors(&self, node: u32) -> &[u32] {
+        let i = node as usize;
+        &self.succ[self.succ_off[i] as usize..self.succ_off[i + 1] as usize]
+    }
+
+    /// The nodes that `node` waits for.
+    #[inline]
+    pub fn predecessors(&self, node: u32) -> &[u32] {
+        let i = node as usize;
+        &self.pred[self.pred_off[i] as usize..self.pred_off[i + 1] as usize]
+    }
+
+    /// Number of predecessors of `node`.
+    #[inline]
+    pub fn in_degree(&self, node: u32) -> u32 {
+        let i = node as usize;
+        self.pred_off[i + 1] - self.pred_off[i]
+    }
+
+    /// Nodes without predecessors.
+    pub fn roots(&self) -> &[u32] {
+        &self.roots
+    }
+
+    /// A topological order (every node after all of its predecessors).
+    pub fn topological_order(&self) -> &[u32] {
+        &self.topo
+    }
+
+    /// The priority band of `node` (0 ..= `BANDS - 1`; higher runs first).
+    #[inline]
+    pub fn band(&self, node: u32) -> u8 {
+        if self.band.is_empty() {
+            0
+        } else {
+            self.band[node as usize]
+        }
+    }
+
+    /// Sets every node's priority band (values above `BANDS - 1` are clamped).
+    pub fn set_bands(&mut self, bands: impl IntoIterator<Item = u8>) {
+        let b: Vec<u8> = bands.into_iter().map(|b| b.min(BANDS as u8 - 1)).collect();
+        assert_eq!(b.len(), self.len(), "one band per node");
+        self.band = if b.iter().all(|&x| x == 0) {
+            Box::new([])
+        } else {
+            b.into_boxed_slice()
+        };
+    }
+
+    /// Reorders each node's successors by `key` (descending: the largest key is released
+    /// first and is the one its finisher runs inline).
+    pub fn sort_successors_by_key<K: Ord>(&mut self, mut key: impl FnMut(u32) -> K) {
+        for i in 0..self.len() {
+            let (a, b) = (self.succ_off[i] as usize, self.succ_off[i + 1] as usize);
+            if b - a > 1 {
+                self.succ[a..b].sort_by_key(|&s| std::cmp::Reverse(key(s)));
+            }
+        }
+    }
+
+    /// Bytes held by this topology (for memory accounting).
+    pub fn heap_bytes(&self) -> usize {
+        4 * (self.succ_off.len()
+            + self.succ.len()
+            + self.pred_off.len()
+            + self.pred.len()
+            + self.roots.len()
+            + self.topo.len())
+            + self.band.len()
+    }
+}
+
+/// Counting-sort a stream of `(row, value)` pairs into CSR offsets and values.
+fn csr(rows: usize, pairs: impl Iterator<Item = (u32, u32)> + Clone) -> (Box<[u32]>, Box<[u32]>) {
+    let mut off = vec![0u32; rows + 1];
+    for (r, _) in pairs.clone() {
+        off[r as usize + 1] += 1;
+    }
+    for i in 0..rows {
+        off[i + 1] += off[i];
+    }
+    let mut fill: Vec<u32> = off[..rows].to_vec();
+    let mut vals = vec![0u32; off[rows] as usize];
+    for (r, v) in pairs {
+        let slot = &mut fill[r as usize];
+        vals[*slot as usize] = v;
+        *slot += 1;
+    }
+    (off.into_boxed_slice(), vals.into_boxed_slice())
+}
+
+/// Marks repeated values within a row with `u32::MAX` (keeping the first occurrence).
+fn dedup_rows(off: &[u32], vals: &mut [u32]) {
+    for i in 0..off.len() - 1 {
+        let row = &mut vals[off[i] as usize..off[i + 1] as usize];
+        if row.len() < 2 {
+            continue;
+        }
+        if row.len() <= 8 {
+            for j in 1..row.len() {
+                if row[..j].contains(&row[j]) {
+                    row[j] = u32::MAX;
+                }
+            }
+        } else {
+            let mut seen: Vec<u32> = row.to_vec();
+            seen.sort_unstable();
+            if seen.windows(2).all(|w| w[0] != w[1]) {
+                continue;
+            }
+            let mut kept = std::collections::BTreeSet::new();
+            for v in row.iter_mut() {
+                if !kept.insert(*v) {
+                    *v = u32::MAX;
+                }
+            }
+        }
+    }
+}
+
+/// Drops the `u32::MAX` markers left by `dedup_rows`.
+fn compact(off: &[u32], vals: &[u32]) -> (Box<[u32]>, Box<[u32]>) {
+    if !vals.contains(&u32::MAX) {
+        return (off.into(), vals.into());
+    }
+    let mut new_off = Vec::with_capacity(off.len());
+    let mut new_vals = Vec::with_capacity(vals.len());
+    new_off.push(0);
+    for i in 0..off.len() - 1 {
+        new_vals.extend(
+            vals[off[i] as usize..off[i + 1] as usize]
+                .iter()
+                .copied()
+                .filter(|&v| v != u32::MAX),
+        );
+        new_off.push(new_vals.len() as u32);
+    }
+    (new_off.into_boxed_slice(), new_vals.into_boxed_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_csr_and_topo_order() {
+        let d = Dag::new(4, &[(0, 1), (0, 2), (1, 3), (2, 3), (0, 1)]).unwrap();
+        assert_eq!(d.successors(0), &[1, 2]);
+        assert_eq!(d.predecessors(3), &[1, 2]);
+        assert_eq!(d.roots(), &[0]);
+        assert_eq!(d.edge_count(), 4);
+        let pos: Vec<usize> = (0..4)
+            .map(|n| d.topological_order().iter().position(|&x| x == n).unwrap())
+            .collect();
+        assert!(pos[0] < pos[1] && pos[1] < pos[3] && pos[2] < pos[3]);
+    }
+
+    #[test]
+    fn rejects_cycles_and_bad_edges() {
+        assert!(matches!(
+            Dag::new(3, &[(0, 1), (1, 2), (2, 1)]),
+            Err(DagError::Cycle { on_cycle }) if on_cycle == vec![1, 2]
+        ));
+        assert_eq!(Dag::new(2, &[(0, 0)]).unwrap_err(), DagError::SelfLoop(0));
+        assert!(matches!(
+            Dag::new(2, &[(0, 5)]),
+            Err(DagError::OutOfRange { to: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn sorts_successors_descending() {
+        let mut d = Dag::new(4, &[(0, 1), (0, 2), (0, 3)]).unwrap();
+        d.sort_successors_by_key(|s| [0, 5, 1, 9][s as usize]);
+        assert_eq!(d.successors(0), &[3, 1, 2]);
+    }
+}

@@ -1,0 +1,324 @@
+//! The work-stealing pool: `N` worker threads, each with one LIFO deque per priority band, a
+//! shared injector per band for work coming from outside, and the sleep protocol.
+//!
+//! A worker's order of search (habit 10): its own deques (highest band first) → the injector
+//! (highest band first) → the other workers' deques (random start) → a few spin rounds → sleep.
+//! Running a job may release successors: the first one runs inline on the same worker (no queue
+//! touched), the others go to the worker's own deques and one sleeper per pushed job is woken.
+//!
+//! Job counting: a run completes when all of its nodes are finished. Workers count the nodes
+//! they finish in a private batch (no shared write per task) and retire the batch into the run's
+//! `remaining` counter when they switch to another run or go idle; completions from outside the
+//! pool (deferred nodes) retire one node at once. Retiring the last node finishes the run.
+
+use crate::dag::BANDS;
+use crate::queue::{self, Injector, Local, Stealer};
+use crate::sleep::Sleep;
+use crate::sync::{lock, spin_hint, thread, Arc, AtomicBool, Mutex, SPIN_ROUNDS};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::{Acquire, Release};
+
+/// A unit of work in a queue: one node of one run. The run outlives the job because the pool
+/// holds a reference to the run until every node of the run has been retired, and a job exists
+/// only for a node that has not been retired.
+#[derive(Clone, Copy)]
+pub(crate) struct Job {
+    pub(crate) run: NonNull<dyn Execute>,
+    pub(crate) node: u32,
+}
+
+// SAFETY: `Job` only points to an `Execute` (which is `Send + Sync`) kept alive by the pool's
+// reference as explained on the type.
+unsafe impl Send for Job {}
+
+/// What the pool asks of a run (implemented by `run::RunInner`).
+pub(crate) trait Execute: Send + Sync {
+    /// Runs `node` and whatever it releases inline; counts finished nodes in `w`'s batch.
+    fn execute(&self, node: u32, w: &mut WorkerCtx<'_>);
+    /// Subtracts `n` finished nodes from the run. The call that reaches zero finishes the run
+    /// and returns true: its caller must then give up the pool's reference with
+    /// [`Execute::dropper`], and touch the run no more.
+    fn retire(&self, n: usize) -> bool;
+    /// The function that gives up the pool's reference to this run (called without any
+    /// reference to the run alive, since it may free it).
+    fn dropper(&self) -> unsafe fn(NonNull<()>);
+}
+
+/// Retires `n` nodes of `run` and, if that finished it, gives up the pool's reference.
+///
+/// # Safety
+/// `run` must point to a live run of which at least `n` finished nodes are not yet retired.
+pub(crate) unsafe fn retire(run: NonNull<dyn Execute>, n: usize) {
+    // SAFETY: the caller guarantees the run is alive (unretired nodes keep the pool's
+    // reference). The borrow ends before `dropper` runs.
+    let dropper = unsafe {
+        let r = run.as_ref();
+        if !r.retire(n) {
+            return;
+        }
+        r.dropper()
+    };
+    // SAFETY: this retirement reached zero, so this thread owns the pool's reference, and no
+    // reference to the run is alive here.
+    unsafe { dropper(run.cast()) };
+}
+
+/// State shared by the workers of one pool.
+pub(crate) struct Shared {
+    injector: [Injector<Job>; BANDS],
+    stealers: Box<[[Stealer<Job>; BANDS]]>,
+    pub(crate) sleep: Sleep,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    /// Queues a job from outside the pool (or not on a worker's fast path) and wakes a sleeper.
+    pub(crate) fn inject(&self, job: Job, band: u8) {
+        self.injector[band as usize].push(job);
+        self.sleep.notify(1);
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Acquire)
+    }
+}
+
+/// A worker's private state, handed to the code that runs jobs.
+pub(crate) struct WorkerCtx<'a> {
+    index: usize,
+    locals: &'a [Local<Job>; BANDS],
+    shared: &'a Shared,
+    /// The run whose finished nodes are counted in `done`.
+    batch_run: Option<NonNull<dyn Execute>>,
+    /// Finished nodes of `batch_run` not yet retired.
+    pub(crate) done: usize,
+    /// Bit `b` set: band `b` of this worker's deques may hold jobs.
+    bands_used: u8,
+    rng: u32,
+}
+
+impl WorkerCtx<'_> {
+    /// Pushes a released job to this worker's own deque (no wake-up yet: see `notify`).
+    #[inline]
+    pub(crate) fn push(&mut self, job: Job, band: u8) {
+        self.locals[band as usize].push(job);
+        self.bands_used |= 1 << band;
+    }
+
+    /// Wakes up to `k` sleepers after pushes.
+    #[inline]
+    pub(crate) fn notify(&self, k: usize) {
+        self.shared.sleep.notify(k);
+    }
+
+    /// Retires the batch of finished nodes into its run.
+    fn flush(&mut self) {
+        if let Some(run) = self.batch_run.take() {
+            let n = std::mem::take(&mut self.done);
+            if n > 0 {
+                // SAFETY: `done > 0` nodes of this run are finished but not retired, so the
+                // pool's reference to the run is still held and the run is alive.
+                unsafe { retire(run, n) };
+            }
+        }
+    }
+
+    fn pop_local(&mut self) -> Option<Job> {
+        let mut used = self.bands_used;
+        while used != 0 {
+            let b = 7 - used.leading_zeros() as usize;
+            if let Some(j) = self.locals[b].pop() {
+                return Some(j);
+            }
+            used &= !(1 << b);
+            self.bands_used &= !(1 << b);
+        }
+        None
+    }
+
+    fn steal(&mut self) -> Option<Job> {
+        for b in (0..BANDS).rev() {
+            if let Some(j) = queue::steal_injector(&self.shared.injector[b], &self.locals[b]) {
+                self.bands_used |= 1 << b;
+                return Some(j);
+            }
+            let n = self.shared.stealers.len();
+            if n > 1 {
+                // xorshift: a cheap random victim order.
+                self.rng ^= self.rng << 13;
+                self.rng ^= self.rng >> 17;
+                self.rng ^= self.rng << 5;
+                let start = self.rng as usize % n;
+                for k in 0..n {
+                    let v = (start + k) % n;
+                    if v != self.index {
+                        if let Some(j) = queue::steal(&self.shared.stealers[v][b]) {
+                            return Some(j);
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn find_work(&mut self) -> Option<Job> {
+        self.pop_local().or_else(|| self.steal())
+    }
+
+    fn run_job(&mut self, job: Job) {
+        if self.batch_run.map(|r| r.cast::<u8>()) != Some(job.run.cast::<u8>()) {
+            self.flush();
+            self.batch_run = Some(job.run);
+        }
+        // SAFETY: a queued job's node is not retired, so its run is alive (see `Job`).
+        let run = unsafe { job.run.as_ref() };
+        run.execute(job.node, self);
+    }
+}
+
+/// Aborts the process if an engine section unwinds (a user's panic is caught long before it
+/// could reach here; anything else means the pool's own invariants are broken).
+struct AbortOnUnwind;
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("nerv-pool: a worker panicked outside a task; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+fn worker_main(shared: Arc<Shared>, index: usize, locals: [Local<Job>; BANDS]) {
+    let guard = AbortOnUnwind;
+    let mut w = WorkerCtx {
+        index,
+        locals: &locals,
+        shared: &shared,
+        batch_run: None,
+        done: 0,
+        bands_used: 0,
+        rng: 0x9E37_79B9 ^ (index as u32 + 1).wrapping_mul(0x85EB_CA6B),
+    };
+    'outer: loop {
+        if let Some(job) = w.find_work() {
+            w.run_job(job);
+            continue;
+        }
+        w.flush();
+        for round in 0..SPIN_ROUNDS {
+            spin_hint(round);
+            if let Some(job) = w.find_work() {
+                w.run_job(job);
+                continue 'outer;
+            }
+        }
+        if shared.stopping() {
+            break;
+        }
+        let epoch = shared.sleep.prepare();
+        if let Some(job) = w.find_work() {
+            shared.sleep.cancel();
+            w.run_job(job);
+            continue;
+        }
+        shared.sleep.sleep(epoch, || shared.stopping());
+    }
+    w.flush();
+    drop(guard);
+}
+
+struct PoolInner {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    workers: usize,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Release);
+        self.shared.sleep.notify_all();
+        let me = thread::current().id();
+        for t in std::mem::take(&mut *lock(&self.threads)) {
+            // The last reference may be dropped by one of the pool's own workers (when it
+            // finishes the last run): it cannot join itself, so it is left to exit on its own.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A pool of worker threads that run task graphs (see [`Pool::start`](crate::Pool::start)).
+///
+/// Cloning is cheap and shares the workers. The threads stop when the last clone is dropped
+/// and every run started on the pool has finished (a run keeps its pool alive).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.inner.workers)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Starts a pool of `workers` threads (at least one), named `{name}-{i}`.
+    pub fn new(workers: usize, name: &str) -> Pool {
+        let workers = workers.max(1);
+        let locals: Vec<[Local<Job>; BANDS]> = (0..workers)
+            .map(|_| std::array::from_fn(|_| queue::local()))
+            .collect();
+        let stealers = locals
+            .iter()
+            .map(|l| std::array::from_fn(|b| l[b].stealer()))
+            .collect();
+        let shared = Arc::new(Shared {
+            injector: std::array::from_fn(|_| Injector::new()),
+            stealers,
+            sleep: Sleep::new(),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut threads = Vec::with_capacity(workers);
+        for (i, l) in locals.into_iter().enumerate() {
+            let s = shared.clone();
+            #[cfg(not(loom))]
+            let t = thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || worker_main(s, i, l))
+                .expect("failed to spawn a pool worker thread");
+            #[cfg(loom)]
+            let t = {
+                let _ = name;
+                thread::spawn(move || worker_main(s, i, l))
+            };
+            threads.push(t);
+        }
+        Pool {
+            inner: Arc::new(PoolInner {
+                shared,
+                threads: Mutex::new(threads),
+                workers,
+            }),
+        }
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Stops the workers once they run out of work and waits for them (loom tests end their
+    /// model this way; ordinary users just drop the pool).
+    pub fn shutdown_and_join(self) {
+        drop(self);
+    }
+}

@@ -1,0 +1,570 @@
+//! One execution of a [`Dag`] on a [`Pool`]: per-node join counters, states and upstream
+//! causes, and the protocol that moves a node from pending to finished.
+//!
+//! Node states (one byte each; who moves a node out of a state is listed after the arrow):
+//! - `PENDING`: waiting for predecessors → the releaser whose decrement makes its join
+//!   counter reach zero (or the start of the run, for roots) runs or queues it, and the worker
+//!   that runs it CASes it to `RUNNING`.
+//! - `RUNNING`: its runner is executing on a worker → the worker, with the runner's verdict: a
+//!   final state, or `DEFERRED`; [`RunHandle::complete`] may finish it first (then the worker's
+//!   CAS fails and it leaves the node alone); [`RunHandle::requeue`] may turn it into `REQUEUE`.
+//! - `DEFERRED`: finishes later, from anywhere → `complete` (final state) or `requeue`
+//!   (`QUEUED`).
+//! - `REQUEUE`: asked to run again while still running → the worker, after the runner returns,
+//!   makes it `QUEUED` and queues it.
+//! - `QUEUED`: queued to run again → a worker CASes it to `RUNNING`.
+//! - `COMPLETED`, `FAILED`, `SKIPPED`, `CANCELLED`: final. Exactly one CAS reaches a final state
+//!   per node and run, and only that thread releases the node's successors and counts it.
+//!
+//! Releasing a finished node: for each successor in order, record the upstream cause if the
+//! node did not complete (first cause wins), then decrement the successor's join counter
+//! (AcqRel; successors with a single predecessor skip the counter); the first successor that
+//! becomes ready is returned to run inline, the others are queued and sleepers are woken.
+
+use crate::dag::Dag;
+use crate::pool::{Execute, Job, Pool, Shared, WorkerCtx};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Condvar, Mutex};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+const PENDING: u8 = 0;
+const QUEUED: u8 = 1;
+const RUNNING: u8 = 2;
+const DEFERRED: u8 = 3;
+const REQUEUE: u8 = 4;
+const COMPLETED: u8 = 5;
+const FAILED: u8 = 6;
+const SKIPPED: u8 = 7;
+const CANCELLED: u8 = 8;
+
+/// No upstream problem.
+const NO_CAUSE: u32 = u32::MAX;
+/// An upstream node was cancelled.
+const CANCEL_CAUSE: u32 = u32::MAX - 1;
+
+/// What a runner says about one attempt at a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The node produced its output.
+    Completed,
+    /// The node failed for good; its descendants see it as their upstream cause.
+    Failed,
+    /// The node was not run because of an upstream failure (see [`NodeCx::upstream`]).
+    Skipped,
+    /// The node was not run (or stopped) because the run was cancelled.
+    Cancelled,
+    /// The node finishes later through [`RunHandle::complete`] or runs again after
+    /// [`RunHandle::requeue`] (async work, a retry after a delay, a subgraph).
+    Deferred,
+}
+
+/// A node's state as seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Waiting for predecessors (or queued).
+    Pending,
+    /// Being run, or deferred (in flight).
+    Running,
+    /// Finished with its output.
+    Completed,
+    /// Failed.
+    Failed,
+    /// Skipped because of an upstream failure.
+    Skipped,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl NodeState {
+    /// Whether the node reached a final state.
+    pub fn is_final(self) -> bool {
+        !matches!(self, NodeState::Pending | NodeState::Running)
+    }
+}
+
+/// Why a node's predecessors did not all complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Every predecessor completed.
+    Ok,
+    /// The failure of this node (a failed node, not a skipped one) is the root cause.
+    Failed(u32),
+    /// A predecessor was cancelled.
+    Cancelled,
+}
+
+/// The work of a run's nodes, supplied by the layer above the pool.
+pub trait NodeRunner: Send + Sync + Sized + 'static {
+    /// Runs one attempt at the node `cx.node()`. Called once per attempt, never concurrently
+    /// for the same node. Panics must be caught by the runner (a panic here aborts).
+    fn run(&self, cx: &NodeCx<'_, Self>) -> Verdict;
+
+    /// Called once when every node of the run is finished, before waiters are woken.
+    fn finished(&self, _run: &RunHandle<Self>) {}
+}
+
+/// What a runner may ask about the node it runs.
+pub struct NodeCx<'a, R: NodeRunner> {
+    run: &'a RunInner<R>,
+    node: u32,
+}
+
+impl<R: NodeRunner> NodeCx<'_, R> {
+    /// The node being run.
+    #[inline]
+    pub fn node(&self) -> u32 {
+        self.node
+    }
+
+    /// Why the node's predecessors did not all complete, if they did not.
+    #[inline]
+    pub fn upstream(&self) -> Upstream {
+        self.run.upstream(self.node)
+    }
+
+    /// Whether the run was cancelled.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.run.cancelled.load(Relaxed)
+    }
+
+    /// The run's topology.
+    #[inline]
+    pub fn dag(&self) -> &Dag {
+        &self.run.dag
+    }
+
+    /// A handle to the run, to finish a [`Verdict::Deferred`] node later.
+    pub fn handle(&self) -> RunHandle<R> {
+        let ptr: *const RunInner<R> = self.run;
+        // SAFETY: every `RunInner` lives in an `Arc` (made by `Pool::start`), and `self.run`
+        // borrows it, so the count is at least one while we add ours.
+        unsafe {
+            Arc::increment_strong_count(ptr);
+            RunHandle {
+                inner: Arc::from_raw(ptr),
+            }
+        }
+    }
+}
+
+/// A run's completion signal: a flag, a condvar for blocking waiters, wakers for async ones.
+struct Completion {
+    state: Mutex<(bool, Vec<Waker>)>,
+    cv: Condvar,
+}
+
+pub(crate) struct RunInner<R: NodeRunner> {
+    dag: Arc<Dag>,
+    runner: R,
+    counters: Box<[AtomicU32]>,
+    state: Box<[AtomicU8]>,
+    cause: Box<[AtomicU32]>,
+    remaining: AtomicUsize,
+    cancelled: AtomicBool,
+    finished: AtomicBool,
+    completion: Completion,
+    pool: Pool,
+}
+
+/// Where released jobs go: a worker's own deques, or the shared injector.
+enum Sink<'s, 'w> {
+    Worker(&'s mut WorkerCtx<'w>),
+    Injector(&'s Shared),
+}
+
+impl<R: NodeRunner> RunInner<R> {
+    fn upstream(&self, node: u32) -> Upstream {
+        match self.cause[node as usize].load(Relaxed) {
+            NO_CAUSE => Upstream::Ok,
+            CANCEL_CAUSE => Upstream::Cancelled,
+            c => Upstream::Failed(c),
+        }
+    }
+
+    fn job(&self, node: u32) -> Job {
+        Job {
+            run: NonNull::from(self as &dyn Execute),
+            node,
+        }
+    }
+
+    /// Makes `node` runnable again by a worker (it must have been moved to `QUEUED`).
+    fn queue(&self, node: u32) {
+        self.pool
+            .shared()
+            .inject(self.job(node), self.dag.band(node));
+    }
+
+    /// Claims a ready (or re-queued) node for running.
+    #[inline]
+    fn claim(&self, node: u32) -> bool {
+        let st = &self.state[node as usize];
+        st.compare_exchange(PENDING, RUNNING, Acquire, Relaxed)
+            .is_ok()
+            || st
+                .compare_exchange(QUEUED, RUNNING, Acquire, Relaxed)
+                .is_ok()
+    }
+
+    /// Runs the runner on a claimed node; returns its final state, or `None` if the node is
+    /// deferred or was finished by someone else meanwhile.
+    #[inline]
+    fn attempt(&self, node: u32) -> Option<u8> {
+        let verdict = self.runner.run(&NodeCx { run: self, node });
+        let fin = match verdict {
+            Verdict::Completed => COMPLETED,
+            Verdict::Failed => FAILED,
+            Verdict::Skipped => SKIPPED,
+            Verdict::Cancelled => CANCELLED,
+            Verdict::Deferred => {
+                let st = &self.state[node as usize];
+                match st.compare_exchange(RUNNING, DEFERRED, AcqRel, Acquire) {
+                    Ok(_) => {}
+                    Err(REQUEUE) => {
+                        st.store(QUEUED, Release);
+                        self.queue(node);
+                    }
+                    Err(_) => {} // completed from elsewhere already
+                }
+                return None;
+            }
+        };
+        self.state[node as usize]
+            .compare_exchange(RUNNING, fin, AcqRel, Relaxed)
+            .ok()
+            .map(|_| fin)
+    }
+
+    /// Releases the successors of a node that reached final state `fin`; returns the first one
+    /// that became ready (to run inline) and queues the rest.
+    #[inline]
+    fn release(&self, node: u32, fin: u8, mut sink: Sink<'_, '_>) -> Option<u32> {
+        let succ = self.dag.successors(node);
+        if succ.is_empty() {
+            return None;
+        }
+        let cause = match fin {
+            COMPLETED => NO_CAUSE,
+            FAILED => node,
+            SKIPPED => match self.cause[node as usize].load(Relaxed) {
+                NO_CAUSE => node, // skipped by its runner's own choice: it is the root
+                c => c,
+            },
+            _ => CANCEL_CAUSE,
+        };
+        let mut next = None;
+        let mut pushed = 0;
+        for &s in succ {
+            if cause != NO_CAUSE {
+                let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
+            }
+            let ready =
+                self.dag.in_degree(s) == 1 || self.counters[s as usize].fetch_sub(1, AcqRel) == 1;
+            if ready {
+                if next.is_none() {
+                    next = Some(s);
+                } else {
+                    match &mut sink {
+                        Sink::Worker(w) => w.push(self.job(s), self.dag.band(s)),
+                        Sink::Injector(sh) => sh.inject(self.job(s), self.dag.band(s)),
+                    }
+                    pushed += 1;
+                }
+            }
+        }
+        if pushed > 0 {
+            if let Sink::Worker(w) = &sink {
+                w.notify(pushed);
+            }
+        }
+        next
+    }
+
+    /// Finishes the run: tells the runner, wakes waiters. Called once, by whoever retired
+    /// the last node, while the pool's reference is still held.
+    fn finish(&self) {
+        self.finished.store(true, Release);
+        let handle = NodeCx { run: self, node: 0 }.handle();
+        self.runner.finished(&handle);
+        drop(handle);
+        let wakers = {
+            let mut st = lock(&self.completion.state);
+            st.0 = true;
+            std::mem::take(&mut st.1)
+        };
+        self.completion.cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+impl<R: NodeRunner> Execute for RunInner<R> {
+    fn execute(&self, mut node: u32, w: &mut WorkerCtx<'_>) {
+        loop {
+            if !self.claim(node) {
+                return;
+            }
+            let Some(fin) = self.attempt(node) else {
+                return;
+            };
+            w.done += 1;
+            match self.release(node, fin, Sink::Worker(w)) {
+                // The inline successor is PENDING and ready: claim it at the loop's top.
+                Some(next) => node = next,
+                None => return,
+            }
+        }
+    }
+
+    fn retire(&self, n: usize) -> bool {
+        if self.remaining.fetch_sub(n, AcqRel) == n {
+            self.finish();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn dropper(&self) -> unsafe fn(NonNull<()>) {
+        drop_pool_ref::<R>
+    }
+}
+
+/// Gives up the pool's reference to a run.
+///
+/// # Safety
+/// `p` must be the pointer of a `RunInner<R>` whose pool reference (made by `Arc::into_raw` in
+/// `Pool::start`) has not been given up yet; it is given up here, once.
+unsafe fn drop_pool_ref<R: NodeRunner>(p: NonNull<()>) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { drop(Arc::from_raw(p.cast::<RunInner<R>>().as_ptr())) }
+}
+
+/// A handle to a run started with [`Pool::start`]: wait for it, cancel it, inspect node states,
+/// and finish deferred nodes. Cloning is cheap.
+pub struct RunHandle<R: NodeRunner> {
+    inner: Arc<RunInner<R>>,
+}
+
+impl<R: NodeRunner> Clone for RunHandle<R> {
+    fn clone(&self) -> Self {
+        RunHandle {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: NodeRunner> std::fmt::Debug for RunHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("nodes", &self.inner.dag.len())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+/// Error from [`RunHandle::complete`] and [`RunHandle::requeue`]: the node was not in a state
+/// that allows it (already finished, or not deferred).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotDeferred {
+    /// The node.
+    pub node: u32,
+}
+
+impl std::fmt::Display for NotDeferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} is not running or deferred", self.node)
+    }
+}
+impl std::error::Error for NotDeferred {}
+
+impl<R: NodeRunner> RunHandle<R> {
+    /// The runner given to [`Pool::start`].
+    pub fn runner(&self) -> &R {
+        &self.inner.runner
+    }
+
+    /// The run's topology.
+    pub fn dag(&self) -> &Arc<Dag> {
+        &self.inner.dag
+    }
+
+    /// Asks the run to stop: nodes not yet started are given to their runner with
+    /// [`NodeCx::is_cancelled`] true; running nodes can poll the same flag.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Release);
+    }
+
+    /// Whether [`RunHandle::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Acquire)
+    }
+
+    /// Whether every node reached a final state.
+    pub fn is_finished(&self) -> bool {
+        self.inner.finished.load(Acquire)
+    }
+
+    /// Blocks until the run is finished.
+    pub fn wait(&self) {
+        let mut st = lock(&self.inner.completion.state);
+        while !st.0 {
+            st = match self.inner.completion.cv.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+
+    /// Blocks until the run is finished or `timeout` passed; returns whether it finished.
+    #[cfg(not(loom))]
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = lock(&self.inner.completion.state);
+        while !st.0 {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = match self.inner.completion.cv.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// Polls for completion, registering `cx`'s waker (for an async wait).
+    pub fn poll_finished(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.inner.completion.state);
+        if st.0 {
+            return Poll::Ready(());
+        }
+        if !st.1.iter().any(|w| w.will_wake(cx.waker())) {
+            st.1.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The state of `node`.
+    pub fn state(&self, node: u32) -> NodeState {
+        match self.inner.state[node as usize].load(Acquire) {
+            PENDING | QUEUED => NodeState::Pending,
+            RUNNING | DEFERRED | REQUEUE => NodeState::Running,
+            COMPLETED => NodeState::Completed,
+            FAILED => NodeState::Failed,
+            SKIPPED => NodeState::Skipped,
+            _ => NodeState::Cancelled,
+        }
+    }
+
+    /// Why `node`'s predecessors did not all complete (the root failure for a skipped node).
+    pub fn upstream(&self, node: u32) -> Upstream {
+        self.inner.upstream(node)
+    }
+
+    /// Finishes a running or deferred node with a final verdict, releasing its successors
+    /// (they are queued on the pool). Fails if the node is not running or deferred, so that a
+    /// node is finished exactly once.
+    ///
+    /// # Panics
+    /// If `verdict` is [`Verdict::Deferred`].
+    pub fn complete(&self, node: u32, verdict: Verdict) -> Result<(), NotDeferred> {
+        let fin = match verdict {
+            Verdict::Completed => COMPLETED,
+            Verdict::Failed => FAILED,
+            Verdict::Skipped => SKIPPED,
+            Verdict::Cancelled => CANCELLED,
+            Verdict::Deferred => panic!("complete() needs a final verdict"),
+        };
+        let st = &self.inner.state[node as usize];
+        let mut cur = st.load(Acquire);
+        loop {
+            if !matches!(cur, RUNNING | DEFERRED | REQUEUE) {
+                return Err(NotDeferred { node });
+            }
+            match st.compare_exchange(cur, fin, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        let shared = self.inner.pool.shared().clone();
+        if let Some(next) = self.inner.release(node, fin, Sink::Injector(&shared)) {
+            shared.inject(self.inner.job(next), self.inner.dag.band(next));
+        }
+        if self.inner.retire(1) {
+            // SAFETY: this retirement reached zero, so the pool's reference made in
+            // `Pool::start` is ours to give up; our own `Arc` keeps the run alive meanwhile.
+            unsafe { drop_pool_ref::<R>(NonNull::from(&*self.inner).cast()) };
+        }
+        Ok(())
+    }
+
+    /// Runs a deferred node's runner again (e.g. a retry after a back-off delay).
+    pub fn requeue(&self, node: u32) -> Result<(), NotDeferred> {
+        let st = &self.inner.state[node as usize];
+        if st
+            .compare_exchange(DEFERRED, QUEUED, AcqRel, Acquire)
+            .is_ok()
+        {
+            self.inner.queue(node);
+            return Ok(());
+        }
+        match st.compare_exchange(RUNNING, REQUEUE, AcqRel, Acquire) {
+            Ok(_) => Ok(()),
+            // The worker turned RUNNING into DEFERRED between our two CASes.
+            Err(DEFERRED) => self.requeue(node),
+            Err(_) => Err(NotDeferred { node }),
+        }
+    }
+}
+
+impl Pool {
+    /// Starts running `dag` with `runner` doing each node's work; returns at once.
+    ///
+    /// Every root is queued; each node runs once its predecessors are all finished (whatever
+    /// their outcome: the runner decides what an upstream failure means, see
+    /// [`NodeCx::upstream`]).
+    pub fn start<R: NodeRunner>(&self, dag: Arc<Dag>, runner: R) -> RunHandle<R> {
+        let n = dag.len();
+        let counters = (0..n as u32)
+            .map(|i| AtomicU32::new(dag.in_degree(i)))
+            .collect();
+        let state = (0..n).map(|_| AtomicU8::new(PENDING)).collect();
+        let cause = (0..n).map(|_| AtomicU32::new(NO_CAUSE)).collect();
+        let inner = Arc::new(RunInner {
+            dag,
+            runner,
+            counters,
+            state,
+            cause,
+            remaining: AtomicUsize::new(n),
+            cancelled: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            completion: Completion {
+                state: Mutex::new((false, Vec::new())),
+                cv: Condvar::new(),
+            },
+            pool: self.clone(),
+        });
+        let handle = RunHandle {
+            inner: inner.clone(),
+        };
+        if n == 0 {
+            inner.finish();
+            return handle;
+        }
+        // The pool's reference, given up by the retirement of the last node.
+        let run: &RunInner<R> = &inner;
+        let _pool_ref = Arc::into_raw(inner.clone());
+        let shared = self.shared();
+        for &r in run.dag.roots() {
+            shared.inject(run.job(r), run.dag.band(r));
+        }
+        handle
+    }
+}

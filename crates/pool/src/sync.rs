@@ -1,0 +1,51 @@
+//! The loom seam: every atomic, lock and thread the pool uses comes from here, so that
+//! `RUSTFLAGS="--cfg loom" cargo test -p nerv-pool --release loom_` model-checks the real code.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(loom)]
+pub(crate) use loom::thread;
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(not(loom))]
+pub(crate) use std::thread;
+
+/// Locks a mutex, ignoring poisoning: the pool never panics while holding its locks (an
+/// engine panic aborts), so a poisoned lock only means a user callback panicked elsewhere.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// How many rounds an idle worker searches before it goes to sleep (fewer under loom, where
+/// every round multiplies the state space).
+#[cfg(not(loom))]
+pub(crate) const SPIN_ROUNDS: u32 = 64;
+#[cfg(loom)]
+pub(crate) const SPIN_ROUNDS: u32 = 0;
+
+/// Hints the CPU (or loom's scheduler) that this thread is spinning.
+pub(crate) fn spin_hint(round: u32) {
+    #[cfg(loom)]
+    {
+        let _ = round;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        if round < SPIN_ROUNDS / 2 {
+            for _ in 0..(1 << (round.min(6))) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
