@@ -54,7 +54,7 @@ impl<'a> TaskContext<'a> {
 
     /// The run's cancellation token, for async work (`token.cancelled().await`).
     pub fn cancellation(&self) -> CancellationToken {
-        self.runner.cancel.clone()
+        self.runner.cancel.token.clone()
     }
 
     /// The timeout, if it has passed.

@@ -36,6 +36,7 @@ pub use context::TaskContext;
 pub use dynamic::Subgraph;
 pub use exec::{
     Executor, ExecutorBuilder, FailurePolicy, Run, RunOptions, RunReport, RunStatus, StatusCounts,
+    Timing,
 };
 pub use graph::{
     Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, TaskBuilder, TaskId, TaskInfo,

@@ -212,6 +212,16 @@ impl OnceArena {
     pub fn set<T>(&self, key: SlotKey<T>, value: T) -> Result<(), T> {
         self.check(&key);
         let st = &self.state[key.index as usize];
+        if std::mem::size_of::<T>() == 0 {
+            // Nothing is written, so racing setters cannot tear anything: skip the CAS. The
+            // value now lives in the slot (dropped with the arena, or moved out by `take`).
+            if st.load(Relaxed) != EMPTY {
+                return Err(value);
+            }
+            std::mem::forget(value);
+            st.store(FULL, Release);
+            return Ok(());
+        }
         if st
             .compare_exchange(EMPTY, WRITING, Acquire, Relaxed)
             .is_err()

@@ -198,15 +198,19 @@ impl<R: NodeRunner> RunInner<R> {
             .inject(self.job(node), self.dag.band(node));
     }
 
-    /// Claims a ready (or re-queued) node for running.
+    /// Claims a ready (or re-queued) node for running. No other thread writes the state of
+    /// a `PENDING` node whose counter reached zero or of a `QUEUED` node (only the one job that
+    /// exists for it runs this), so a plain store suffices.
     #[inline]
     fn claim(&self, node: u32) -> bool {
         let st = &self.state[node as usize];
-        st.compare_exchange(PENDING, RUNNING, Acquire, Relaxed)
-            .is_ok()
-            || st
-                .compare_exchange(QUEUED, RUNNING, Acquire, Relaxed)
-                .is_ok()
+        match st.load(Acquire) {
+            PENDING | QUEUED => {
+                st.store(RUNNING, Relaxed);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Runs the runner on a claimed node; returns its final state, or `None` if the node is

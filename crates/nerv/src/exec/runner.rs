@@ -11,7 +11,7 @@
 //!    timer requeues the node), or give up: the error is recorded and the node is FAILED (and
 //!    under fail-fast the run is cancelled).
 
-use super::{Env, FailurePolicy, RunOptions};
+use super::{Env, FailurePolicy, RunOptions, Timing};
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
 use crate::graph::{Graph, Started};
@@ -21,10 +21,51 @@ use futures_util::FutureExt;
 use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
+
+/// A run's cancellation: a flag checked on the hot path (one load per ancestor run), and a
+/// token that async work and timers wait on. (The token alone would not do: its
+/// `is_cancelled` takes a mutex.)
+#[derive(Clone)]
+pub(crate) struct Cancel {
+    flag: Arc<AtomicBool>,
+    ancestors: Vec<Arc<AtomicBool>>,
+    pub(crate) token: CancellationToken,
+}
+
+impl Cancel {
+    pub(crate) fn new() -> Self {
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            ancestors: Vec::new(),
+            token: CancellationToken::new(),
+        }
+    }
+
+    /// A cancellation that also ends when this one is cancelled (for a subgraph's run).
+    fn child(&self) -> Self {
+        let mut ancestors = self.ancestors.clone();
+        ancestors.push(self.flag.clone());
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            ancestors,
+            token: self.token.child_token(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Relaxed) || self.ancestors.iter().any(|a| a.load(Relaxed))
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, Release);
+        self.token.cancel();
+    }
+}
 
 /// How a subgraph's run reports back to the task that made it.
 pub(crate) struct ParentLink {
@@ -40,7 +81,7 @@ pub(crate) struct Runner {
     pub(crate) arena: OnceArena,
     pub(crate) env: Arc<Env>,
     pub(crate) opts: RunOptions,
-    pub(crate) cancel: CancellationToken,
+    pub(crate) cancel: Cancel,
     pub(crate) run_id: u64,
     /// Prefix of task ids in this run (`parent/` for a subgraph).
     pub(crate) prefix: String,
@@ -63,19 +104,20 @@ impl Runner {
         graph: Graph,
         env: Arc<Env>,
         opts: RunOptions,
-        cancel: CancellationToken,
+        cancel: Cancel,
         prefix: String,
         parent: Option<ParentLink>,
     ) -> Runner {
         let n = graph.len();
         let arena = OnceArena::new(&graph.0.layout);
+        let stamps = if opts.timing == Timing::Off { 0 } else { n };
         let zeros = |_| AtomicU64::new(0);
         static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
         Runner {
             arena,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            started: (0..n).map(zeros).collect(),
-            ended: (0..n).map(zeros).collect(),
+            started: (0..stamps).map(zeros).collect(),
+            ended: (0..stamps).map(zeros).collect(),
             errors: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
             parent,
@@ -113,7 +155,9 @@ impl Runner {
 
     #[inline]
     fn stamp_end(&self, node: u32) {
-        self.ended[node as usize].store(self.env.clock.raw(), Release);
+        if let Some(e) = self.ended.get(node as usize) {
+            e.store(self.env.clock.raw(), Release);
+        }
     }
 
     /// Records a final failure; returns the verdict.
@@ -156,7 +200,7 @@ impl Runner {
 
     /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
     fn requeue_later(&self, h: RunHandle<Runner>, node: u32, delay: Duration) {
-        let cancel = self.cancel.clone();
+        let cancel = self.cancel.token.clone();
         self.env.tokio().spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -174,7 +218,7 @@ impl Runner {
         fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TaskError>> + Send>>,
         timeout: Option<Duration>,
     ) {
-        let cancel = self.cancel.clone();
+        let cancel = self.cancel.token.clone();
         self.env.tokio().spawn(async move {
             let work = AssertUnwindSafe(fut).catch_unwind();
             let res = tokio::select! {
@@ -230,7 +274,7 @@ impl Runner {
             graph.clone(),
             self.env.clone(),
             self.opts.clone(),
-            self.cancel.child_token(),
+            self.cancel.child(),
             format!("{}/", self.full_id(node)),
             Some(ParentLink {
                 handle: h,
@@ -249,8 +293,9 @@ impl Runner {
         let status: TaskStatus = h.state(node).into();
         let at =
             |ticks: u64| (ticks != 0).then(|| self.sys0 + self.env.clock.delta(self.t0, ticks));
-        let started = self.started[node as usize].load(Acquire);
-        let ended = self.ended[node as usize].load(Acquire);
+        let stamp = |v: &[AtomicU64]| v.get(node as usize).map_or(0, |a| a.load(Acquire));
+        let started = stamp(&self.started);
+        let ended = stamp(&self.ended);
         let error = if matches!(status, TaskStatus::Failed | TaskStatus::Cancelled) {
             self.errors
                 .lock()
@@ -330,10 +375,14 @@ impl NodeRunner for Runner {
                 self.stamp_end(node);
                 return Verdict::Cancelled;
             }
-            let attempt = self.attempts[node as usize].fetch_add(1, Relaxed) + 1;
-            let now = self.env.clock.raw();
+            // Attempts of one node never overlap: a plain load and store suffice.
+            let attempts = &self.attempts[node as usize];
+            let attempt = attempts.load(Relaxed) + 1;
+            attempts.store(attempt, Relaxed);
             if attempt == 1 {
-                self.started[node as usize].store(now, Relaxed);
+                if let Some(s) = self.started.get(node as usize) {
+                    s.store(self.env.clock.raw(), Relaxed);
+                }
             }
             let timeout = self.timeout(node);
             let cx = TaskContext {
