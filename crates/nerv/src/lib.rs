@@ -45,3 +45,8 @@ pub use plan::{Plan, Planner};
 pub use policy::retry::RetryPolicy;
 pub use task::{ErrorKind, Priority, TaskError, TaskMetadata, TaskResult, TaskStatus};
 pub use tokio_util::sync::CancellationToken;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -6,10 +6,12 @@
 //!   counter reach zero (or the start of the run, for roots) runs or queues it, and the worker
 //!   that runs it CASes it to `RUNNING`.
 //! - `RUNNING`: its runner is executing on a worker → the worker, with the runner's verdict: a
-//!   final state, or `DEFERRED`; [`RunHandle::complete`] may finish it first (then the worker's
-//!   CAS fails and it leaves the node alone); [`RunHandle::requeue`] may turn it into `REQUEUE`.
-//! - `DEFERRED`: finishes later, from anywhere → `complete` (final state) or `requeue`
-//!   (`QUEUED`).
+//!   final state (a plain store: nobody else writes a `RUNNING` node's final state), or
+//!   `DEFERRED` (a CAS); [`RunHandle::complete`] may meanwhile CAS it to `COMPLETING+f`, which
+//!   the worker applies instead of `DEFERRED`; [`RunHandle::requeue`] may CAS it to `REQUEUE`.
+//! - `DEFERRED`: finishes later, from anywhere → `complete` (CAS to a final state: that thread
+//!   releases the node) or `requeue` (`QUEUED`).
+//! - `COMPLETING+f`: finished from outside while running → the worker stores `f`.
 //! - `REQUEUE`: asked to run again while still running → the worker, after the runner returns,
 //!   makes it `QUEUED` and queues it.
 //! - `QUEUED`: queued to run again → a worker CASes it to `RUNNING`.
@@ -18,7 +20,8 @@
 //!
 //! Releasing a finished node: for each successor in order, record the upstream cause if the
 //! node did not complete (first cause wins), then decrement the successor's join counter
-//! (AcqRel; successors with a single predecessor skip the counter); the first successor that
+//! (AcqRel; a counter already at 1 — a single predecessor, or all others arrived — is not
+//! decremented: this release is the last); the first successor that
 //! becomes ready is returned to run inline, the others are queued and sleepers are woken.
 
 use crate::dag::Dag;
@@ -38,6 +41,9 @@ const COMPLETED: u8 = 5;
 const FAILED: u8 = 6;
 const SKIPPED: u8 = 7;
 const CANCELLED: u8 = 8;
+/// `COMPLETING + (f - COMPLETED)`: finished with final state `f` by [`RunHandle::complete`]
+/// while its runner was still running; the worker applies it when the runner returns.
+const COMPLETING: u8 = 9;
 
 /// No upstream problem.
 const NO_CAUSE: u32 = u32::MAX;
@@ -201,7 +207,7 @@ impl<R: NodeRunner> RunInner<R> {
     /// Claims a ready (or re-queued) node for running. No other thread writes the state of
     /// a `PENDING` node whose counter reached zero or of a `QUEUED` node (only the one job that
     /// exists for it runs this), so a plain store suffices.
-    #[inline]
+    #[inline(always)]
     fn claim(&self, node: u32) -> bool {
         let st = &self.state[node as usize];
         match st.load(Acquire) {
@@ -214,37 +220,42 @@ impl<R: NodeRunner> RunInner<R> {
     }
 
     /// Runs the runner on a claimed node; returns its final state, or `None` if the node is
-    /// deferred or was finished by someone else meanwhile.
-    #[inline]
+    /// deferred (someone else will finish it).
+    #[inline(always)]
     fn attempt(&self, node: u32) -> Option<u8> {
         let verdict = self.runner.run(&NodeCx { run: self, node });
+        let st = &self.state[node as usize];
         let fin = match verdict {
             Verdict::Completed => COMPLETED,
             Verdict::Failed => FAILED,
             Verdict::Skipped => SKIPPED,
             Verdict::Cancelled => CANCELLED,
             Verdict::Deferred => {
-                let st = &self.state[node as usize];
-                match st.compare_exchange(RUNNING, DEFERRED, AcqRel, Acquire) {
-                    Ok(_) => {}
+                return match st.compare_exchange(RUNNING, DEFERRED, AcqRel, Acquire) {
+                    Ok(_) => None,
                     Err(REQUEUE) => {
                         st.store(QUEUED, Release);
                         self.queue(node);
+                        None
                     }
-                    Err(_) => {} // completed from elsewhere already
-                }
-                return None;
+                    Err(c) if c >= COMPLETING => {
+                        let f = COMPLETED + (c - COMPLETING);
+                        st.store(f, Release);
+                        Some(f)
+                    }
+                    Err(_) => None,
+                };
             }
         };
-        self.state[node as usize]
-            .compare_exchange(RUNNING, fin, AcqRel, Relaxed)
-            .ok()
-            .map(|_| fin)
+        // A `COMPLETING` or `REQUEUE` written meanwhile by `complete`/`requeue` is overridden:
+        // the runner's own final verdict wins, and the node is still released once, here.
+        st.store(fin, Release);
+        Some(fin)
     }
 
     /// Releases the successors of a node that reached final state `fin`; returns the first one
     /// that became ready (to run inline) and queues the rest.
-    #[inline]
+    #[inline(always)]
     fn release(&self, node: u32, fin: u8, mut sink: Sink<'_, '_>) -> Option<u32> {
         let succ = self.dag.successors(node);
         if succ.is_empty() {
@@ -265,8 +276,11 @@ impl<R: NodeRunner> RunInner<R> {
             if cause != NO_CAUSE {
                 let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
             }
-            let ready =
-                self.dag.in_degree(s) == 1 || self.counters[s as usize].fetch_sub(1, AcqRel) == 1;
+            // A counter that reads 1 means every other predecessor has already decremented
+            // it (or there is no other): this release is the last one and needs no RMW. The
+            // Acquire load pairs with the other predecessors' releasing decrements.
+            let c = &self.counters[s as usize];
+            let ready = c.load(Acquire) == 1 || c.fetch_sub(1, AcqRel) == 1;
             if ready {
                 if next.is_none() {
                     next = Some(s);
@@ -459,6 +473,7 @@ impl<R: NodeRunner> RunHandle<R> {
         match self.inner.state[node as usize].load(Acquire) {
             PENDING | QUEUED => NodeState::Pending,
             RUNNING | DEFERRED | REQUEUE => NodeState::Running,
+            c if c >= COMPLETING => NodeState::Running,
             COMPLETED => NodeState::Completed,
             FAILED => NodeState::Failed,
             SKIPPED => NodeState::Skipped,
@@ -488,11 +503,15 @@ impl<R: NodeRunner> RunHandle<R> {
         let st = &self.inner.state[node as usize];
         let mut cur = st.load(Acquire);
         loop {
-            if !matches!(cur, RUNNING | DEFERRED | REQUEUE) {
-                return Err(NotDeferred { node });
-            }
-            match st.compare_exchange(cur, fin, AcqRel, Acquire) {
-                Ok(_) => break,
+            let (next, ours) = match cur {
+                DEFERRED => (fin, true),
+                RUNNING | REQUEUE => (COMPLETING + (fin - COMPLETED), false),
+                _ => return Err(NotDeferred { node }),
+            };
+            match st.compare_exchange(cur, next, AcqRel, Acquire) {
+                Ok(_) if ours => break,
+                // Still running: the worker applies the verdict when its runner returns.
+                Ok(_) => return Ok(()),
                 Err(c) => cur = c,
             }
         }

@@ -14,7 +14,7 @@
 use super::{Env, FailurePolicy, RunOptions, Timing};
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
-use crate::graph::{Graph, Started};
+use crate::graph::{Graph, Node, Started};
 use crate::policy::retry::RetryPolicy;
 use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
 use futures_util::FutureExt;
@@ -145,12 +145,9 @@ impl Runner {
             .or(self.opts.retry.as_ref())
     }
 
-    fn timeout(&self, node: u32) -> Option<Duration> {
-        self.graph.0.nodes[node as usize]
-            .extra
-            .as_ref()
-            .and_then(|e| e.timeout)
-            .or(self.opts.timeout)
+    #[inline]
+    fn timeout(&self, n: &Node) -> Option<Duration> {
+        n.extra.as_ref().and_then(|e| e.timeout).or(self.opts.timeout)
     }
 
     #[inline]
@@ -251,7 +248,8 @@ impl Runner {
         });
     }
 
-    fn start_child(&self, h: RunHandle<Runner>, node: u32, child: ChildGraph) -> Verdict {
+    fn start_child(&self, h: RunHandle<Runner>, node: u32, child: Box<ChildGraph>) -> Verdict {
+        let child = *child;
         let graph = match child.builder.build() {
             Ok(g) => g,
             Err(e) => {
@@ -369,7 +367,7 @@ impl NodeRunner for Runner {
             Upstream::Failed(_) => return Verdict::Skipped,
             Upstream::Cancelled => return Verdict::Cancelled,
         }
-        let body = &self.graph.0.nodes[node as usize].body;
+        let n = &self.graph.0.nodes[node as usize];
         loop {
             if self.cancel.is_cancelled() {
                 self.stamp_end(node);
@@ -384,14 +382,14 @@ impl NodeRunner for Runner {
                     s.store(self.env.clock.raw(), Relaxed);
                 }
             }
-            let timeout = self.timeout(node);
+            let timeout = self.timeout(n);
             let cx = TaskContext {
                 ncx,
                 runner: self,
                 attempt,
                 deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
             };
-            let res = match std::panic::catch_unwind(AssertUnwindSafe(|| body.start(&cx))) {
+            let res = match std::panic::catch_unwind(AssertUnwindSafe(|| n.body.start(&cx))) {
                 Ok(r) => r,
                 Err(p) => Err(TaskError::panic(panic_message(&*p))),
             };

@@ -16,7 +16,7 @@ pub(crate) enum Started {
     /// Async work: the future stores the output when it completes.
     Future(Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>),
     /// A subgraph to run; the task finishes with it.
-    Graph(ChildGraph),
+    Graph(Box<ChildGraph>),
 }
 
 /// A task's work, erased to a trait object in the graph.
@@ -111,6 +111,6 @@ where
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
         let refs = self.inputs.fetch(cx.arena()).map_err(|t| missing(cx, t))?;
         let sub = (self.f)(cx, refs)?;
-        Ok(Started::Graph(sub.into_child(self.out)))
+        Ok(Started::Graph(Box::new(sub.into_child(self.out))))
     }
 }
