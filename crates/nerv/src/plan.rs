@@ -99,7 +99,7 @@ impl Planner {
         for (i, &d) in depth.iter().enumerate() {
             levels[d as usize].push(i as u32);
         }
-        let prio = |i: u32| graph.0.nodes[i as usize].priority;
+        let prio = |i: u32| graph.0.nodes[i as usize].priority();
         for l in &mut levels {
             l.sort_by_key(|&i| {
                 (
@@ -224,7 +224,7 @@ impl fmt::Display for Plan {
         for (k, l) in self.levels.iter().enumerate() {
             write!(f, "  level {k}:")?;
             for &i in l {
-                let p = self.graph.0.nodes[i as usize].priority;
+                let p = self.graph.0.nodes[i as usize].priority();
                 if p == Priority::Medium {
                     write!(f, " {}", self.id(i))?;
                 } else {

@@ -147,7 +147,10 @@ impl Runner {
 
     #[inline]
     fn timeout(&self, n: &Node) -> Option<Duration> {
-        n.extra.as_ref().and_then(|e| e.timeout).or(self.opts.timeout)
+        n.extra
+            .as_ref()
+            .and_then(|e| e.timeout)
+            .or(self.opts.timeout)
     }
 
     #[inline]
@@ -158,6 +161,8 @@ impl Runner {
     }
 
     /// Records a final failure; returns the verdict.
+    #[cold]
+    #[inline(never)]
     fn give_up(&self, node: u32, err: TaskError) -> Verdict {
         self.stamp_end(node);
         let cancelled = err.is_cancelled() || self.cancel.is_cancelled();
@@ -176,6 +181,8 @@ impl Runner {
 
     /// The decision after a failed attempt: `Ok(None)` retry now, `Ok(Some(d))` retry after
     /// `d`, `Err(v)` gave up with verdict `v`.
+    #[cold]
+    #[inline(never)]
     fn after_failure(
         &self,
         node: u32,
@@ -196,6 +203,8 @@ impl Runner {
     }
 
     /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
+    #[cold]
+    #[inline(never)]
     fn requeue_later(&self, h: RunHandle<Runner>, node: u32, delay: Duration) {
         let cancel = self.cancel.token.clone();
         self.env.tokio().spawn(async move {
@@ -207,6 +216,8 @@ impl Runner {
         });
     }
 
+    #[cold]
+    #[inline(never)]
     fn spawn_future(
         &self,
         h: RunHandle<Runner>,
@@ -248,6 +259,8 @@ impl Runner {
         });
     }
 
+    #[cold]
+    #[inline(never)]
     fn start_child(&self, h: RunHandle<Runner>, node: u32, child: Box<ChildGraph>) -> Verdict {
         let child = *child;
         let graph = match child.builder.build() {
@@ -320,7 +333,7 @@ impl Runner {
             status,
             error,
             skipped_because,
-            scheduled_at: None,
+            scheduled_at: self.scheduled_ticks(node).and_then(at),
             started_at: at(started),
             completed_at: at(ended),
             execution_time: if started != 0 && ended >= started {
@@ -330,6 +343,23 @@ impl Runner {
             },
             attempts: self.attempts[node as usize].load(Relaxed),
         }
+    }
+
+    /// When `node` became ready: the end of its last dependency, or the run's start for a
+    /// task without dependencies (derived from recorded times, so it costs nothing while
+    /// running). `None` without per-task timing or before it was ready.
+    fn scheduled_ticks(&self, node: u32) -> Option<u64> {
+        if self.ended.is_empty() {
+            return None;
+        }
+        let mut last = self.t0;
+        for &p in self.graph.0.dag.predecessors(node) {
+            match self.ended[p as usize].load(Acquire) {
+                0 => return None,
+                t => last = last.max(t),
+            }
+        }
+        Some(last)
     }
 
     /// Results of subgraph tasks, in the order their subgraphs finished.
@@ -364,8 +394,14 @@ impl NodeRunner for Runner {
         let node = ncx.node();
         match ncx.upstream() {
             Upstream::Ok => {}
-            Upstream::Failed(_) => return Verdict::Skipped,
-            Upstream::Cancelled => return Verdict::Cancelled,
+            Upstream::Failed(_) => {
+                self.stamp_end(node);
+                return Verdict::Skipped;
+            }
+            Upstream::Cancelled => {
+                self.stamp_end(node);
+                return Verdict::Cancelled;
+            }
         }
         let n = &self.graph.0.nodes[node as usize];
         loop {

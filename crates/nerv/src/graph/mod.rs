@@ -121,6 +121,7 @@ impl IdTable {
 /// Options of a task that most tasks do not set, boxed so that a plain task stays small.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Extra {
+    pub(crate) priority: Priority,
     pub(crate) name: Option<String>,
     pub(crate) description: Option<String>,
     pub(crate) timeout: Option<Duration>,
@@ -129,11 +130,18 @@ pub(crate) struct Extra {
     pub(crate) meta: TaskMetadata,
 }
 
-/// One task as stored in a graph.
+/// One task as stored in a graph: 24 bytes, plus its options only if it has any.
 pub(crate) struct Node {
     pub(crate) body: Box<dyn Body>,
     pub(crate) extra: Option<Box<Extra>>,
-    pub(crate) priority: Priority,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 24);
+
+impl Node {
+    pub(crate) fn priority(&self) -> Priority {
+        self.extra.as_ref().map_or(Priority::Medium, |e| e.priority)
+    }
 }
 
 /// Builds a [`Graph`]. See the module documentation for the rules.
@@ -201,7 +209,6 @@ impl GraphBuilder {
         TaskBuilder {
             g: self,
             id: Some(id.as_ref().into()),
-            priority: Priority::Medium,
             extra: None,
             after: Vec::new(),
             named: Vec::new(),
@@ -274,7 +281,6 @@ impl GraphBuilder {
                 e.meta.created_at.get_or_insert(self.created);
                 e
             }),
-            priority: tb.priority,
         });
         let mut deps: Vec<TaskId> = Vec::new();
         sources(&mut |t| deps.push(t));
@@ -362,11 +368,11 @@ impl GraphBuilder {
         // Release order: priority first, then the longest remaining critical path.
         let est = |i: u32| estimate_units(&nodes[i as usize]);
         let rank = crate::plan::upward_rank(&dag, est);
-        dag.sort_successors_by_key(|s| (nodes[s as usize].priority, rank[s as usize]));
+        dag.sort_successors_by_key(|s| (nodes[s as usize].priority(), rank[s as usize]));
         drop(rank);
-        let first = nodes.first().map(|n| n.priority);
-        if nodes.iter().any(|n| Some(n.priority) != first) {
-            dag.set_bands(nodes.iter().map(|n| n.priority as u8));
+        let first = nodes.first().map(Node::priority);
+        if nodes.iter().any(|n| Some(n.priority()) != first) {
+            dag.set_bands(nodes.iter().map(|n| n.priority() as u8));
         }
         Ok(Graph(Arc::new(GraphInner {
             dag: Arc::new(dag),
@@ -418,7 +424,6 @@ fn cycle_path(edges: &[(u32, u32)], stuck: &[u32]) -> Vec<u32> {
 
 struct TaskSpec {
     id: Box<str>,
-    priority: Priority,
     extra: Option<Box<Extra>>,
     after: Vec<TaskId>,
     named: Vec<Box<str>>,
@@ -429,7 +434,6 @@ struct TaskSpec {
 pub struct TaskBuilder<'g> {
     g: &'g mut GraphBuilder,
     id: Option<Box<str>>,
-    priority: Priority,
     extra: Option<Box<Extra>>,
     after: Vec<TaskId>,
     named: Vec<Box<str>>,
@@ -460,7 +464,9 @@ impl<'g> TaskBuilder<'g> {
 
     /// The priority (default medium).
     pub fn priority(mut self, p: Priority) -> Self {
-        self.priority = p;
+        if p != Priority::Medium || self.extra.is_some() {
+            self.extra().priority = p;
+        }
         self
     }
 
@@ -525,7 +531,6 @@ impl<'g> TaskBuilder<'g> {
     fn spec(&mut self) -> TaskSpec {
         TaskSpec {
             id: self.id.take().unwrap_or_default(),
-            priority: self.priority,
             extra: self.extra.take(),
             after: std::mem::take(&mut self.after),
             named: std::mem::take(&mut self.named),
@@ -668,7 +673,7 @@ impl<'g> TaskInfo<'g> {
     }
     /// Its priority.
     pub fn priority(&self) -> Priority {
-        self.node().priority
+        self.node().priority()
     }
     /// Its timeout.
     pub fn timeout(&self) -> Option<Duration> {
