@@ -42,7 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .run((), move |_, ()| Ok(d.split_whitespace().count()))
                 })
                 .collect();
-            let total = sub.task("sum").run(counts, |_, c| Ok(c.iter().sum::<usize>()));
+            let total = sub
+                .task("sum")
+                .run(counts, |_, c| Ok(c.iter().sum::<usize>()));
             Ok(Subgraph::new(sub, total))
         });
 
@@ -62,22 +64,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .retry(RetryPolicy::attempts(5).backoff(Duration::from_millis(5)))
         .run((), move |cx, ()| {
             if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                return Err(TaskError::msg(format!("service unavailable (attempt {})", cx.attempt())));
+                return Err(TaskError::msg(format!(
+                    "service unavailable (attempt {})",
+                    cx.attempt()
+                )));
             }
             Ok("ok")
         });
 
-    let summary = g
-        .task("merge")
-        .run((words, lookup, flaky), |_, (w, l, f)| {
-            Ok(format!("{w} words, lookup={l}, service={f}"))
-        });
+    let summary = g.task("merge").run((words, lookup, flaky), |_, (w, l, f)| {
+        Ok(format!("{w} words, lookup={l}, service={f}"))
+    });
 
     // A task that fails for good, and one that depends on it (and is skipped).
-    let broken = g
-        .task("broken")
-        .run((), |_, ()| -> Result<(), TaskError> { Err(TaskError::msg("disk full")) });
-    g.task("publish").after(broken).after(summary).run((), |_, ()| Ok(()));
+    let broken = g.task("broken").run((), |_, ()| -> Result<(), TaskError> {
+        Err(TaskError::msg("disk full"))
+    });
+    g.task("publish")
+        .after(broken)
+        .after(summary)
+        .run((), |_, ()| Ok(()));
 
     let graph = g.build()?;
     print!("{}", graph.plan());
@@ -88,7 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{report}");
     println!(
         "\nsummary: {}",
-        report.output(summary).map(String::as_str).unwrap_or("(missing)")
+        report
+            .output(summary)
+            .map(String::as_str)
+            .unwrap_or("(missing)")
     );
     for t in report.results() {
         println!(
