@@ -262,7 +262,7 @@ impl GraphBuilder {
     fn add<T: Send + Sync + 'static>(
         &mut self,
         tb: TaskSpec,
-        sources: &dyn Fn(&mut dyn FnMut(TaskId)),
+        mut deps: Vec<TaskId>,
         make: impl FnOnce(SlotKey<T>) -> Box<dyn Body>,
     ) -> Handle<T> {
         let index = self.nodes.len() as u32;
@@ -282,8 +282,6 @@ impl GraphBuilder {
                 e
             }),
         });
-        let mut deps: Vec<TaskId> = Vec::new();
-        sources(&mut |t| deps.push(t));
         deps.extend(tb.after);
         for d in deps {
             if let Some(d) = self.check_id(d, Some(index)) {
@@ -551,10 +549,9 @@ impl<'g> TaskBuilder<'g> {
         let spec = self.spec();
         let mut srcs = Vec::new();
         inputs.each_source(&mut |t| srcs.push(t));
-        self.g
-            .add(spec, &|f| srcs.iter().for_each(|&t| f(t)), move |out| {
-                Box::new(body::SyncBody { inputs, out, f })
-            })
+        self.g.add(spec, srcs, move |out| {
+            Box::new(body::SyncBody { inputs, out, f })
+        })
     }
 
     /// Sets asynchronous work: a function of the context and the inputs that returns a
@@ -570,15 +567,14 @@ impl<'g> TaskBuilder<'g> {
         let spec = self.spec();
         let mut srcs = Vec::new();
         inputs.each_source(&mut |t| srcs.push(t));
-        self.g
-            .add(spec, &|f| srcs.iter().for_each(|&t| f(t)), move |out| {
-                Box::new(body::AsyncBody {
-                    inputs,
-                    out,
-                    f,
-                    _fut: PhantomData,
-                })
+        self.g.add(spec, srcs, move |out| {
+            Box::new(body::AsyncBody {
+                inputs,
+                out,
+                f,
+                _fut: PhantomData,
             })
+        })
     }
 
     /// Sets work that builds a subgraph at run time (a fan-out over a list known only then,
@@ -598,10 +594,9 @@ impl<'g> TaskBuilder<'g> {
         let spec = self.spec();
         let mut srcs = Vec::new();
         inputs.each_source(&mut |t| srcs.push(t));
-        self.g
-            .add(spec, &|f| srcs.iter().for_each(|&t| f(t)), move |out| {
-                Box::new(body::DynamicBody { inputs, out, f })
-            })
+        self.g.add(spec, srcs, move |out| {
+            Box::new(body::DynamicBody { inputs, out, f })
+        })
     }
 }
 
