@@ -21,7 +21,7 @@
 //! Releasing a finished node: for each successor in order, record the upstream cause if the
 //! node did not complete (first cause wins), then decrement the successor's join counter
 //! (AcqRel; a counter already at 1 — a single predecessor, or all others arrived — is not
-//! decremented: this release is the last); the first successor that
+//! decremented: this release is the last); the best successor that
 //! becomes ready is returned to run inline, the others are queued and sleepers are woken.
 
 use crate::dag::Dag;
@@ -270,9 +270,12 @@ impl<R: NodeRunner> RunInner<R> {
             },
             _ => CANCEL_CAUSE,
         };
-        let mut next = None;
+        // Successors are sorted best first. Walking them backwards, each newly ready one
+        // becomes the inline candidate and the previous candidate is queued: the best ready
+        // successor runs inline, and the LIFO deque pops the others best first.
+        let mut next: Option<u32> = None;
         let mut pushed = 0;
-        for &s in succ {
+        for &s in succ.iter().rev() {
             if cause != NO_CAUSE {
                 let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
             }
@@ -282,12 +285,10 @@ impl<R: NodeRunner> RunInner<R> {
             let c = &self.counters[s as usize];
             let ready = c.load(Acquire) == 1 || c.fetch_sub(1, AcqRel) == 1;
             if ready {
-                if next.is_none() {
-                    next = Some(s);
-                } else {
+                if let Some(prev) = next.replace(s) {
                     match &mut sink {
-                        Sink::Worker(w) => w.push(self.job(s), self.dag.band(s)),
-                        Sink::Injector(sh) => sh.inject(self.job(s), self.dag.band(s)),
+                        Sink::Worker(w) => w.push(self.job(prev), self.dag.band(prev)),
+                        Sink::Injector(sh) => sh.inject(self.job(prev), self.dag.band(prev)),
                     }
                     pushed += 1;
                 }

@@ -411,6 +411,9 @@ fn cycle_path(edges: &[(u32, u32)], stuck: &[u32]) -> Vec<u32> {
         if let Some(&pos) = seen.get(&cur) {
             let mut cycle: Vec<u32> = walk[pos..].to_vec();
             cycle.reverse(); // walked backwards along dependencies
+                             // Start at the earliest-added task, so the message is stable and reads naturally.
+            let first = (0..cycle.len()).min_by_key(|&i| cycle[i]).unwrap_or(0);
+            cycle.rotate_left(first);
             cycle.push(cycle[0]);
             return cycle;
         }
