@@ -89,7 +89,7 @@ impl Planner {
             .collect();
         let rank = upward_rank(dag, |u| weight[u as usize]);
         let mut depth = vec![0u32; dag.len()];
-        for &u in dag.topological_order() {
+        for &u in &dag.topological_order() {
             for &s in dag.successors(u) {
                 depth[s as usize] = depth[s as usize].max(depth[u as usize] + 1);
             }

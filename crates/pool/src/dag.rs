@@ -60,7 +60,6 @@ pub struct Dag {
     /// Priority band per node (higher runs first); empty when every node is in band 0.
     band: Box<[u8]>,
     roots: Box<[u32]>,
-    topo: Box<[u32]>,
 }
 
 impl Dag {
@@ -92,34 +91,24 @@ impl Dag {
         let roots: Box<[u32]> = (0..n)
             .filter(|&i| pred_off[i as usize] == pred_off[i as usize + 1])
             .collect();
-        // Kahn's algorithm: a topological order, or the nodes that are stuck behind a cycle.
-        let mut indeg: Vec<u32> = (0..nodes).map(|i| pred_off[i + 1] - pred_off[i]).collect();
-        let mut topo: Vec<u32> = Vec::with_capacity(nodes);
-        topo.extend_from_slice(&roots);
-        let mut head = 0;
-        while head < topo.len() {
-            let u = topo[head] as usize;
-            head += 1;
-            for &s in &succ[succ_off[u] as usize..succ_off[u + 1] as usize] {
-                indeg[s as usize] -= 1;
-                if indeg[s as usize] == 0 {
-                    topo.push(s);
-                }
-            }
-        }
-        if topo.len() != nodes {
-            let on_cycle = (0..n).filter(|&i| indeg[i as usize] > 0).collect();
-            return Err(DagError::Cycle { on_cycle });
-        }
-        Ok(Dag {
+        let dag = Dag {
             succ_off,
             succ,
             pred_off,
             pred,
             band: Box::new([]),
             roots,
-            topo: topo.into_boxed_slice(),
-        })
+        };
+        let topo = dag.topological_order();
+        if topo.len() != nodes {
+            let mut seen = vec![false; nodes];
+            for &t in &topo {
+                seen[t as usize] = true;
+            }
+            let on_cycle = (0..n).filter(|&i| !seen[i as usize]).collect();
+            return Err(DagError::Cycle { on_cycle });
+        }
+        Ok(dag)
     }
 
     /// Number of nodes.
@@ -163,9 +152,28 @@ impl Dag {
         &self.roots
     }
 
-    /// A topological order (every node after all of its predecessors).
-    pub fn topological_order(&self) -> &[u32] {
-        &self.topo
+    /// A topological order (every node after all of its predecessors), computed on demand
+    /// (Kahn's algorithm, O(nodes + edges)); shorter than `len()` only while a graph under
+    /// construction has a cycle.
+    pub fn topological_order(&self) -> Vec<u32> {
+        let n = self.len();
+        let mut indeg: Vec<u32> = (0..n)
+            .map(|i| self.pred_off[i + 1] - self.pred_off[i])
+            .collect();
+        let mut topo: Vec<u32> = Vec::with_capacity(n);
+        topo.extend_from_slice(&self.roots);
+        let mut head = 0;
+        while head < topo.len() {
+            let u = topo[head];
+            head += 1;
+            for &s in self.successors(u) {
+                indeg[s as usize] -= 1;
+                if indeg[s as usize] == 0 {
+                    topo.push(s);
+                }
+            }
+        }
+        topo
     }
 
     /// The priority band of `node` (0 ..= `BANDS - 1`; higher runs first).
@@ -206,13 +214,14 @@ impl Dag {
             + self.succ.len()
             + self.pred_off.len()
             + self.pred.len()
-            + self.roots.len()
-            + self.topo.len())
+            + self.roots.len())
             + self.band.len()
     }
 }
 
-/// Counting-sort a stream of `(row, value)` pairs into CSR offsets and values.
+/// Counting-sort a stream of `(row, value)` pairs into CSR offsets and values (stable: values
+/// keep their order within a row). Uses the offsets array itself as the fill cursor, so the
+/// only memory is the result.
 fn csr(rows: usize, pairs: impl Iterator<Item = (u32, u32)> + Clone) -> (Box<[u32]>, Box<[u32]>) {
     let mut off = vec![0u32; rows + 1];
     for (r, _) in pairs.clone() {
@@ -221,13 +230,16 @@ fn csr(rows: usize, pairs: impl Iterator<Item = (u32, u32)> + Clone) -> (Box<[u3
     for i in 0..rows {
         off[i + 1] += off[i];
     }
-    let mut fill: Vec<u32> = off[..rows].to_vec();
+    // off[r] is now the start of row r; filling advances it to the end of row r, which is
+    // the start of row r + 1: shifting right by one restores the offsets.
     let mut vals = vec![0u32; off[rows] as usize];
     for (r, v) in pairs {
-        let slot = &mut fill[r as usize];
+        let slot = &mut off[r as usize];
         vals[*slot as usize] = v;
         *slot += 1;
     }
+    off.copy_within(0..rows, 1);
+    off[0] = 0;
     (off.into_boxed_slice(), vals.into_boxed_slice())
 }
 

@@ -25,6 +25,9 @@ use std::sync::atomic::Ordering::{Acquire, Release};
 pub(crate) struct Job {
     pub(crate) run: NonNull<dyn Execute>,
     pub(crate) node: u32,
+    /// 0: run `node`. `r > 0`: `node` is finished; release its successors from index `r` on
+    /// (a high fan-out is released in batches, see `run::RELEASE_BATCH`).
+    pub(crate) resume: u32,
 }
 
 // SAFETY: `Job` only points to an `Execute` (which is `Send + Sync`) kept alive by the pool's
@@ -33,8 +36,9 @@ unsafe impl Send for Job {}
 
 /// What the pool asks of a run (implemented by `run::RunInner`).
 pub(crate) trait Execute: Send + Sync {
-    /// Runs `node` and whatever it releases inline; counts finished nodes in `w`'s batch.
-    fn execute(&self, node: u32, w: &mut WorkerCtx<'_>);
+    /// Runs `node` (or resumes releasing its successors from index `resume > 0`) and whatever
+    /// that releases inline; counts finished nodes in `w`'s batch.
+    fn execute(&self, node: u32, resume: u32, w: &mut WorkerCtx<'_>);
     /// Subtracts `n` finished nodes from the run. The call that reaches zero finishes the run
     /// and returns true: its caller must then give up the pool's reference with
     /// [`Execute::dropper`], and touch the run no more.
@@ -173,7 +177,7 @@ impl WorkerCtx<'_> {
         }
         // SAFETY: a queued job's node is not retired, so its run is alive (see `Job`).
         let run = unsafe { job.run.as_ref() };
-        run.execute(job.node, self);
+        run.execute(job.node, job.resume, self);
     }
 }
 

@@ -47,6 +47,8 @@ const COMPLETING: u8 = 9;
 
 /// No upstream problem.
 const NO_CAUSE: u32 = u32::MAX;
+/// Most successors one call of `release` makes ready (see there).
+const RELEASE_BATCH: usize = 256;
 /// An upstream node was cancelled.
 const CANCEL_CAUSE: u32 = u32::MAX - 1;
 
@@ -194,6 +196,7 @@ impl<R: NodeRunner> RunInner<R> {
         Job {
             run: NonNull::from(self as &dyn Execute),
             node,
+            resume: 0,
         }
     }
 
@@ -253,14 +256,21 @@ impl<R: NodeRunner> RunInner<R> {
         Some(fin)
     }
 
-    /// Releases the successors of a node that reached final state `fin`; returns the first one
-    /// that became ready (to run inline) and queues the rest.
+    /// Releases the successors of a node that reached final state `fin`, from successor index
+    /// `from` on; returns the best one that became ready (to run inline) and queues the rest.
+    ///
+    /// At most `RELEASE_BATCH` successors are released per call: if more remain, a job that
+    /// resumes the release is queued first (at the old end of the deque, where thieves take
+    /// it), so a node with a million successors never fills a deque with a million jobs, and
+    /// other workers help release them.
     #[inline(always)]
-    fn release(&self, node: u32, fin: u8, mut sink: Sink<'_, '_>) -> Option<u32> {
-        let succ = self.dag.successors(node);
-        if succ.is_empty() {
+    fn release(&self, node: u32, fin: u8, from: usize, mut sink: Sink<'_, '_>) -> Option<u32> {
+        let all = self.dag.successors(node);
+        if from >= all.len() {
             return None;
         }
+        let end = all.len().min(from + RELEASE_BATCH);
+        let succ = &all[from..end];
         let cause = match fin {
             COMPLETED => NO_CAUSE,
             FAILED => node,
@@ -270,11 +280,22 @@ impl<R: NodeRunner> RunInner<R> {
             },
             _ => CANCEL_CAUSE,
         };
+        let mut pushed = 0;
+        if end < all.len() {
+            let resume = Job {
+                resume: end as u32,
+                ..self.job(node)
+            };
+            match &mut sink {
+                Sink::Worker(w) => w.push(resume, self.dag.band(node)),
+                Sink::Injector(sh) => sh.inject(resume, self.dag.band(node)),
+            }
+            pushed += 1;
+        }
         // Successors are sorted best first. Walking them backwards, each newly ready one
         // becomes the inline candidate and the previous candidate is queued: the best ready
         // successor runs inline, and the LIFO deque pops the others best first.
         let mut next: Option<u32> = None;
-        let mut pushed = 0;
         for &s in succ.iter().rev() {
             if cause != NO_CAUSE {
                 let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
@@ -322,7 +343,14 @@ impl<R: NodeRunner> RunInner<R> {
 }
 
 impl<R: NodeRunner> Execute for RunInner<R> {
-    fn execute(&self, mut node: u32, w: &mut WorkerCtx<'_>) {
+    fn execute(&self, mut node: u32, resume: u32, w: &mut WorkerCtx<'_>) {
+        if resume > 0 {
+            let fin = self.state[node as usize].load(Acquire);
+            match self.release(node, fin, resume as usize, Sink::Worker(w)) {
+                Some(next) => node = next,
+                None => return,
+            }
+        }
         loop {
             if !self.claim(node) {
                 return;
@@ -331,7 +359,7 @@ impl<R: NodeRunner> Execute for RunInner<R> {
                 return;
             };
             w.done += 1;
-            match self.release(node, fin, Sink::Worker(w)) {
+            match self.release(node, fin, 0, Sink::Worker(w)) {
                 // The inline successor is PENDING and ready: claim it at the loop's top.
                 Some(next) => node = next,
                 None => return,
@@ -517,7 +545,7 @@ impl<R: NodeRunner> RunHandle<R> {
             }
         }
         let shared = self.inner.pool.shared().clone();
-        if let Some(next) = self.inner.release(node, fin, Sink::Injector(&shared)) {
+        if let Some(next) = self.inner.release(node, fin, 0, Sink::Injector(&shared)) {
             shared.inject(self.inner.job(next), self.inner.dag.band(next));
         }
         if self.inner.retire(1) {
