@@ -1,0 +1,2087 @@
+//! Integration tests of the nerv crate: what a user of the public API relies on.
+//!
+//! No test asserts a wall-clock duration: time only appears as safety limits (so that a broken
+//! engine fails a test instead of hanging it) and as timeouts and back-offs given to nerv.
+
+mod util;
+
+use nerv::{
+    ErrorKind, Executor, FailurePolicy, Graph, GraphError, Handle, Planner, Priority, RetryPolicy,
+    RunOptions, RunStatus, StatusCounts, Subgraph, TaskError, TaskStatus, Timing,
+};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+use util::*;
+
+/// Long enough for anything these tests wait for; only reached when something is broken.
+const LIMIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+mod validation {
+    use super::*;
+
+    #[test]
+    fn unknown_dependency_names_the_task_and_the_missing_id() {
+        let mut g = Graph::builder();
+        g.task("load").run((), |_, ()| Ok(1));
+        g.task("transform")
+            .depends_on("load")
+            .depends_on("lod")
+            .run((), |_, ()| Ok(2));
+        let err = g.build().unwrap_err();
+        assert_eq!(
+            err,
+            GraphError::UnknownDependency {
+                task: "transform".into(),
+                dependency: "lod".into()
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`transform`") && msg.contains("`lod`"),
+            "message: {msg}"
+        );
+        assert_eq!(err.tasks(), vec!["transform"]);
+    }
+
+    #[test]
+    fn unknown_dependency_by_add_dependency_by_id() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok(1));
+        g.add_dependency_by_id(a, "ghost");
+        let err = g.build().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`a`") && msg.contains("`ghost`"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_id_names_the_id_and_both_positions() {
+        let mut g = Graph::builder();
+        g.task("a").run((), |_, ()| Ok(()));
+        g.task("twice").run((), |_, ()| Ok(()));
+        g.task("b").run((), |_, ()| Ok(()));
+        g.task("twice").run((), |_, ()| Ok(()));
+        let err = g.build().unwrap_err();
+        assert_eq!(
+            err,
+            GraphError::DuplicateId {
+                id: "twice".into(),
+                first: 1,
+                second: 3
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`twice`") && msg.contains("#1") && msg.contains("#3"),
+            "message: {msg}"
+        );
+    }
+
+    #[test]
+    fn self_dependency_by_depends_on_names_the_task() {
+        let mut g = Graph::builder();
+        g.task("ok").run((), |_, ()| Ok(()));
+        g.task("narcissus")
+            .depends_on("narcissus")
+            .run((), |_, ()| Ok(()));
+        let err = g.build().unwrap_err();
+        assert_eq!(
+            err,
+            GraphError::SelfDependency {
+                task: "narcissus".into()
+            }
+        );
+        assert!(err.to_string().contains("`narcissus`"), "{err}");
+    }
+
+    #[test]
+    fn self_dependency_by_add_dependency_by_id_names_the_task() {
+        let mut g = Graph::builder();
+        let x = g.task("x").run((), |_, ()| Ok(()));
+        g.task("y").run(x, |_, ()| Ok(()));
+        g.add_dependency_by_id(x, "x");
+        let err = g.build().unwrap_err();
+        assert_eq!(err, GraphError::SelfDependency { task: "x".into() });
+        assert!(err.to_string().contains("`x`"), "{err}");
+    }
+
+    #[test]
+    fn self_dependency_by_handle_names_the_task() {
+        let mut g = Graph::builder();
+        let x = g.task("x").run((), |_, ()| Ok(()));
+        g.add_dependency(x, x);
+        let err = g.build().unwrap_err();
+        assert_eq!(err, GraphError::SelfDependency { task: "x".into() });
+    }
+
+    #[test]
+    fn three_cycle_reports_the_whole_path() {
+        let mut g = Graph::builder();
+        g.task("a").depends_on("c").run((), |_, ()| Ok(()));
+        g.task("b").depends_on("a").run((), |_, ()| Ok(()));
+        g.task("c").depends_on("b").run((), |_, ()| Ok(()));
+        let err = g.build().unwrap_err();
+        let GraphError::Cycle { path } = &err else {
+            panic!("expected a cycle, got {err:?}");
+        };
+        // Each task depends on the one before it; starts at the earliest-added task.
+        assert_eq!(path, &["a", "b", "c", "a"]);
+        let msg = err.to_string();
+        assert!(msg.contains("a → b → c → a"), "message: {msg}");
+        for id in ["a", "b", "c"] {
+            assert!(msg.contains(id), "message: {msg}");
+        }
+    }
+
+    /// Each consecutive pair of `path` is a real dependency: `path[i+1]` depends on `path[i]`.
+    fn assert_is_cycle(path: &[String], depends: &[(&str, &str)], members: &[&str]) {
+        assert!(path.len() >= 3, "path {path:?}");
+        assert_eq!(path.first(), path.last(), "path {path:?} is not closed");
+        for w in path.windows(2) {
+            assert!(
+                depends.contains(&(w[1].as_str(), w[0].as_str())),
+                "`{}` does not depend on `{}` (path {path:?})",
+                w[1],
+                w[0]
+            );
+        }
+        let mut inner: Vec<&str> = path[1..].iter().map(String::as_str).collect();
+        inner.sort_unstable();
+        let mut want = members.to_vec();
+        want.sort_unstable();
+        assert_eq!(inner, want, "path {path:?}");
+    }
+
+    #[test]
+    fn cycle_with_a_tail_reports_only_the_cycle() {
+        // `t1` and `t2` are downstream of the cycle and added first (so they are the first
+        // tasks the cycle search meets); `up` is upstream of it. Neither belongs in the path.
+        let mut g = Graph::builder();
+        g.task("t1").depends_on("c").run((), |_, ()| Ok(()));
+        g.task("t2")
+            .depends_on("t1")
+            .depends_on("b")
+            .run((), |_, ()| Ok(()));
+        let up = g.task("up").run((), |_, ()| Ok(()));
+        g.task("a")
+            .after(up)
+            .depends_on("c")
+            .run((), |_, ()| Ok(()));
+        g.task("b").depends_on("a").run((), |_, ()| Ok(()));
+        g.task("c").depends_on("b").run((), |_, ()| Ok(()));
+        g.task("t3").depends_on("t2").run((), |_, ()| Ok(()));
+        let err = g.build().unwrap_err();
+        let GraphError::Cycle { path } = &err else {
+            panic!("expected a cycle, got {err:?}");
+        };
+        let depends = [
+            ("t1", "c"),
+            ("t2", "t1"),
+            ("t2", "b"),
+            ("a", "up"),
+            ("a", "c"),
+            ("b", "a"),
+            ("c", "b"),
+            ("t3", "t2"),
+        ];
+        assert_is_cycle(path, &depends, &["a", "b", "c"]);
+        assert_eq!(path, &["a", "b", "c", "a"]);
+        let msg = err.to_string();
+        for outside in ["t1", "t2", "t3", "up"] {
+            assert!(!msg.contains(outside), "`{outside}` in message: {msg}");
+        }
+    }
+
+    #[test]
+    fn cycle_through_handles_and_ids_is_found() {
+        // A longer cycle made with a mix of handle and id dependencies.
+        let mut g = Graph::builder();
+        let p = g.task("p").depends_on("s").run((), |_, ()| Ok(1));
+        let q = g.task("q").run(p, |_, x| Ok(*x));
+        let r = g.task("r").run(q, |_, x| Ok(*x));
+        let s = g.task("s").run(r, |_, x| Ok(*x));
+        g.task("side").run(s, |_, x| Ok(*x));
+        let err = g.build().unwrap_err();
+        let GraphError::Cycle { path } = &err else {
+            panic!("expected a cycle, got {err:?}");
+        };
+        assert_eq!(path, &["p", "q", "r", "s", "p"]);
+        assert_eq!(err.tasks(), vec!["p", "q", "r", "s", "p"]);
+    }
+
+    #[test]
+    fn two_cycle_made_with_handles_is_found() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok(1));
+        let b = g.task("b").run(a, |_, x| Ok(*x));
+        g.add_dependency(a, b);
+        let err = g.build().unwrap_err();
+        assert_eq!(
+            err,
+            GraphError::Cycle {
+                path: vec!["a".into(), "b".into(), "a".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn empty_id_names_its_position() {
+        let mut g = Graph::builder();
+        g.task("fine").run((), |_, ()| Ok(()));
+        g.task("").run((), |_, ()| Ok(()));
+        let err = g.build().unwrap_err();
+        assert_eq!(err, GraphError::EmptyId { position: 1 });
+        assert!(err.to_string().contains("#1"), "{err}");
+    }
+
+    #[test]
+    fn handle_of_another_builder_is_rejected_as_input() {
+        let mut other = Graph::builder();
+        let foreign = other.task("elsewhere").run((), |_, ()| Ok(5));
+        let mut g = Graph::builder();
+        g.task("local").run((), |_, ()| Ok(1));
+        g.task("user").run(foreign, |_, x| Ok(*x));
+        let err = g.build().unwrap_err();
+        assert!(
+            matches!(&err, GraphError::ForeignHandle { task, .. } if task == "user"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`user`"), "{err}");
+        // The other builder is unaffected.
+        assert!(other.build().is_ok());
+    }
+
+    #[test]
+    fn handle_of_another_builder_is_rejected_as_ordering_dependency() {
+        let mut other = Graph::builder();
+        let foreign = other.task("elsewhere").run((), |_, ()| Ok(5));
+        let mut g = Graph::builder();
+        g.task("waiter").after(foreign).run((), |_, ()| Ok(1));
+        let err = g.build().unwrap_err();
+        assert!(
+            matches!(&err, GraphError::ForeignHandle { task, .. } if task == "waiter"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn handle_of_another_builder_is_rejected_by_add_dependency() {
+        let mut other = Graph::builder();
+        let foreign = other.task("elsewhere").run((), |_, ()| Ok(5));
+        let mut g = Graph::builder();
+        let mine = g.task("mine").run((), |_, ()| Ok(1));
+        g.add_dependency(mine, foreign);
+        let err = g.build().unwrap_err();
+        assert!(
+            matches!(&err, GraphError::ForeignHandle { task, .. } if task == "mine"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn valid_graph_exposes_its_tasks_and_dependencies() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok(1));
+        let b = g
+            .task("b")
+            .priority(Priority::High)
+            .timeout(ms(500))
+            .retry(RetryPolicy::attempts(4))
+            .estimate(ms(3))
+            .name("Bee")
+            .description("the second")
+            .creator("tests")
+            .tag("t1")
+            .meta("k", "v")
+            .run(a, |_, x| Ok(*x + 1));
+        g.task("c")
+            .after(b)
+            .depends_on("a")
+            .run((a, b), |_, (x, y)| Ok(x + y));
+        assert_eq!(g.len(), 3);
+        assert_eq!(g.find("b"), Some(b.id()));
+        let graph = g.build().unwrap();
+        assert_eq!(graph.len(), 3);
+        // `c` depends on `a` twice (input and by id) and on `b` twice: edges are kept once.
+        assert_eq!(graph.edge_count(), 3);
+        let c = graph.find("c").unwrap();
+        let mut deps: Vec<&str> = graph.task(c).dependencies().collect();
+        deps.sort_unstable();
+        assert_eq!(deps, ["a", "b"]);
+        let mut dependents: Vec<&str> = graph.task(a).dependents().collect();
+        dependents.sort_unstable();
+        assert_eq!(dependents, ["b", "c"]);
+        let bi = graph.task(b);
+        assert_eq!(bi.id(), "b");
+        assert_eq!(bi.name(), "Bee");
+        assert_eq!(bi.description(), "the second");
+        assert_eq!(bi.priority(), Priority::High);
+        assert_eq!(bi.timeout(), Some(ms(500)));
+        assert_eq!(bi.retry().map(|r| r.max_attempts()), Some(4));
+        assert_eq!(bi.estimate(), Some(ms(3)));
+        let meta = bi.metadata();
+        assert_eq!(meta.creator.as_deref(), Some("tests"));
+        assert_eq!(meta.tags, ["t1"]);
+        assert_eq!(meta.extra.get("k").map(String::as_str), Some("v"));
+        assert!(meta.created_at.is_some());
+        assert_eq!(graph.task(a).priority(), Priority::Medium);
+        assert_eq!(graph.find("nope"), None);
+        let ids: Vec<&str> = graph.tasks().map(|t| t.id()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed data flow
+// ---------------------------------------------------------------------------------------------
+
+mod dataflow {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Reading {
+        sensor: String,
+        values: Vec<f64>,
+        calibrated: bool,
+    }
+
+    #[test]
+    fn values_of_every_kind_reach_dependents_intact() {
+        let mut g = Graph::builder();
+        let nums = g
+            .task("nums")
+            .run((), |_, ()| Ok(vec![3, 1, 4, 1, 5, 9, 2, 6]));
+        let text = g
+            .task("text")
+            .run((), |_, ()| Ok(String::from("héllo wörld")));
+        let reading = g.task("reading").run((), |_, ()| {
+            Ok(Reading {
+                sensor: "t-800".into(),
+                values: vec![1.5, -2.25, 1e10],
+                calibrated: true,
+            })
+        });
+        let sorted = g.task("sorted").run(nums, |_, v| {
+            let mut v = v.clone();
+            v.sort_unstable();
+            Ok(v)
+        });
+        let upper = g.task("upper").run(text, |_, s| Ok(s.to_uppercase()));
+        let copy = g.task("copy").run(reading, |_, r| Ok(r.clone()));
+        let all = g.task("all").run(
+            (nums, text, reading, sorted, upper),
+            |_, (n, t, r, s, u)| {
+                Ok(format!(
+                    "{}|{}|{}|{}|{:?}|{}",
+                    n.len(),
+                    t,
+                    r.sensor,
+                    r.values.len(),
+                    s,
+                    u
+                ))
+            },
+        );
+        let graph = g.build().unwrap();
+        let report = exec(2).run(&graph);
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.output(sorted), Some(&vec![1, 1, 2, 3, 4, 5, 6, 9]));
+        assert_eq!(
+            report.output(upper).map(String::as_str),
+            Some("HÉLLO WÖRLD")
+        );
+        assert_eq!(
+            report.output(copy),
+            Some(&Reading {
+                sensor: "t-800".into(),
+                values: vec![1.5, -2.25, 1e10],
+                calibrated: true,
+            })
+        );
+        assert_eq!(
+            report.output(all).map(String::as_str),
+            Some("8|héllo wörld|t-800|3|[1, 1, 2, 3, 4, 5, 6, 9]|HÉLLO WÖRLD")
+        );
+        // Inputs are not consumed: the producers' outputs are still there.
+        assert_eq!(report.output(nums), Some(&vec![3, 1, 4, 1, 5, 9, 2, 6]));
+    }
+
+    #[test]
+    fn tuple_inputs_of_eight_types_arrive_in_order() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok(1u8));
+        let b = g.task("b").run((), |_, ()| Ok(2u16));
+        let c = g.task("c").run((), |_, ()| Ok(3u32));
+        let d = g.task("d").run((), |_, ()| Ok(4u64));
+        let e = g.task("e").run((), |_, ()| Ok(5i8));
+        let f = g.task("f").run((), |_, ()| Ok('6'));
+        let h = g.task("h").run((), |_, ()| Ok("7"));
+        let i = g.task("i").run((), |_, ()| Ok(8.5f32));
+        let z = g
+            .task("z")
+            .run((a, b, c, d, e, f, h, i), |_, (a, b, c, d, e, f, h, i)| {
+                Ok(format!("{a}{b}{c}{d}{e}{f}{h}{i}"))
+            });
+        // A nested tuple, and the same handle twice.
+        let n = g
+            .task("n")
+            .run(((a, b), (c, (d, d))), |_, ((a, b), (c, (d1, d2)))| {
+                Ok(u64::from(*a) + u64::from(*b) + u64::from(*c) + d1 + d2)
+            });
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.output(z).map(String::as_str), Some("12345678.5"));
+        assert_eq!(report.output(n), Some(&14));
+    }
+
+    #[test]
+    fn gather_fan_in_keeps_the_order_of_the_handles() {
+        let mut g = Graph::builder();
+        let parts: Vec<Handle<usize>> = (0..64)
+            .map(|i| {
+                g.task(format!("p{i}")).run((), move |_, ()| {
+                    // Uneven work, so that completion order differs from handle order.
+                    let spins = (64 - i) * 200;
+                    let mut x = 0usize;
+                    for k in 0..spins {
+                        x = std::hint::black_box(x.wrapping_add(k));
+                    }
+                    let _ = x;
+                    Ok(i)
+                })
+            })
+            .collect();
+        let forward = g.task("forward").run(parts.clone(), |_, xs| {
+            Ok(xs.iter().copied().collect::<Vec<_>>())
+        });
+        let mut rev = parts.clone();
+        rev.reverse();
+        let backward = g.task("backward").run(rev, |_, xs| {
+            assert_eq!(xs.len(), 64);
+            assert!(!xs.is_empty());
+            assert_eq!(xs.get(0), Some(&63));
+            assert_eq!(xs.get(64), None);
+            Ok(xs.iter().copied().collect::<Vec<_>>())
+        });
+        let mixed = g
+            .task("mixed")
+            .run(vec![parts[5], parts[5], parts[2], parts[40]], |_, xs| {
+                Ok(xs.iter().copied().collect::<Vec<_>>())
+            });
+        let none = g
+            .task("none")
+            .run(Vec::<Handle<usize>>::new(), |_, xs| Ok(xs.len()));
+        let report = exec(4).run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.output(forward), Some(&(0..64).collect::<Vec<_>>()));
+        assert_eq!(
+            report.output(backward),
+            Some(&(0..64).rev().collect::<Vec<_>>())
+        );
+        assert_eq!(report.output(mixed), Some(&vec![5, 5, 2, 40]));
+        assert_eq!(report.output(none), Some(&0));
+    }
+
+    #[test]
+    fn unit_and_none_outputs_are_passed_and_readable() {
+        let mut g = Graph::builder();
+        let unit = g.task("unit").run((), |_, ()| Ok(()));
+        let nothing = g.task("nothing").run((), |_, ()| Ok(None::<i32>));
+        let something = g.task("something").run((), |_, ()| Ok(Some(7)));
+        let seen = g
+            .task("seen")
+            .run((unit, nothing, something), |_, (u, n, s)| {
+                let () = *u;
+                Ok((n.is_none(), *s))
+            });
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.output(unit), Some(&()));
+        assert_eq!(report.output(nothing), Some(&None));
+        assert_eq!(report.output(something), Some(&Some(7)));
+        assert_eq!(report.output(seen), Some(&(true, Some(7))));
+    }
+
+    #[test]
+    fn large_fan_out_and_fan_in_pass_every_value() {
+        // More successors than the engine releases in one batch.
+        let mut g = Graph::builder();
+        let root = g.task("root").run((), |_, ()| Ok(1000u64));
+        let leaves: Vec<Handle<u64>> = (0..1000u64)
+            .map(|i| g.task(format!("leaf{i}")).run(root, move |_, r| Ok(r + i)))
+            .collect();
+        let sum = g
+            .task("sum")
+            .run(leaves, |_, xs| Ok(xs.iter().sum::<u64>()));
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.counts().completed, 1002, "{report}");
+        assert_eq!(report.output(sum), Some(&(1000 * 1000 + 999 * 1000 / 2)));
+    }
+
+    #[test]
+    fn empty_graph_completes() {
+        let graph = Graph::builder().build().unwrap();
+        assert!(graph.is_empty());
+        let report = exec(1).run(&graph);
+        assert_eq!(report.status(), RunStatus::Completed);
+        assert_eq!(report.counts(), StatusCounts::default());
+        assert!(report.results().is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "another graph")]
+    fn output_with_a_handle_of_another_graph_panics() {
+        let mut g1 = Graph::builder();
+        g1.task("x").run((), |_, ()| Ok(1));
+        let mut g2 = Graph::builder();
+        let h2 = g2.task("x").run((), |_, ()| Ok(2));
+        let report = exec(1).run(&g1.build().unwrap());
+        let _ = report.output(h2);
+    }
+
+    #[test]
+    fn errors_convert_with_question_mark() {
+        let mut g = Graph::builder();
+        let good = g.task("good").run((), |_, ()| Ok("42".parse::<i32>()?));
+        let bad = g.task("bad").run((), |_, ()| Ok("4x2".parse::<i32>()?));
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.output(good), Some(&42));
+        assert_eq!(report.output(bad), None);
+        let err = report.result(bad).error.expect("an error");
+        assert_eq!(err.kind(), ErrorKind::Failed);
+        assert!(err.message().contains("invalid digit"), "{err}");
+        assert!(err.source().is_some());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failure
+// ---------------------------------------------------------------------------------------------
+
+mod failure {
+    use super::*;
+
+    #[test]
+    fn descendants_of_a_failure_are_skipped_naming_the_root_cause() {
+        let mut g = Graph::builder();
+        let src = g.task("src").run((), |_, ()| Ok(10));
+        let bad = g.task("bad").run(src, |_, _| -> Result<i32, TaskError> {
+            Err(TaskError::msg("disk full"))
+        });
+        let child = g.task("child").run(bad, |_, x| Ok(x + 1));
+        let grandchild = g.task("grandchild").run(child, |_, x| Ok(x + 1));
+        let ordering = g.task("ordering").after(grandchild).run((), |_, ()| Ok(0));
+        // Depends on both a completed and a skipped task.
+        let mixed = g
+            .task("mixed")
+            .run((src, grandchild), |_, (a, b)| Ok(a + b));
+        let sibling = g.task("sibling").run(src, |_, x| Ok(x * 2));
+        let independent = g.task("independent").run((), |_, ()| Ok("still here"));
+        let after_sibling = g.task("after_sibling").run(sibling, |_, x| Ok(x + 1));
+        let graph = g.build().unwrap();
+        let report = exec(2).run(&graph);
+
+        assert_eq!(report.status(), RunStatus::Failed, "{report}");
+        let b = report.result(bad);
+        assert_eq!(b.status, TaskStatus::Failed);
+        assert_eq!(b.attempts, 1);
+        assert_eq!(b.error.as_ref().map(|e| e.message()), Some("disk full"));
+        assert_eq!(b.skipped_because, None);
+        for h in [child.id(), grandchild.id(), ordering.id(), mixed.id()] {
+            let r = report.result(h);
+            assert_eq!(r.status, TaskStatus::Skipped, "{}", r.id);
+            assert_eq!(r.skipped_because.as_deref(), Some("bad"), "{}", r.id);
+            assert_eq!(r.attempts, 0, "{} never ran", r.id);
+            assert!(r.error.is_none());
+        }
+        assert_eq!(report.output(child), None);
+        assert_eq!(report.output(mixed), None);
+        assert_eq!(report.output(sibling), Some(&20));
+        assert_eq!(report.output(after_sibling), Some(&21));
+        assert_eq!(report.output(independent), Some(&"still here"));
+        assert_eq!(
+            report.counts(),
+            StatusCounts {
+                completed: 4,
+                failed: 1,
+                skipped: 4,
+                cancelled: 0,
+                other: 0
+            }
+        );
+        let failures: Vec<String> = report.failures().into_iter().map(|r| r.id).collect();
+        assert_eq!(failures, ["bad"]);
+        let text = report.to_string();
+        assert!(
+            text.contains("FAILED") && text.contains("disk full"),
+            "{text}"
+        );
+        assert!(text.contains("grandchild SKIPPED"), "{text}");
+    }
+
+    #[test]
+    fn skip_names_the_failed_task_not_an_intermediate_skip() {
+        // Two failures; a task below both is skipped because of one of them (whichever reached
+        // it first), never because of a skipped task.
+        let mut g = Graph::builder();
+        let f1 = g
+            .task("f1")
+            .run((), |_, ()| -> Result<u8, _> { Err(TaskError::msg("one")) });
+        let f2 = g
+            .task("f2")
+            .run((), |_, ()| -> Result<u8, _> { Err(TaskError::msg("two")) });
+        let s1 = g.task("s1").run(f1, |_, x| Ok(*x));
+        let s2 = g.task("s2").run(s1, |_, x| Ok(*x));
+        let both = g.task("both").run((s2, f2), |_, (a, b)| Ok(a + b));
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(task(&report, "s2").skipped_because.as_deref(), Some("f1"));
+        let why = report.result(both).skipped_because.unwrap();
+        assert!(why == "f1" || why == "f2", "skipped because of `{why}`");
+        assert_eq!(report.counts().failed, 2);
+        assert_eq!(report.counts().skipped, 3);
+    }
+
+    #[test]
+    fn fail_fast_cancels_pending_tasks() {
+        let gate_started = Arc::new(AtomicBool::new(false));
+        let saw_cancel = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        // `gate` runs alongside `bad` (which starts only once `gate` runs) and returns once
+        // it sees the run cancelled; its dependents are still pending then.
+        let (started, saw) = (gate_started.clone(), saw_cancel.clone());
+        let gate = g.task("gate").run((), move |cx, ()| {
+            started.store(true, SeqCst);
+            wait_until_cancelled(cx, LIMIT)?;
+            saw.store(true, SeqCst);
+            Ok(1)
+        });
+        let started = gate_started.clone();
+        let wait_gate = g.task("wait_gate").run((), move |_, ()| {
+            assert!(
+                wait_for(LIMIT, || started.load(SeqCst)),
+                "gate never started"
+            );
+            Ok(())
+        });
+        let bad = g
+            .task("bad")
+            .after(wait_gate)
+            .run((), |_, ()| -> Result<(), _> { Err(TaskError::msg("boom")) });
+        let below_bad = g.task("below_bad").after(bad).run((), |_, ()| Ok(()));
+        // Async work in flight is dropped.
+        let sleeper = g.task("sleeper").run_async((), |_, ()| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        });
+        let pending: Vec<Handle<i32>> = (0..20)
+            .map(|i| g.task(format!("pending{i}")).run(gate, |_, x| Ok(*x)))
+            .collect();
+        let graph = g.build().unwrap();
+        let report = exec(2).run_with(&graph, RunOptions::default().fail_fast());
+
+        assert!(saw_cancel.load(SeqCst), "gate never saw the cancellation");
+        assert_eq!(report.status(), RunStatus::Failed, "{report}");
+        let b = report.result(bad);
+        assert_eq!(b.status, TaskStatus::Failed);
+        assert_eq!(b.error.unwrap().message(), "boom");
+        let below = report.result(below_bad);
+        assert_eq!(below.status, TaskStatus::Skipped);
+        assert_eq!(below.skipped_because.as_deref(), Some("bad"));
+        for p in &pending {
+            let r = report.result(*p);
+            assert_eq!(r.status, TaskStatus::Cancelled, "{}", r.id);
+            assert_eq!(r.attempts, 0);
+            assert_eq!(report.output(*p), None);
+        }
+        assert_eq!(report.result(sleeper).status, TaskStatus::Cancelled);
+        assert_eq!(report.counts().cancelled, 21, "{report}");
+        assert_eq!(report.counts().other, 0);
+    }
+
+    #[test]
+    fn continue_policy_is_the_default() {
+        assert_eq!(RunOptions::default().failure, FailurePolicy::Continue);
+        assert_eq!(
+            RunOptions::default().fail_fast().keep_going().failure,
+            FailurePolicy::Continue
+        );
+        // Under Continue a failure cancels nothing: the independent tasks all run.
+        let mut g = Graph::builder();
+        g.task("bad")
+            .run((), |_, ()| -> Result<(), _> { Err(TaskError::msg("boom")) });
+        let gate = g.task("gate").run((), |_, ()| Ok(1));
+        let deps: Vec<Handle<i32>> = (0..20)
+            .map(|i| g.task(format!("dep{i}")).run(gate, |_, x| Ok(*x + 1)))
+            .collect();
+        let report = exec(2).run(&g.build().unwrap());
+        for d in deps {
+            assert_eq!(report.output(d), Some(&2));
+        }
+        assert_eq!(report.counts().completed, 21);
+    }
+
+    #[test]
+    fn panic_is_the_tasks_failure_and_the_executor_keeps_working() {
+        quiet_expected_panics();
+        let exec = exec(2);
+        let mut g = Graph::builder();
+        let p = g
+            .task("panicky")
+            .run((), |_, ()| -> Result<u32, TaskError> {
+                panic!("{PANIC_MARKER}: exploded with code {}", 42)
+            });
+        let below = g.task("below").run(p, |_, x| Ok(*x));
+        let fine = g.task("fine").run((), |_, ()| Ok(7u32));
+        let report = exec.run(&g.build().unwrap());
+        let r = report.result(p);
+        assert_eq!(r.status, TaskStatus::Failed);
+        let err = r.error.expect("error");
+        assert!(err.is_panic(), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::Panicked);
+        assert!(err.message().contains("exploded with code 42"), "{err}");
+        assert_eq!(report.result(below).status, TaskStatus::Skipped);
+        assert_eq!(
+            report.result(below).skipped_because.as_deref(),
+            Some("panicky")
+        );
+        assert_eq!(report.output(fine), Some(&7));
+
+        // A &'static str payload, and a non-string payload.
+        let mut g = Graph::builder();
+        let s = g.task("str").run((), |_, ()| -> Result<(), TaskError> {
+            panic!("nerv-test-panic static")
+        });
+        let any = g.task("any").run((), |_, ()| -> Result<(), TaskError> {
+            std::panic::panic_any(17u8)
+        });
+        let report = exec.run(&g.build().unwrap());
+        let e = report.result(s).error.unwrap();
+        assert!(e.is_panic() && e.message().contains("nerv-test-panic static"));
+        assert!(report.result(any).error.unwrap().is_panic());
+
+        // The same executor runs the next graph normally, on every worker.
+        let mut g = Graph::builder();
+        let xs: Vec<Handle<u32>> = (0..100)
+            .map(|i| g.task(format!("x{i}")).run((), move |_, ()| Ok(i)))
+            .collect();
+        let total = g.task("total").run(xs, |_, xs| Ok(xs.iter().sum::<u32>()));
+        let report = exec.run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed);
+        assert_eq!(report.output(total), Some(&4950));
+    }
+
+    #[test]
+    fn async_panic_is_the_tasks_failure() {
+        quiet_expected_panics();
+        let mut g = Graph::builder();
+        let p = g.task("apanic").run_async((), |_, ()| async {
+            if std::hint::black_box(true) {
+                panic!("{PANIC_MARKER}: async boom");
+            }
+            Ok(1)
+        });
+        let below = g.task("below").run(p, |_, x| Ok(*x));
+        let report = exec(1).run(&g.build().unwrap());
+        let err = report.result(p).error.expect("error");
+        assert!(err.is_panic(), "{err:?}");
+        assert!(err.message().contains("async boom"), "{err}");
+        assert_eq!(report.result(below).status, TaskStatus::Skipped);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts
+// ---------------------------------------------------------------------------------------------
+
+mod timeouts {
+    use super::*;
+
+    #[test]
+    fn sync_task_polling_cancellation_times_out() {
+        let mut g = Graph::builder();
+        let slow = g
+            .task("slow")
+            .timeout(ms(20))
+            .run((), |cx, ()| wait_until_cancelled(cx, LIMIT));
+        let after = g.task("after").after(slow).run((), |_, ()| Ok(()));
+        let other = g.task("other").run((), |_, ()| Ok(3));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(slow);
+        assert_eq!(r.status, TaskStatus::Failed, "{report}");
+        let err = r.error.expect("error");
+        assert!(err.is_timeout(), "{err:?}");
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        assert_eq!(report.output(slow), None);
+        assert_eq!(report.result(after).status, TaskStatus::Skipped);
+        assert_eq!(report.output(other), Some(&3));
+        assert_eq!(report.status(), RunStatus::Failed);
+    }
+
+    #[test]
+    fn sync_task_returning_an_error_after_its_deadline_is_a_timeout() {
+        let mut g = Graph::builder();
+        let t = g
+            .task("t")
+            .timeout(ms(10))
+            .run((), |cx, ()| -> Result<(), _> {
+                wait_until_cancelled(cx, LIMIT)?;
+                Err(TaskError::msg("gave up"))
+            });
+        let report = exec(1).run(&g.build().unwrap());
+        assert!(report.result(t).error.unwrap().is_timeout());
+    }
+
+    #[test]
+    fn async_task_sleeping_forever_times_out_and_the_run_finishes() {
+        let mut g = Graph::builder();
+        let sleeper = g
+            .task("sleeper")
+            .timeout(ms(20))
+            .run_async((), |_, ()| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(1)
+            });
+        let after = g.task("after").run(sleeper, |_, x| Ok(*x));
+        let run = exec(2).start(&g.build().unwrap());
+        assert!(run.wait_timeout(LIMIT), "the run did not finish");
+        let report = run.wait();
+        let r = report.result(sleeper);
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert!(r.error.unwrap().is_timeout());
+        assert_eq!(report.result(after).status, TaskStatus::Skipped);
+    }
+
+    #[test]
+    fn run_level_timeout_applies_to_tasks_without_their_own() {
+        let mut g = Graph::builder();
+        let forever = g.task("forever").run_async((), |_, ()| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        });
+        let own = g.task("own").timeout(LIMIT).run_async((), |_, ()| async {
+            tokio::time::sleep(ms(30)).await;
+            Ok(5)
+        });
+        let report = exec(1).run_with(&g.build().unwrap(), RunOptions::default().timeout(ms(10)));
+        assert!(report.result(forever).error.unwrap().is_timeout());
+        assert_eq!(report.output(own), Some(&5), "{report}");
+    }
+
+    #[test]
+    #[ignore = "BUG: a dynamic task's timeout is never enforced on its subgraph (runner.rs start_child arms no deadline)"]
+    fn dynamic_task_times_out_while_its_subgraph_runs() {
+        let mut g = Graph::builder();
+        let d = g.task("dyn").timeout(ms(20)).run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            let slow = sb.task("slow").run((), |cx, ()| {
+                wait_until_cancelled(cx, Duration::from_secs(2))
+            });
+            Ok(Subgraph::new(sb, slow))
+        });
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(d);
+        assert_eq!(r.status, TaskStatus::Failed, "{report}");
+        let err = r.error.unwrap();
+        assert!(err.is_timeout(), "{err:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation
+// ---------------------------------------------------------------------------------------------
+
+mod cancellation {
+    use super::*;
+
+    #[test]
+    fn cancel_from_another_thread_stops_the_run() {
+        let started = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        let s = started.clone();
+        let long = g.task("long").run((), move |cx, ()| -> Result<u32, _> {
+            s.store(true, SeqCst);
+            wait_until_cancelled(cx, LIMIT)?;
+            Err(TaskError::msg("interrupted"))
+        });
+        let deps: Vec<Handle<u32>> = (0..50)
+            .map(|i| g.task(format!("dep{i}")).run(long, |_, x| Ok(*x)))
+            .collect();
+        let tail = g.task("tail").run(deps.clone(), |_, xs| Ok(xs.len()));
+        let quick = g.task("quick").run((), |_, ()| Ok("done"));
+        let graph = g.build().unwrap();
+        let run = exec(2).start(&graph);
+        assert!(
+            wait_for(LIMIT, || started.load(SeqCst)),
+            "long never started"
+        );
+        assert!(wait_for(LIMIT, || run.status(quick) == TaskStatus::Completed));
+        assert_eq!(run.status(long), TaskStatus::Running);
+        assert_eq!(run.status(deps[0]), TaskStatus::Pending);
+        assert!(!run.is_finished());
+        let canceller = std::thread::scope(|sc| sc.spawn(|| run.cancel()).join());
+        assert!(canceller.is_ok());
+        assert!(run.wait_timeout(LIMIT), "the run did not finish");
+        assert!(run.is_finished());
+        let report = run.wait();
+        assert_eq!(report.status(), RunStatus::Cancelled, "{report}");
+        let l = report.result(long);
+        assert_eq!(l.status, TaskStatus::Cancelled);
+        assert!(l.error.unwrap().is_cancelled());
+        for d in deps.iter().map(|d| d.id()).chain([tail.id()]) {
+            let r = report.result(d);
+            assert_eq!(r.status, TaskStatus::Cancelled, "{}", r.id);
+            assert_eq!(r.attempts, 0);
+        }
+        assert_eq!(report.output(tail), None);
+        // `quick` finished before the cancellation.
+        assert_eq!(report.output(quick), Some(&"done"));
+        assert_eq!(report.counts().cancelled, 52);
+        assert_eq!(report.counts().completed, 1);
+    }
+
+    #[test]
+    fn cancel_drops_async_work_and_stops_retry_delays() {
+        let mut g = Graph::builder();
+        let sleeper = g.task("sleeper").run_async((), |_, ()| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        });
+        let failures = Arc::new(AtomicU32::new(0));
+        let f = failures.clone();
+        let retrier = g
+            .task("retrier")
+            .retry(RetryPolicy::attempts(5).backoff(Duration::from_secs(3600)))
+            .run((), move |_, ()| -> Result<(), _> {
+                f.fetch_add(1, SeqCst);
+                Err(TaskError::msg("try later"))
+            });
+        let after = g
+            .task("after")
+            .after(sleeper)
+            .after(retrier)
+            .run((), |_, ()| Ok(()));
+        let graph = g.build().unwrap();
+        let run = exec(2).start(&graph);
+        assert!(wait_for(LIMIT, || failures.load(SeqCst) == 1
+            && run.status(sleeper) == TaskStatus::Running));
+        run.cancel();
+        assert!(run.wait_timeout(LIMIT), "the run did not finish");
+        let report = run.wait();
+        assert_eq!(report.status(), RunStatus::Cancelled, "{report}");
+        assert_eq!(report.result(sleeper).status, TaskStatus::Cancelled);
+        let r = report.result(retrier);
+        assert_eq!(r.status, TaskStatus::Cancelled);
+        assert_eq!(
+            failures.load(SeqCst),
+            1,
+            "no attempt after the cancellation"
+        );
+        assert_eq!(report.result(after).status, TaskStatus::Cancelled);
+    }
+
+    #[test]
+    fn cancellation_token_is_cancelled_with_the_run() {
+        let saw = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        let s = saw.clone();
+        let watcher = g.task("watcher").run((), move |cx, ()| {
+            let token = cx.cancellation();
+            s.store(wait_for(LIMIT, || token.is_cancelled()), SeqCst);
+            Ok(())
+        });
+        let run = exec(1).start(&g.build().unwrap());
+        assert!(wait_for(LIMIT, || run.status(watcher) == TaskStatus::Running));
+        run.cancel();
+        assert!(run.wait_timeout(LIMIT));
+        assert!(saw.load(SeqCst), "the token was not cancelled");
+    }
+
+    #[test]
+    fn cancel_reaches_subgraph_tasks() {
+        let started = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        let s = started.clone();
+        let d = g.task("dyn").run_dynamic((), move |_, ()| {
+            let mut sb = Graph::builder();
+            let s = s.clone();
+            let slow = sb.task("slow").run((), move |cx, ()| {
+                s.store(true, SeqCst);
+                wait_until_cancelled(cx, LIMIT)?;
+                Ok(1)
+            });
+            let after = sb.task("after").run(slow, |_, x| Ok(*x + 1));
+            Ok(Subgraph::new(sb, after))
+        });
+        let below = g.task("below").run(d, |_, x| Ok(*x));
+        let run = exec(2).start(&g.build().unwrap());
+        assert!(wait_for(LIMIT, || started.load(SeqCst)));
+        run.cancel();
+        assert!(run.wait_timeout(LIMIT), "the run did not finish");
+        let report = run.wait();
+        assert_eq!(report.status(), RunStatus::Cancelled, "{report}");
+        assert_eq!(report.result(d).status, TaskStatus::Cancelled);
+        assert_eq!(report.result(below).status, TaskStatus::Cancelled);
+        assert_eq!(status(&report, "dyn/after"), TaskStatus::Cancelled);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retries
+// ---------------------------------------------------------------------------------------------
+
+mod retries {
+    use super::*;
+
+    /// A task that fails its first `fails` attempts, counting calls in `calls`.
+    fn flaky(
+        calls: &Arc<AtomicU32>,
+        fails: u32,
+    ) -> impl Fn() -> Result<u32, TaskError> + Send + Sync + 'static {
+        let calls = calls.clone();
+        move || {
+            let n = calls.fetch_add(1, SeqCst) + 1;
+            if n <= fails {
+                Err(TaskError::msg(format!("failure #{n}")))
+            } else {
+                Ok(n)
+            }
+        }
+    }
+
+    #[test]
+    fn task_failing_twice_completes_on_its_third_attempt() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let attempts_seen = Log::new();
+        let mut g = Graph::builder();
+        let f = flaky(&calls, 2);
+        let seen = attempts_seen.clone();
+        let t = g
+            .task("flaky")
+            .retry(RetryPolicy::attempts(3).backoff(ms(1)))
+            .run((), move |cx, ()| {
+                seen.push(cx.attempt());
+                f()
+            });
+        let below = g.task("below").run(t, |_, x| Ok(*x * 10));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(t);
+        assert_eq!(r.status, TaskStatus::Completed, "{report}");
+        assert_eq!(r.attempts, 3);
+        assert!(r.error.is_none());
+        assert_eq!(report.output(t), Some(&3));
+        assert_eq!(report.output(below), Some(&30));
+        assert_eq!(attempts_seen.get(), [1, 2, 3]);
+        assert_eq!(report.status(), RunStatus::Completed);
+    }
+
+    #[test]
+    fn task_out_of_attempts_fails_with_the_last_error() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut g = Graph::builder();
+        let f = flaky(&calls, 2);
+        let t = g
+            .task("flaky")
+            .retry(RetryPolicy::attempts(2).backoff(ms(1)))
+            .run((), move |_, ()| f());
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(t);
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert_eq!(r.attempts, 2);
+        assert_eq!(calls.load(SeqCst), 2);
+        assert_eq!(r.error.unwrap().message(), "failure #2");
+    }
+
+    #[test]
+    fn zero_backoff_retries_at_once() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut g = Graph::builder();
+        let f = flaky(&calls, 4);
+        let t = g
+            .task("flaky")
+            .retry(RetryPolicy::retries(4).backoff(Duration::ZERO))
+            .run((), move |_, ()| f());
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.result(t).attempts, 5);
+        assert_eq!(report.output(t), Some(&5));
+    }
+
+    #[test]
+    fn retry_if_that_refuses_stops_after_one_attempt() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut g = Graph::builder();
+        let f = flaky(&calls, 2);
+        let t = g
+            .task("picky")
+            .retry(
+                RetryPolicy::attempts(5)
+                    .backoff(ms(1))
+                    .retry_if(|e| e.message().contains("transient")),
+            )
+            .run((), move |_, ()| f());
+        let report = exec(1).run(&g.build().unwrap());
+        let r = report.result(t);
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert_eq!(r.attempts, 1);
+        assert_eq!(calls.load(SeqCst), 1);
+    }
+
+    #[test]
+    fn retry_if_that_accepts_retries() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let mut g = Graph::builder();
+        let t = g
+            .task("picky")
+            .retry(
+                RetryPolicy::attempts(5)
+                    .backoff(ms(1))
+                    .retry_if(|e| e.message().contains("transient")),
+            )
+            .run((), move |_, ()| match c.fetch_add(1, SeqCst) {
+                0 => Err(TaskError::msg("transient glitch")),
+                1 => Err(TaskError::msg("fatal")),
+                _ => Ok(()),
+            });
+        let report = exec(1).run(&g.build().unwrap());
+        let r = report.result(t);
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert_eq!(r.attempts, 2);
+        assert_eq!(r.error.unwrap().message(), "fatal");
+    }
+
+    #[test]
+    fn async_task_is_retried() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let mut g = Graph::builder();
+        let src = g.task("src").run((), |_, ()| Ok(5u32));
+        let t = g
+            .task("async_flaky")
+            .retry(RetryPolicy::attempts(3).backoff(ms(1)))
+            .run_async(src, move |cx, x| {
+                let x = *x;
+                let attempt = cx.attempt();
+                let c = c.clone();
+                async move {
+                    tokio::time::sleep(ms(1)).await;
+                    let n = c.fetch_add(1, SeqCst) + 1;
+                    assert_eq!(n, attempt);
+                    if n < 3 {
+                        Err(TaskError::msg("not yet"))
+                    } else {
+                        Ok(x * n)
+                    }
+                }
+            });
+        let below = g.task("below").run(t, |_, x| Ok(*x + 1));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(t);
+        assert_eq!(r.status, TaskStatus::Completed, "{report}");
+        assert_eq!(r.attempts, 3);
+        assert_eq!(report.output(t), Some(&15));
+        assert_eq!(report.output(below), Some(&16));
+    }
+
+    #[test]
+    fn timed_out_attempts_are_retried() {
+        let mut g = Graph::builder();
+        let t = g
+            .task("slow_then_fast")
+            .timeout(ms(50))
+            .retry(RetryPolicy::attempts(3).backoff(ms(1)))
+            .run((), |cx, ()| {
+                if cx.attempt() < 3 {
+                    wait_until_cancelled(cx, LIMIT)?;
+                }
+                Ok(cx.attempt())
+            });
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.output(t), Some(&3), "{report}");
+        assert_eq!(report.result(t).attempts, 3);
+    }
+
+    #[test]
+    #[ignore = "BUG: a panicking retry_if predicate after an async attempt kills the completion task: the run never finishes (runner.rs spawn_future calls after_failure outside catch_unwind)"]
+    fn panicking_retry_predicate_after_an_async_failure_does_not_hang_the_run() {
+        quiet_expected_panics();
+        let mut g = Graph::builder();
+        let t = g
+            .task("a")
+            .retry(RetryPolicy::attempts(3).retry_if(|_| panic!("{PANIC_MARKER}: predicate")))
+            .run_async((), |_, ()| async { Err::<u8, _>(TaskError::msg("no")) });
+        let run = exec(1).start(&g.build().unwrap());
+        assert!(
+            run.wait_timeout(Duration::from_secs(2)),
+            "the run never finished"
+        );
+        let report = run.wait();
+        assert_eq!(report.result(t).status, TaskStatus::Failed);
+    }
+
+    #[test]
+    fn run_level_retry_applies_to_tasks_without_their_own() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let own_calls = Arc::new(AtomicU32::new(0));
+        let mut g = Graph::builder();
+        let f = flaky(&calls, 2);
+        let t = g.task("flaky").run((), move |_, ()| f());
+        let f2 = flaky(&own_calls, 2);
+        let own = g
+            .task("own")
+            .retry(RetryPolicy::attempts(1))
+            .run((), move |_, ()| f2());
+        let opts = RunOptions::default().retry(RetryPolicy::attempts(3).backoff(ms(1)));
+        let report = exec(1).run_with(&g.build().unwrap(), opts);
+        assert_eq!(report.result(t).attempts, 3);
+        assert_eq!(report.result(t).status, TaskStatus::Completed);
+        assert_eq!(report.result(own).attempts, 1);
+        assert_eq!(report.result(own).status, TaskStatus::Failed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Async work
+// ---------------------------------------------------------------------------------------------
+
+mod asynchronous {
+    use super::*;
+
+    #[test]
+    fn two_thousand_sleeping_async_tasks_complete_on_nervs_runtime() {
+        let mut g = Graph::builder();
+        let base = g.task("base").run((), |_, ()| Ok(1u64));
+        let sleepers: Vec<Handle<u64>> = (0..2000u64)
+            .map(|i| {
+                g.task(format!("sleep{i}")).run_async(base, move |_, b| {
+                    let b = *b;
+                    async move {
+                        tokio::time::sleep(ms(10)).await;
+                        Ok(b + i)
+                    }
+                })
+            })
+            .collect();
+        let sum = g
+            .task("sum")
+            .run(sleepers, |_, xs| Ok(xs.iter().sum::<u64>()));
+        let run = exec(2).start(&g.build().unwrap());
+        assert!(run.wait_timeout(LIMIT), "the run did not finish");
+        let report = run.wait();
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.counts().completed, 2002);
+        assert_eq!(report.output(sum), Some(&(2000 + 1999 * 2000 / 2)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_on_the_callers_tokio_runtime_and_can_be_awaited() {
+        let exec = Executor::builder().workers(2).current_tokio().build();
+        let threads = Log::new();
+        let mut g = Graph::builder();
+        let src = g.task("src").run((), |_, ()| Ok(vec![1u64, 2, 3]));
+        let hs: Vec<Handle<u64>> = (0..50u64)
+            .map(|i| {
+                let threads = threads.clone();
+                g.task(format!("a{i}")).run_async(src, move |_, v| {
+                    let s: u64 = v.iter().sum();
+                    let threads = threads.clone();
+                    async move {
+                        tokio::time::sleep(ms(2)).await;
+                        threads.push(std::thread::current().name().map(str::to_string));
+                        Ok(s * i)
+                    }
+                })
+            })
+            .collect();
+        let total = g.task("total").run(hs, |_, xs| Ok(xs.iter().sum::<u64>()));
+        let graph = g.build().unwrap();
+        let report = exec.start(&graph).await;
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.output(total), Some(&(6 * 49 * 50 / 2)));
+        // The async work ran on this test's runtime, not on a runtime of nerv's own.
+        let names = threads.get();
+        assert_eq!(names.len(), 50);
+        for n in names {
+            assert_ne!(
+                n.as_deref(),
+                Some("nerv-io"),
+                "async work on nerv's runtime"
+            );
+        }
+        // Awaiting again (a second run of the same graph) works too.
+        let again = exec.start(&graph).await;
+        assert_eq!(again.output(total), Some(&(6 * 49 * 50 / 2)));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_run_can_be_awaited_on_a_current_thread_runtime() {
+        let exec = Executor::builder().workers(1).current_tokio().build();
+        let mut g = Graph::builder();
+        let a = g.task("a").run_async((), |_, ()| async {
+            tokio::time::sleep(ms(1)).await;
+            Ok(20)
+        });
+        let b = g.task("b").run(a, |_, x| Ok(*x + 1));
+        let report = exec.start(&g.build().unwrap()).await;
+        assert_eq!(report.output(b), Some(&21), "{report}");
+    }
+
+    #[test]
+    fn current_tokio_outside_a_runtime_falls_back_to_nervs_own() {
+        let exec = Executor::builder().workers(1).current_tokio().build();
+        let mut g = Graph::builder();
+        let a = g.task("a").run_async((), |_, ()| async {
+            tokio::time::sleep(ms(1)).await;
+            Ok("slept")
+        });
+        let report = exec.run(&g.build().unwrap());
+        assert_eq!(report.output(a), Some(&"slept"), "{report}");
+    }
+
+    #[test]
+    fn async_error_is_the_tasks_failure() {
+        let mut g = Graph::builder();
+        let t = g.task("a").run_async((), |_, ()| async {
+            tokio::task::yield_now().await;
+            Err::<u8, _>(TaskError::msg("remote said no"))
+        });
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.result(t).status, TaskStatus::Failed);
+        assert_eq!(report.result(t).error.unwrap().message(), "remote said no");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dynamic graphs
+// ---------------------------------------------------------------------------------------------
+
+mod dynamic {
+    use super::*;
+
+    #[test]
+    fn fan_out_over_a_list_known_only_at_run_time() {
+        let mut g = Graph::builder();
+        // The list's length is computed by an upstream task.
+        let n = g.task("count").run((), |_, ()| Ok(7usize));
+        let list = g
+            .task("list")
+            .run(n, |_, n| Ok((1..=*n as u64).collect::<Vec<_>>()));
+        let squares = g.task("squares").run_dynamic(list, |_, items| {
+            let mut sb = Graph::builder();
+            let parts: Vec<Handle<u64>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| sb.task(format!("item{i}")).run((), move |_, ()| Ok(x * x)))
+                .collect();
+            let sum = sb
+                .task("sum")
+                .run(parts, |_, xs| Ok(xs.iter().sum::<u64>()));
+            Ok(Subgraph::new(sb, sum))
+        });
+        let plus_one = g.task("plus_one").run(squares, |_, s| Ok(*s + 1));
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        let expected: u64 = (1..=7u64).map(|x| x * x).sum();
+        assert_eq!(report.output(squares), Some(&expected));
+        assert_eq!(report.output(plus_one), Some(&(expected + 1)));
+        for i in 0..7 {
+            let r = task(&report, &format!("squares/item{i}"));
+            assert_eq!(r.status, TaskStatus::Completed);
+        }
+        assert_eq!(status(&report, "squares/sum"), TaskStatus::Completed);
+        assert!(report.task("squares/item7").is_none());
+        assert!(report.task("item0").is_none());
+        // The report lists the graph's own tasks first, then the subgraph's.
+        let ids: Vec<String> = report.results().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), 4 + 8);
+        assert_eq!(ids[..4], ["count", "list", "squares", "plus_one"]);
+        // Counts are over the graph's own tasks.
+        assert_eq!(report.counts().completed, 4);
+    }
+
+    #[test]
+    fn subgraph_tasks_see_their_full_ids() {
+        let mut g = Graph::builder();
+        let d = g.task("outer").run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            let inner = sb.task("inner").run_dynamic((), |_, ()| {
+                let mut sb2 = Graph::builder();
+                let leaf = sb2.task("leaf").run((), |cx, ()| Ok(cx.task_id()));
+                Ok(Subgraph::new(sb2, leaf))
+            });
+            Ok(Subgraph::new(sb, inner))
+        });
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(
+            report.output(d).map(String::as_str),
+            Some("outer/inner/leaf")
+        );
+        assert_eq!(status(&report, "outer/inner"), TaskStatus::Completed);
+        assert_eq!(status(&report, "outer/inner/leaf"), TaskStatus::Completed);
+    }
+
+    #[test]
+    fn invalid_subgraph_fails_the_dynamic_task() {
+        let mut g = Graph::builder();
+        let src = g.task("src").run((), |_, ()| Ok(3));
+        let d = g.task("dyn").run_dynamic(src, |_, _| {
+            let mut sb = Graph::builder();
+            sb.task("x").depends_on("z").run((), |_, ()| Ok(1));
+            sb.task("y").depends_on("x").run((), |_, ()| Ok(2));
+            let z = sb.task("z").depends_on("y").run((), |_, ()| Ok(3));
+            Ok(Subgraph::new(sb, z))
+        });
+        let below = g.task("below").run(d, |_, x| Ok(*x));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(d);
+        assert_eq!(r.status, TaskStatus::Failed, "{report}");
+        let err = r.error.unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidGraph);
+        let msg = err.message();
+        assert!(msg.contains("cycle"), "{msg}");
+        assert!(msg.contains("x → y → z → x"), "{msg}");
+        assert_eq!(report.result(below).status, TaskStatus::Skipped);
+        assert_eq!(report.result(below).skipped_because.as_deref(), Some("dyn"));
+        assert_eq!(report.output(src), Some(&3));
+    }
+
+    #[test]
+    fn subgraph_output_from_another_builder_fails_the_dynamic_task() {
+        let mut g = Graph::builder();
+        let d = g.task("dyn").run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            sb.task("x").run((), |_, ()| Ok(1));
+            let mut other = Graph::builder();
+            let stranger = other.task("x").run((), |_, ()| Ok(2));
+            Ok(Subgraph::new(sb, stranger))
+        });
+        let report = exec(1).run(&g.build().unwrap());
+        let err = report.result(d).error.expect("error");
+        assert_eq!(err.kind(), ErrorKind::InvalidGraph, "{err:?}");
+    }
+
+    #[test]
+    fn failing_subgraph_task_fails_the_dynamic_task_and_skips_its_dependents() {
+        let mut g = Graph::builder();
+        let d = g.task("dyn").run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            let ok = sb.task("ok").run((), |_, ()| Ok(1));
+            let bad = sb.task("bad").run((), |_, ()| -> Result<i32, _> {
+                Err(TaskError::msg("no luck"))
+            });
+            let sum = sb
+                .task("sum")
+                .run(vec![ok, bad], |_, xs| Ok(xs.iter().sum::<i32>()));
+            Ok(Subgraph::new(sb, sum))
+        });
+        let below = g.task("below").run(d, |_, x| Ok(*x));
+        let below2 = g.task("below2").after(below).run((), |_, ()| Ok(()));
+        let unrelated = g.task("unrelated").run((), |_, ()| Ok(9));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(d);
+        assert_eq!(r.status, TaskStatus::Failed, "{report}");
+        let msg = r.error.unwrap().message().to_string();
+        assert!(msg.contains("dyn/bad"), "{msg}");
+        assert!(msg.contains("no luck"), "{msg}");
+        assert_eq!(status(&report, "dyn/ok"), TaskStatus::Completed);
+        assert_eq!(status(&report, "dyn/bad"), TaskStatus::Failed);
+        let sum = task(&report, "dyn/sum");
+        assert_eq!(sum.status, TaskStatus::Skipped);
+        assert_eq!(sum.skipped_because.as_deref(), Some("dyn/bad"));
+        for h in [below.id(), below2.id()] {
+            let r = report.result(h);
+            assert_eq!(r.status, TaskStatus::Skipped);
+            assert_eq!(r.skipped_because.as_deref(), Some("dyn"));
+        }
+        assert_eq!(report.output(unrelated), Some(&9));
+        assert_eq!(report.status(), RunStatus::Failed);
+    }
+
+    #[test]
+    #[ignore = "BUG: a dynamic task's retry policy is ignored when its subgraph fails (runner.rs Runner::finished gives up at once)"]
+    fn dynamic_task_with_a_failing_subgraph_is_retried() {
+        let builds = Arc::new(AtomicU32::new(0));
+        let b = builds.clone();
+        let mut g = Graph::builder();
+        let d = g
+            .task("dyn")
+            .retry(RetryPolicy::attempts(3).backoff(ms(1)))
+            .run_dynamic((), move |cx, ()| {
+                b.fetch_add(1, SeqCst);
+                let attempt = cx.attempt();
+                let mut sb = Graph::builder();
+                let t = sb.task("try").run((), move |_, ()| {
+                    if attempt < 3 {
+                        Err(TaskError::msg(format!("attempt {attempt} failed")))
+                    } else {
+                        Ok(attempt)
+                    }
+                });
+                Ok(Subgraph::new(sb, t))
+            });
+        let report = exec(2).run(&g.build().unwrap());
+        let r = report.result(d);
+        assert_eq!(r.status, TaskStatus::Completed, "{report}");
+        assert_eq!(r.attempts, 3);
+        assert_eq!(builds.load(SeqCst), 3);
+        assert_eq!(report.output(d), Some(&3));
+    }
+
+    #[test]
+    fn panic_in_the_builder_function_fails_the_dynamic_task() {
+        quiet_expected_panics();
+        let mut g = Graph::builder();
+        let d = g
+            .task("dyn")
+            .run_dynamic((), |_, ()| -> Result<Subgraph<u8>, TaskError> {
+                panic!("{PANIC_MARKER}: cannot build")
+            });
+        let report = exec(1).run(&g.build().unwrap());
+        let err = report.result(d).error.expect("error");
+        assert!(
+            err.is_panic() && err.message().contains("cannot build"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fail_fast_inside_a_subgraph_fails_the_dynamic_task_and_the_run() {
+        let mut g = Graph::builder();
+        let d = g.task("dyn").run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            let bad = sb.task("bad").run((), |_, ()| -> Result<u32, _> {
+                Err(TaskError::msg("sub failure"))
+            });
+            let after = sb.task("after").run(bad, |_, x| Ok(*x));
+            Ok(Subgraph::new(sb, after))
+        });
+        let below = g.task("below").run(d, |_, x| Ok(*x));
+        let report = exec(2).run_with(&g.build().unwrap(), RunOptions::default().fail_fast());
+        assert_eq!(report.status(), RunStatus::Failed, "{report}");
+        let r = report.result(d);
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert!(r.error.unwrap().message().contains("sub failure"));
+        assert_eq!(status(&report, "dyn/bad"), TaskStatus::Failed);
+        let b = report.result(below).status;
+        assert!(
+            b == TaskStatus::Skipped || b == TaskStatus::Cancelled,
+            "{b}"
+        );
+    }
+
+    #[test]
+    fn error_from_the_builder_function_fails_the_dynamic_task() {
+        let mut g = Graph::builder();
+        let d = g
+            .task("dyn")
+            .run_dynamic((), |_, ()| -> Result<Subgraph<u8>, _> {
+                Err(TaskError::msg("cannot plan"))
+            });
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.result(d).error.unwrap().message(), "cannot plan");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Priorities
+// ---------------------------------------------------------------------------------------------
+
+mod priorities {
+    use super::*;
+
+    /// A root of priority `root_priority` releases `n` successors of mixed priorities (as
+    /// many of each); on one worker they must run highest priority first.
+    fn check_release_order(n: usize, root_priority: Priority) {
+        let order: Log<Priority> = Log::new();
+        let mut g = Graph::builder();
+        let root = g
+            .task("root")
+            .priority(root_priority)
+            .run((), |_, ()| Ok(()));
+        for i in 0..n {
+            // Low, Critical, High, Medium, Low, ...: a mixed insertion order.
+            let p = Priority::ALL[(i * 3) % 4];
+            let o = order.clone();
+            g.task(format!("t{i}"))
+                .priority(p)
+                .after(root)
+                .run((), move |_, ()| {
+                    o.push(p);
+                    Ok(())
+                });
+        }
+        let graph = g.build().unwrap();
+        let exec = exec(1);
+        for _ in 0..3 {
+            order.clear();
+            let report = exec.run(&graph);
+            assert_eq!(report.status(), RunStatus::Completed);
+            let got = order.get();
+            assert_eq!(got.len(), n);
+            let mut sorted = got.clone();
+            sorted.sort_by(|a, b| b.cmp(a));
+            assert!(got == sorted, "not in priority order: {got:?}");
+            assert_eq!(got[0], Priority::Critical);
+            assert_eq!(got[n - 1], Priority::Low);
+        }
+    }
+
+    #[test]
+    fn ready_successors_run_in_priority_order_on_one_worker() {
+        check_release_order(40, Priority::Medium);
+    }
+
+    #[test]
+    fn priority_order_holds_across_release_batches() {
+        // More successors than the engine releases at once.
+        check_release_order(600, Priority::Medium);
+        check_release_order(600, Priority::Low);
+    }
+
+    #[test]
+    #[ignore = "BUG: a fan-out > 256 from a high/critical task runs a later batch's best task inline, before queued higher-priority tasks (pool run.rs release)"]
+    fn priority_order_holds_across_release_batches_of_a_high_priority_root() {
+        check_release_order(600, Priority::High);
+    }
+
+    #[test]
+    #[ignore = "BUG: a fan-out > 256 from a high/critical task runs a later batch's best task inline, before queued higher-priority tasks (pool run.rs release)"]
+    fn priority_order_holds_across_release_batches_of_a_critical_root() {
+        check_release_order(600, Priority::Critical);
+    }
+
+    #[test]
+    #[ignore = "BUG: tasks queued from outside a worker (subgraph roots, requeues) wait behind all its local tasks whatever their priority (pool pool.rs find_work)"]
+    fn critical_subgraph_tasks_run_before_queued_medium_tasks() {
+        // root → dyn (Critical) and m0..m4 (Medium). `dyn` adds four Critical tasks; on one
+        // worker, once they are ready they should run before the Medium tasks still queued.
+        let order: Log<String> = Log::new();
+        let mut g = Graph::builder();
+        let root = g.task("root").run((), |_, ()| Ok(()));
+        let o = order.clone();
+        g.task("dyn")
+            .priority(Priority::Critical)
+            .after(root)
+            .run_dynamic((), move |_, ()| {
+                let mut sb = Graph::builder();
+                let cs: Vec<Handle<()>> = (0..4)
+                    .map(|i| {
+                        let o = o.clone();
+                        sb.task(format!("c{i}")).priority(Priority::Critical).run(
+                            (),
+                            move |_, ()| {
+                                o.push("critical".to_string());
+                                Ok(())
+                            },
+                        )
+                    })
+                    .collect();
+                let out = sb
+                    .task("out")
+                    .priority(Priority::Critical)
+                    .run(cs, |_, _| Ok(()));
+                Ok(Subgraph::new(sb, out))
+            });
+        for i in 0..5 {
+            let o = order.clone();
+            g.task(format!("m{i}")).after(root).run((), move |_, ()| {
+                o.push("medium".to_string());
+                Ok(())
+            });
+        }
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed);
+        let got = order.get();
+        let mut want = vec!["critical"; 4];
+        want.extend(["medium"; 5]);
+        assert_eq!(got, want, "priority inversion");
+    }
+
+    #[test]
+    #[ignore = "BUG: a graph whose tasks all share one priority gets no bands (all in band 0, the lowest), so its critical tasks run after other runs' medium ones (graph/mod.rs GraphBuilder::build)"]
+    fn critical_tasks_of_a_uniform_graph_run_before_medium_tasks_of_another_run() {
+        let exec = exec(1);
+        let order: Log<&'static str> = Log::new();
+        // Occupy the only worker while both other runs are queued.
+        let (started, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut g = Graph::builder();
+        let (s, r) = (started.clone(), release.clone());
+        g.task("blocker").run((), move |_, ()| {
+            s.store(true, SeqCst);
+            assert!(wait_for(LIMIT, || r.load(SeqCst)));
+            Ok(())
+        });
+        let blocker = exec.start(&g.build().unwrap());
+        assert!(wait_for(LIMIT, || started.load(SeqCst)));
+        // A graph of critical tasks only.
+        let mut g = Graph::builder();
+        let o = order.clone();
+        g.task("crit")
+            .priority(Priority::Critical)
+            .run((), move |_, ()| {
+                o.push("critical");
+                Ok(())
+            });
+        let critical = exec.start(&g.build().unwrap());
+        // A graph of mixed priorities.
+        let mut g = Graph::builder();
+        for (id, p, name) in [
+            ("med", Priority::Medium, "medium"),
+            ("low", Priority::Low, "low"),
+        ] {
+            let o = order.clone();
+            g.task(id).priority(p).run((), move |_, ()| {
+                o.push(name);
+                Ok(())
+            });
+        }
+        let mixed = exec.start(&g.build().unwrap());
+        release.store(true, SeqCst);
+        for run in [blocker, critical, mixed] {
+            assert_eq!(run.wait().status(), RunStatus::Completed);
+        }
+        assert_eq!(
+            order.get(),
+            ["critical", "medium", "low"],
+            "priority inversion"
+        );
+    }
+
+    #[test]
+    fn among_equal_priorities_the_longer_remaining_path_runs_first() {
+        // root → short (leaf), long (→ l1 → l2), mid (→ m1); all medium. The estimates make
+        // the remaining critical paths long > mid > short.
+        let order: Log<&'static str> = Log::new();
+        let mut g = Graph::builder();
+        let root = g.task("root").run((), |_, ()| Ok(()));
+        let add = |g: &mut nerv::GraphBuilder, id: &'static str, after: nerv::TaskId| {
+            let o = order.clone();
+            g.task(id)
+                .estimate(ms(10))
+                .after(after)
+                .run((), move |_, ()| {
+                    o.push(id);
+                    Ok(())
+                })
+                .id()
+        };
+        add(&mut g, "short", root.id());
+        let long = add(&mut g, "long", root.id());
+        let mid = add(&mut g, "mid", root.id());
+        let l1 = add(&mut g, "l1", long);
+        add(&mut g, "l2", l1);
+        add(&mut g, "m1", mid);
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.counts().completed, 7);
+        let firsts: Vec<&str> = order
+            .get()
+            .into_iter()
+            .filter(|id| ["short", "long", "mid"].contains(id))
+            .collect();
+        assert_eq!(firsts, ["long", "mid", "short"]);
+    }
+
+    #[test]
+    #[ignore = "BUG: the inline successor of a finished task runs before higher-priority ready tasks (pool run.rs release/execute)"]
+    fn a_low_priority_successor_does_not_overtake_ready_high_priority_tasks() {
+        // root → {crit (Critical), high0..high4 (High)}; crit → low (Low, its only
+        // dependency). When `crit` finishes, `low` becomes ready while the `high` tasks are
+        // still waiting: among ready tasks, higher priority runs first.
+        let order: Log<String> = Log::new();
+        let mut g = Graph::builder();
+        let root = g.task("root").run((), |_, ()| Ok(()));
+        let o = order.clone();
+        let crit = g
+            .task("crit")
+            .priority(Priority::Critical)
+            .after(root)
+            .run((), move |_, ()| {
+                o.push("crit".to_string());
+                Ok(())
+            });
+        for i in 0..5 {
+            let o = order.clone();
+            g.task(format!("high{i}"))
+                .priority(Priority::High)
+                .after(root)
+                .run((), move |_, ()| {
+                    o.push("high".to_string());
+                    Ok(())
+                });
+        }
+        let o = order.clone();
+        g.task("low")
+            .priority(Priority::Low)
+            .after(crit)
+            .run((), move |_, ()| {
+                o.push("low".to_string());
+                Ok(())
+            });
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.counts().completed, 8);
+        let got = order.get();
+        assert_eq!(
+            got,
+            ["crit", "high", "high", "high", "high", "high", "low"],
+            "priority inversion"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Repeated and concurrent runs
+// ---------------------------------------------------------------------------------------------
+
+mod runs {
+    use super::*;
+
+    #[test]
+    fn a_graph_can_be_run_several_times_with_independent_outputs() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let mut g = Graph::builder();
+        let id = g.task("run_id").run((), |cx, ()| Ok(cx.run_id()));
+        let call = g
+            .task("call")
+            .run((), move |_, ()| Ok(c.fetch_add(1, SeqCst)));
+        let fixed = g.task("fixed").run((), |_, ()| Ok(vec![1, 2, 3]));
+        let derived = g
+            .task("derived")
+            .run((id, fixed), |_, (id, v)| Ok(*id + v.len() as u64));
+        let graph = g.build().unwrap();
+        let exec = exec(2);
+        let reports: Vec<_> = (0..3).map(|_| exec.run(&graph)).collect();
+        // Every report keeps its own outputs, also after later runs.
+        let mut ids: Vec<u64> = reports.iter().map(|r| *r.output(id).unwrap()).collect();
+        for (r, &rid) in reports.iter().zip(&ids) {
+            assert_eq!(r.status(), RunStatus::Completed);
+            assert_eq!(r.run_id(), rid);
+            assert_eq!(r.output(fixed), Some(&vec![1, 2, 3]));
+            assert_eq!(r.output(derived), Some(&(rid + 3)));
+        }
+        let mut calls_seen: Vec<usize> = reports.iter().map(|r| *r.output(call).unwrap()).collect();
+        calls_seen.sort_unstable();
+        assert_eq!(calls_seen, [0, 1, 2]);
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "run ids are distinct");
+        // A failing run does not affect the next one.
+        let flag = Arc::new(AtomicBool::new(true));
+        let f = flag.clone();
+        let mut g = Graph::builder();
+        let t = g.task("t").run((), move |_, ()| {
+            if f.load(SeqCst) {
+                Err(TaskError::msg("first time"))
+            } else {
+                Ok(1)
+            }
+        });
+        let below = g.task("below").run(t, |_, x| Ok(*x + 1));
+        let graph = g.build().unwrap();
+        let first = exec.run(&graph);
+        flag.store(false, SeqCst);
+        let second = exec.run(&graph);
+        assert_eq!(first.status(), RunStatus::Failed);
+        assert_eq!(first.output(below), None);
+        assert_eq!(second.status(), RunStatus::Completed);
+        assert_eq!(second.output(below), Some(&2));
+        assert_eq!(first.result(below).status, TaskStatus::Skipped);
+    }
+
+    #[test]
+    fn twenty_runs_at_once_on_one_executor() {
+        let exec = exec(2);
+        let mut graphs = Vec::new();
+        for k in 0..20u64 {
+            let mut g = Graph::builder();
+            let mut prev = g.task("c0").run((), move |_, ()| Ok(k));
+            for i in 1..10 {
+                prev = g.task(format!("c{i}")).run(prev, |_, x| Ok(x + 1));
+            }
+            let wide: Vec<Handle<u64>> = (0..10)
+                .map(|i| g.task(format!("w{i}")).run(prev, move |_, x| Ok(x * i)))
+                .collect();
+            let last = g.task("last").run(wide, |_, xs| Ok(xs.iter().sum::<u64>()));
+            graphs.push((g.build().unwrap(), last, k));
+        }
+        let runs: Vec<_> = graphs.iter().map(|(g, _, _)| exec.start(g)).collect();
+        // And the same graph many times at once.
+        let shared = &graphs[3].0;
+        let shared_runs: Vec<_> = (0..20).map(|_| exec.start(shared)).collect();
+        for (run, (_, last, k)) in runs.into_iter().zip(&graphs) {
+            assert!(run.wait_timeout(LIMIT));
+            let report = run.wait();
+            assert_eq!(report.status(), RunStatus::Completed);
+            assert_eq!(report.output(*last), Some(&((k + 9) * 45)));
+        }
+        for run in shared_runs {
+            let report = run.wait();
+            assert_eq!(report.output(graphs[3].1), Some(&(12 * 45)));
+        }
+    }
+
+    #[test]
+    fn timestamps_follow_dependencies_and_timing_can_be_off() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok(1));
+        let b = g.task("b").run(a, |_, x| Ok(*x + 1));
+        let graph = g.build().unwrap();
+        let exec = exec(1);
+        let report = exec.run(&graph);
+        let (ra, rb) = (report.result(a), report.result(b));
+        let (sa, ca) = (ra.started_at.unwrap(), ra.completed_at.unwrap());
+        let (sb, cb) = (rb.started_at.unwrap(), rb.completed_at.unwrap());
+        assert!(sa <= ca && ca <= sb && sb <= cb);
+        assert_eq!(rb.scheduled_at, Some(ca));
+        assert!(report.started_at() <= sa && cb <= report.completed_at());
+        assert_eq!(ra.attempts, 1);
+        assert_eq!(ra.name, "a");
+
+        let report = exec.run_with(&graph, RunOptions::default().timing(Timing::Off));
+        assert_eq!(report.output(b), Some(&2));
+        let rb = report.result(b);
+        assert_eq!(rb.started_at, None);
+        assert_eq!(rb.scheduled_at, None);
+        assert_eq!(rb.attempts, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planner
+// ---------------------------------------------------------------------------------------------
+
+mod planner {
+    use super::*;
+
+    fn diamond(b_priority: Priority) -> Graph {
+        let mut g = Graph::builder();
+        let a = g.task("a").estimate(ms(10)).run((), |_, ()| Ok(()));
+        let b = g
+            .task("b")
+            .estimate(ms(30))
+            .priority(b_priority)
+            .after(a)
+            .run((), |_, ()| Ok(()));
+        let c = g
+            .task("c")
+            .estimate(ms(50))
+            .after(a)
+            .run((), |_, ()| Ok(()));
+        g.task("d")
+            .estimate(ms(5))
+            .after(b)
+            .after(c)
+            .run((), |_, ()| Ok(()));
+        g.task("e").estimate(ms(1)).after(a).run((), |_, ()| Ok(()));
+        g.build().unwrap()
+    }
+
+    #[test]
+    fn levels_critical_path_and_lower_bound_from_estimates() {
+        let plan = diamond(Priority::Medium).plan();
+        // Within a level: longest remaining critical path first (c: 55, b: 35, e: 1).
+        assert_eq!(
+            plan.levels(),
+            vec![vec!["a"], vec!["c", "b", "e"], vec!["d"]]
+        );
+        assert_eq!(plan.critical_path(), ["a", "c", "d"]);
+        assert!(plan.is_timed());
+        assert_eq!(plan.critical_path_length(), ms(65));
+        assert_eq!(plan.total_work(), ms(96));
+        assert_eq!(plan.lower_bound(1), ms(96));
+        assert_eq!(plan.lower_bound(2), ms(65));
+        assert_eq!(plan.lower_bound(64), ms(65));
+        assert_eq!(plan.max_parallelism(), 3);
+        let text = plan.to_string();
+        for id in ["a", "b", "c", "d", "e"] {
+            assert!(text.contains(id), "{text}");
+        }
+        assert!(text.contains("a → c → d"), "{text}");
+    }
+
+    #[test]
+    fn priority_comes_first_within_a_level() {
+        let plan = diamond(Priority::High).plan();
+        assert_eq!(plan.levels()[1], ["b", "c", "e"]);
+        assert!(plan.to_string().contains("b [high]"), "{plan}");
+        // The critical path does not depend on priorities.
+        assert_eq!(plan.critical_path(), ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn without_estimates_every_task_counts_one() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok(()));
+        let b = g.task("b").after(a).run((), |_, ()| Ok(()));
+        g.task("c").after(b).run((), |_, ()| Ok(()));
+        g.task("x").run((), |_, ()| Ok(()));
+        let plan = g.build().unwrap().plan();
+        assert!(!plan.is_timed());
+        assert_eq!(plan.critical_path(), ["a", "b", "c"]);
+        assert_eq!(plan.critical_path_length(), Duration::from_nanos(3));
+        assert_eq!(plan.total_work(), Duration::from_nanos(4));
+        assert_eq!(plan.lower_bound(1), Duration::from_nanos(4));
+        assert_eq!(plan.lower_bound(2), Duration::from_nanos(3));
+        assert_eq!(plan.levels().len(), 3);
+        assert!(plan.to_string().contains("3 tasks"), "{plan}");
+    }
+
+    #[test]
+    fn estimator_overrides_task_estimates() {
+        let graph = diamond(Priority::Medium);
+        // Make `b` the long branch.
+        let plan = Planner::new()
+            .estimate_with(|t| (t.id() == "b").then(|| ms(100)))
+            .plan(&graph);
+        assert_eq!(plan.critical_path(), ["a", "b", "d"]);
+        assert_eq!(plan.critical_path_length(), ms(115));
+    }
+
+    #[test]
+    fn empty_graph_has_an_empty_plan() {
+        let plan = Graph::builder().build().unwrap().plan();
+        assert!(plan.levels().is_empty());
+        assert!(plan.critical_path().is_empty());
+        assert_eq!(plan.lower_bound(4), Duration::ZERO);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small API contracts
+// ---------------------------------------------------------------------------------------------
+
+mod api {
+    use super::*;
+
+    #[test]
+    fn priorities_and_statuses_have_names() {
+        assert_eq!("HIGH".parse::<Priority>(), Ok(Priority::High));
+        assert!("urgent".parse::<Priority>().is_err());
+        assert_eq!(Priority::default(), Priority::Medium);
+        assert!(Priority::Critical > Priority::High && Priority::Medium > Priority::Low);
+        assert_eq!(TaskStatus::Skipped.to_string(), "SKIPPED");
+        assert!(TaskStatus::Cancelled.is_final() && !TaskStatus::Running.is_final());
+        assert_eq!(RunStatus::Failed.to_string(), "FAILED");
+    }
+
+    #[test]
+    fn executor_has_at_least_one_worker() {
+        assert_eq!(Executor::builder().workers(0).build().workers(), 1);
+        assert_eq!(exec(3).workers(), 3);
+    }
+
+    #[test]
+    fn task_context_knows_the_task() {
+        let mut g = Graph::builder();
+        g.task("zero").run((), |_, ()| Ok(()));
+        let t = g
+            .task("one")
+            .run((), |cx, ()| Ok((cx.task_id(), cx.index(), cx.attempt())));
+        let report = exec(1).run(&g.build().unwrap());
+        assert_eq!(report.output(t), Some(&("one".to_string(), 1, 1)));
+    }
+}
