@@ -871,7 +871,6 @@ mod timeouts {
     }
 
     #[test]
-    #[ignore = "BUG: a dynamic task's timeout is never enforced on its subgraph (runner.rs start_child arms no deadline)"]
     fn dynamic_task_times_out_while_its_subgraph_runs() {
         let mut g = Graph::builder();
         let d = g.task("dyn").timeout(ms(20)).run_dynamic((), |_, ()| {
@@ -1204,7 +1203,6 @@ mod retries {
     }
 
     #[test]
-    #[ignore = "BUG: a panicking retry_if predicate after an async attempt kills the completion task: the run never finishes (runner.rs spawn_future calls after_failure outside catch_unwind)"]
     fn panicking_retry_predicate_after_an_async_failure_does_not_hang_the_run() {
         quiet_expected_panics();
         let mut g = Graph::builder();
@@ -1500,7 +1498,6 @@ mod dynamic {
     }
 
     #[test]
-    #[ignore = "BUG: a dynamic task's retry policy is ignored when its subgraph fails (runner.rs Runner::finished gives up at once)"]
     fn dynamic_task_with_a_failing_subgraph_is_retried() {
         let builds = Arc::new(AtomicU32::new(0));
         let b = builds.clone();
@@ -1641,19 +1638,16 @@ mod priorities {
     }
 
     #[test]
-    #[ignore = "BUG: a fan-out > 256 from a high/critical task runs a later batch's best task inline, before queued higher-priority tasks (pool run.rs release)"]
     fn priority_order_holds_across_release_batches_of_a_high_priority_root() {
         check_release_order(600, Priority::High);
     }
 
     #[test]
-    #[ignore = "BUG: a fan-out > 256 from a high/critical task runs a later batch's best task inline, before queued higher-priority tasks (pool run.rs release)"]
     fn priority_order_holds_across_release_batches_of_a_critical_root() {
         check_release_order(600, Priority::Critical);
     }
 
     #[test]
-    #[ignore = "BUG: tasks queued from outside a worker (subgraph roots, requeues) wait behind all its local tasks whatever their priority (pool pool.rs find_work)"]
     fn critical_subgraph_tasks_run_before_queued_medium_tasks() {
         // root → dyn (Critical) and m0..m4 (Medium). `dyn` adds four Critical tasks; on one
         // worker, once they are ready they should run before the Medium tasks still queued.
@@ -1700,7 +1694,6 @@ mod priorities {
     }
 
     #[test]
-    #[ignore = "BUG: a graph whose tasks all share one priority gets no bands (all in band 0, the lowest), so its critical tasks run after other runs' medium ones (graph/mod.rs GraphBuilder::build)"]
     fn critical_tasks_of_a_uniform_graph_run_before_medium_tasks_of_another_run() {
         let exec = exec(1);
         let order: Log<&'static str> = Log::new();
@@ -1787,7 +1780,6 @@ mod priorities {
     }
 
     #[test]
-    #[ignore = "BUG: the inline successor of a finished task runs before higher-priority ready tasks (pool run.rs release/execute)"]
     fn a_low_priority_successor_does_not_overtake_ready_high_priority_tasks() {
         // root → {crit (Critical), high0..high4 (High)}; crit → low (Low, its only
         // dependency). When `crit` finishes, `low` becomes ready while the `high` tasks are

@@ -57,8 +57,9 @@ pub struct Dag {
     succ: Box<[u32]>,
     pred_off: Box<[u32]>,
     pred: Box<[u32]>,
-    /// Priority band per node (higher runs first); empty when every node is in band 0.
+    /// Priority band per node (higher runs first); empty when every node is in `uniform_band`.
     band: Box<[u8]>,
+    uniform_band: u8,
     roots: Box<[u32]>,
 }
 
@@ -97,6 +98,7 @@ impl Dag {
             pred_off,
             pred,
             band: Box::new([]),
+            uniform_band: 0,
             roots,
         };
         let topo = dag.topological_order();
@@ -180,7 +182,7 @@ impl Dag {
     #[inline]
     pub fn band(&self, node: u32) -> u8 {
         if self.band.is_empty() {
-            0
+            self.uniform_band
         } else {
             self.band[node as usize]
         }
@@ -190,11 +192,13 @@ impl Dag {
     pub fn set_bands(&mut self, bands: impl IntoIterator<Item = u8>) {
         let b: Vec<u8> = bands.into_iter().map(|b| b.min(BANDS as u8 - 1)).collect();
         assert_eq!(b.len(), self.len(), "one band per node");
-        self.band = if b.iter().all(|&x| x == 0) {
-            Box::new([])
-        } else {
-            b.into_boxed_slice()
-        };
+        match b.first() {
+            Some(&first) if b.iter().all(|&x| x == first) => {
+                self.uniform_band = first;
+                self.band = Box::new([]);
+            }
+            _ => self.band = b.into_boxed_slice(),
+        }
     }
 
     /// Reorders each node's successors by `key` (descending: the largest key is released

@@ -14,9 +14,9 @@
 use crate::dag::BANDS;
 use crate::queue::{self, Injector, Local, Stealer};
 use crate::sleep::Sleep;
-use crate::sync::{lock, spin_hint, thread, Arc, AtomicBool, Mutex, SPIN_ROUNDS};
+use crate::sync::{lock, spin_hint, thread, Arc, AtomicBool, AtomicU8, Mutex, SPIN_ROUNDS};
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 /// A unit of work in a queue: one node of one run. The run outlives the job because the pool
 /// holds a reference to the run until every node of the run has been retired, and a job exists
@@ -70,6 +70,10 @@ pub(crate) unsafe fn retire(run: NonNull<dyn Execute>, n: usize) {
 /// State shared by the workers of one pool.
 pub(crate) struct Shared {
     injector: [Injector<Job>; BANDS],
+    /// Bit `b` set: the injector of band `b` may hold jobs (set after each push, cleared by a
+    /// worker that found it empty; a stale bit costs one look, a missing one only delays that
+    /// band until the worker's own deques are empty).
+    injected: AtomicU8,
     stealers: Box<[[Stealer<Job>; BANDS]]>,
     pub(crate) sleep: Sleep,
     shutdown: AtomicBool,
@@ -79,7 +83,17 @@ impl Shared {
     /// Queues a job from outside the pool (or not on a worker's fast path) and wakes a sleeper.
     pub(crate) fn inject(&self, job: Job, band: u8) {
         self.injector[band as usize].push(job);
+        if self.injected.load(Relaxed) & (1 << band) == 0 {
+            self.injected.fetch_or(1 << band, Release);
+        }
         self.sleep.notify(1);
+    }
+
+    /// Whether some queue this worker knows of may hold a job of a band above `band`.
+    #[inline]
+    fn has_above(&self, band: u8, local: u8) -> bool {
+        let above = !0u8 << (band + 1);
+        (local | self.injected.load(Relaxed)) & above != 0
     }
 
     fn stopping(&self) -> bool {
@@ -109,6 +123,13 @@ impl WorkerCtx<'_> {
         self.bands_used |= 1 << band;
     }
 
+    /// Whether a job of a higher band than `band` may be waiting (then a released successor
+    /// of band `band` should be queued rather than run inline).
+    #[inline]
+    pub(crate) fn has_above(&self, band: u8) -> bool {
+        band + 1 < BANDS as u8 && self.shared.has_above(band, self.bands_used)
+    }
+
     /// Wakes up to `k` sleepers after pushes.
     #[inline]
     pub(crate) fn notify(&self, k: usize) {
@@ -125,19 +146,6 @@ impl WorkerCtx<'_> {
                 unsafe { retire(run, n) };
             }
         }
-    }
-
-    fn pop_local(&mut self) -> Option<Job> {
-        let mut used = self.bands_used;
-        while used != 0 {
-            let b = 7 - used.leading_zeros() as usize;
-            if let Some(j) = self.locals[b].pop() {
-                return Some(j);
-            }
-            used &= !(1 << b);
-            self.bands_used &= !(1 << b);
-        }
-        None
     }
 
     fn steal(&mut self) -> Option<Job> {
@@ -166,8 +174,35 @@ impl WorkerCtx<'_> {
         None
     }
 
+    /// Own deques and the injector, band by band from the highest: work queued from outside
+    /// (subgraph roots, requeued retries, successors of async work) is not starved by a deque
+    /// of lower-priority local jobs, and local jobs go first within a band.
+    fn pop_local_or_injected(&mut self) -> Option<Job> {
+        let inj = self.shared.injected.load(Relaxed);
+        let mut mask = self.bands_used | inj;
+        while mask != 0 {
+            let b = 7 - mask.leading_zeros() as usize;
+            let bit = 1u8 << b;
+            if self.bands_used & bit != 0 {
+                if let Some(j) = self.locals[b].pop() {
+                    return Some(j);
+                }
+                self.bands_used &= !bit;
+            }
+            if inj & bit != 0 {
+                if let Some(j) = queue::steal_injector(&self.shared.injector[b], &self.locals[b]) {
+                    self.bands_used |= bit;
+                    return Some(j);
+                }
+                self.shared.injected.fetch_and(!bit, Relaxed);
+            }
+            mask &= !bit;
+        }
+        None
+    }
+
     fn find_work(&mut self) -> Option<Job> {
-        self.pop_local().or_else(|| self.steal())
+        self.pop_local_or_injected().or_else(|| self.steal())
     }
 
     fn run_job(&mut self, job: Job) {
@@ -186,7 +221,9 @@ impl WorkerCtx<'_> {
 struct AbortOnUnwind;
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {
-        if thread::panicking() {
+        // Not under loom: when a model fails on the test thread, loom unwinds the workers,
+        // and the failure must reach the test harness.
+        if cfg!(not(loom)) && thread::panicking() {
             eprintln!("nerv-pool: a worker panicked outside a task; aborting");
             std::process::abort();
         }
@@ -283,6 +320,7 @@ impl Pool {
             .collect();
         let shared = Arc::new(Shared {
             injector: std::array::from_fn(|_| Injector::new()),
+            injected: AtomicU8::new(0),
             stealers,
             sleep: Sleep::new(),
             shutdown: AtomicBool::new(false),

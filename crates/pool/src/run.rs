@@ -30,6 +30,7 @@ use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Condv
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::task::{Context, Poll, Waker};
+#[cfg(not(loom))]
 use std::time::Duration;
 
 const PENDING: u8 = 0;
@@ -286,9 +287,11 @@ impl<R: NodeRunner> RunInner<R> {
                 resume: end as u32,
                 ..self.job(node)
             };
+            // Queued at the band of the best successor it will release.
+            let band = self.dag.band(all[end]);
             match &mut sink {
-                Sink::Worker(w) => w.push(resume, self.dag.band(node)),
-                Sink::Injector(sh) => sh.inject(resume, self.dag.band(node)),
+                Sink::Worker(w) => w.push(resume, band),
+                Sink::Injector(sh) => sh.inject(resume, band),
             }
             pushed += 1;
         }
@@ -347,6 +350,10 @@ impl<R: NodeRunner> Execute for RunInner<R> {
         if resume > 0 {
             let fin = self.state[node as usize].load(Acquire);
             match self.release(node, fin, resume as usize, Sink::Worker(w)) {
+                Some(next) if w.has_above(self.dag.band(next)) => {
+                    w.push(self.job(next), self.dag.band(next));
+                    return;
+                }
                 Some(next) => node = next,
                 None => return,
             }
@@ -360,6 +367,11 @@ impl<R: NodeRunner> Execute for RunInner<R> {
             };
             w.done += 1;
             match self.release(node, fin, 0, Sink::Worker(w)) {
+                // A queued job of higher priority goes first: queue the successor instead.
+                Some(next) if w.has_above(self.dag.band(next)) => {
+                    w.push(self.job(next), self.dag.band(next));
+                    return;
+                }
                 // The inline successor is PENDING and ready: claim it at the loop's top.
                 Some(next) => node = next,
                 None => return,

@@ -73,6 +73,10 @@ pub(crate) struct ParentLink {
     pub(crate) node: u32,
     pub(crate) output: u32,
     pub(crate) transfer: Transfer,
+    /// The dynamic task's timeout, and whether it fired (the subgraph was then cancelled).
+    timeout: Option<(Duration, Arc<AtomicBool>)>,
+    /// Cancelled when the subgraph finishes (stops the timeout's timer).
+    done: CancellationToken,
 }
 
 /// Everything one run keeps besides the pool's node states.
@@ -192,13 +196,23 @@ impl Runner {
         if self.cancel.is_cancelled() && !err.is_cancelled() && err.kind() != ErrorKind::TimedOut {
             err = TaskError::cancelled();
         }
-        match self
-            .retry_policy(node)
-            .and_then(|p| p.next_delay(attempt, &err))
-        {
-            Some(d) if d.is_zero() => Ok(None),
-            Some(d) => Ok(Some(d)),
-            None => Err(self.give_up(node, err)),
+        // The policy may call the user's `retry_if`: a panic there must not take down a
+        // worker or a completion task. It counts as "do not retry".
+        let decision = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.retry_policy(node)
+                .and_then(|p| p.next_delay(attempt, &err))
+        }));
+        match decision {
+            Ok(Some(d)) if d.is_zero() => Ok(None),
+            Ok(Some(d)) => Ok(Some(d)),
+            Ok(None) => Err(self.give_up(node, err)),
+            Err(p) => {
+                let msg = format!(
+                    "{err} (and the retry predicate panicked: {})",
+                    panic_message(&*p)
+                );
+                Err(self.give_up(node, TaskError::with_kind(err.kind(), msg)))
+            }
         }
     }
 
@@ -281,17 +295,35 @@ impl Runner {
                 ),
             );
         }
+        let cancel = self.cancel.child();
+        let done = CancellationToken::new();
+        let timeout = self.timeout(&self.graph.0.nodes[node as usize]).map(|t| {
+            let fired = Arc::new(AtomicBool::new(false));
+            let (f, c, d) = (fired.clone(), cancel.clone(), done.clone());
+            self.env.tokio().spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(t) => {
+                        f.store(true, Release);
+                        c.cancel();
+                    }
+                    _ = d.cancelled() => {}
+                }
+            });
+            (t, fired)
+        });
         let runner = Runner::new(
             graph.clone(),
             self.env.clone(),
             self.opts.clone(),
-            self.cancel.child(),
+            cancel,
             format!("{}/", self.full_id(node)),
             Some(ParentLink {
                 handle: h,
                 node,
                 output: child.output.index() as u32,
                 transfer: child.transfer,
+                timeout,
+                done,
             }),
         );
         let _run = self.env.pool.start(graph.0.dag.clone(), runner);
@@ -460,39 +492,56 @@ impl NodeRunner for Runner {
     fn finished(&self, run: &RunHandle<Self>) {
         self.t_end.store(self.env.clock.raw(), Release);
         let Some(link) = &self.parent else { return };
+        link.done.cancel();
         let parent = link.handle.runner();
         let mut results: Vec<TaskResult> = (0..self.graph.len() as u32)
             .map(|i| self.result(run, i))
             .collect();
         results.extend(self.child_results());
+        // Name the task that failed, rather than one skipped or cancelled because of it.
         let failed = results
             .iter()
-            .find(|r| r.status != TaskStatus::Completed)
+            .find(|r| r.status == TaskStatus::Failed)
+            .or_else(|| results.iter().find(|r| r.status != TaskStatus::Completed))
             .map(|r| (r.id.clone(), r.status, r.error.clone()));
-        parent
-            .children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(results);
-        let verdict = match failed {
-            None if (link.transfer)(&self.arena, &parent.arena) => {
+        {
+            // Only the last attempt's subgraph tasks are kept.
+            let mut children = parent.children.lock().unwrap_or_else(|p| p.into_inner());
+            children.retain(|r| !r.id.starts_with(&self.prefix));
+            children.extend(results);
+        }
+        let timed_out = link
+            .timeout
+            .as_ref()
+            .filter(|(_, fired)| fired.load(Acquire))
+            .map(|(t, _)| *t);
+        let err = match (timed_out, failed) {
+            (Some(t), _) => TaskError::timeout(t),
+            (None, None) if (link.transfer)(&self.arena, &parent.arena) => {
                 parent.stamp_end(link.node);
-                Verdict::Completed
+                let _ = link.handle.complete(link.node, Verdict::Completed);
+                return;
             }
-            None => parent.give_up(
-                link.node,
-                TaskError::msg(format!(
-                    "subgraph output `{}` has no value",
-                    self.full_id(link.output)
-                )),
-            ),
-            Some((id, status, err)) => {
+            (None, None) => TaskError::msg(format!(
+                "subgraph output `{}` has no value",
+                self.full_id(link.output)
+            )),
+            (None, Some((id, status, err))) => {
                 let why = err.map(|e| format!(": {e}")).unwrap_or_default();
-                parent.give_up(
-                    link.node,
-                    TaskError::msg(format!("subgraph task `{id}` {status}{why}")),
-                )
+                TaskError::msg(format!("subgraph task `{id}` {status}{why}"))
             }
+        };
+        let attempt = parent.attempts[link.node as usize].load(Relaxed);
+        let verdict = match parent.after_failure(link.node, attempt, err) {
+            Ok(None) => {
+                let _ = link.handle.requeue(link.node);
+                return;
+            }
+            Ok(Some(d)) => {
+                parent.requeue_later(link.handle.clone(), link.node, d);
+                return;
+            }
+            Err(v) => v,
         };
         let _ = link.handle.complete(link.node, verdict);
     }

@@ -368,10 +368,9 @@ impl GraphBuilder {
         let rank = crate::plan::upward_rank(&dag, est);
         dag.sort_successors_by_key(|s| (nodes[s as usize].priority(), rank[s as usize]));
         drop(rank);
-        let first = nodes.first().map(Node::priority);
-        if nodes.iter().any(|n| Some(n.priority()) != first) {
-            dag.set_bands(nodes.iter().map(|n| n.priority() as u8));
-        }
+        // Bands are the priorities themselves, so that runs of different graphs sharing the
+        // workers are ordered too (a uniform band costs no memory).
+        dag.set_bands(nodes.iter().map(|n| n.priority() as u8));
         Ok(Graph(Arc::new(GraphInner {
             dag: Arc::new(dag),
             nodes: nodes.into_boxed_slice(),
