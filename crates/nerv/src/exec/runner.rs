@@ -457,7 +457,9 @@ impl NodeRunner for Runner {
                 attempt,
                 deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
             };
-            let res = match std::panic::catch_unwind(AssertUnwindSafe(|| n.body.start(&cx))) {
+            let res = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.graph.0.chunks[n.chunk as usize].start(n.index, &cx)
+            })) {
                 Ok(r) => r,
                 Err(p) => Err(TaskError::panic(panic_message(&*p))),
             };

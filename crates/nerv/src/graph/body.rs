@@ -19,11 +19,44 @@ pub(crate) enum Started {
     Graph(Box<ChildGraph>),
 }
 
-/// A task's work, erased to a trait object in the graph.
+/// A task's work.
 pub(crate) trait Body: Send + Sync + 'static {
     /// Starts one attempt: reads the inputs and runs (sync) or creates (async, dynamic) the
     /// work.
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError>;
+}
+
+/// The bodies of one type, stored densely: a graph keeps one chunk per body type (tasks made
+/// by the same closure share a type), so a task costs its body's own size, with no allocation
+/// and no pointer of its own. One virtual call per attempt, as with `Box<dyn Body>`.
+pub(crate) trait BodyChunk: Send + Sync + 'static {
+    /// Starts an attempt of the `i`-th body of the chunk.
+    fn start(&self, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError>;
+    /// For adding bodies of the chunk's concrete type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+    /// Bytes held.
+    fn heap_bytes(&self) -> usize;
+    /// Gives back unused capacity.
+    fn shrink(&mut self);
+}
+
+/// A chunk of bodies of type `B`.
+pub(crate) struct Chunk<B>(pub(crate) Vec<B>);
+
+impl<B: Body> BodyChunk for Chunk<B> {
+    #[inline]
+    fn start(&self, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        self.0[i as usize].start(cx)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() * std::mem::size_of::<B>()
+    }
+    fn shrink(&mut self) {
+        self.0.shrink_to_fit();
+    }
 }
 
 fn missing(cx: &TaskContext<'_>, t: TaskId) -> TaskError {

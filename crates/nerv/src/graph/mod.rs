@@ -17,7 +17,8 @@ mod body;
 mod error;
 mod inputs;
 
-pub(crate) use body::{Body, Started};
+pub(crate) use body::Started;
+use body::{Body, BodyChunk, Chunk};
 pub use error::GraphError;
 pub use inputs::{Gather, Inputs};
 
@@ -130,13 +131,15 @@ pub(crate) struct Extra {
     pub(crate) meta: TaskMetadata,
 }
 
-/// One task as stored in a graph: 24 bytes, plus its options only if it has any.
+/// One task as stored in a graph: 16 bytes (its body sits in its type's chunk), plus its
+/// options only if it has any.
 pub(crate) struct Node {
-    pub(crate) body: Box<dyn Body>,
+    pub(crate) chunk: u32,
+    pub(crate) index: u32,
     pub(crate) extra: Option<Box<Extra>>,
 }
 
-const _: () = assert!(std::mem::size_of::<Node>() == 24);
+const _: () = assert!(std::mem::size_of::<Node>() == 16);
 
 impl Node {
     pub(crate) fn priority(&self) -> Priority {
@@ -148,6 +151,10 @@ impl Node {
 pub struct GraphBuilder {
     layout: ArenaLayout,
     nodes: Vec<Node>,
+    chunks: Vec<Box<dyn BodyChunk>>,
+    /// Chunk index by body type (the last one used is checked first: no hashing in loops).
+    chunk_of: std::collections::HashMap<std::any::TypeId, u32>,
+    last_chunk: Option<(std::any::TypeId, u32)>,
     ids: IdTable,
     edges: Vec<(u32, u32)>,
     named: Vec<(u32, Box<str>)>,
@@ -178,6 +185,9 @@ impl GraphBuilder {
         GraphBuilder {
             layout: ArenaLayout::new(),
             nodes: Vec::new(),
+            chunks: Vec::new(),
+            chunk_of: Default::default(),
+            last_chunk: None,
             ids: IdTable::default(),
             edges: Vec::new(),
             named: Vec::new(),
@@ -259,11 +269,35 @@ impl GraphBuilder {
         }
     }
 
-    fn add<T: Send + Sync + 'static>(
+    /// Stores a body in the chunk of its type; returns (chunk, index in chunk).
+    fn store_body<B: Body>(&mut self, body: B) -> (u32, u32) {
+        let ty = std::any::TypeId::of::<B>();
+        let chunk = match self.last_chunk {
+            Some((t, c)) if t == ty => c,
+            _ => {
+                let next = self.chunks.len() as u32;
+                let c = *self.chunk_of.entry(ty).or_insert(next);
+                if c == next {
+                    self.chunks.push(Box::new(Chunk::<B>(Vec::new())));
+                }
+                self.last_chunk = Some((ty, c));
+                c
+            }
+        };
+        let bodies = &mut self.chunks[chunk as usize]
+            .as_any_mut()
+            .downcast_mut::<Chunk<B>>()
+            .expect("chunk of this body type")
+            .0;
+        bodies.push(body);
+        (chunk, bodies.len() as u32 - 1)
+    }
+
+    fn add<T: Send + Sync + 'static, B: Body>(
         &mut self,
         tb: TaskSpec,
         mut deps: Vec<TaskId>,
-        make: impl FnOnce(SlotKey<T>) -> Box<dyn Body>,
+        make: impl FnOnce(SlotKey<T>) -> B,
     ) -> Handle<T> {
         let index = self.nodes.len() as u32;
         let id = tb.id;
@@ -275,8 +309,10 @@ impl GraphBuilder {
         self.ids.push(&id);
         let slot = self.layout.push::<T>();
         debug_assert_eq!(slot.index(), index);
+        let (chunk, at) = self.store_body(make(slot));
         self.nodes.push(Node {
-            body: make(slot),
+            chunk,
+            index: at,
             extra: tb.extra.map(|mut e| {
                 e.meta.created_at.get_or_insert(self.created);
                 e
@@ -303,12 +339,14 @@ impl GraphBuilder {
         let GraphBuilder {
             layout,
             nodes,
+            mut chunks,
             ids,
             mut edges,
             named,
             mut problems,
             created,
             graph,
+            ..
         } = self;
         if let Some(p) = problems.drain(..).next() {
             return Err(p);
@@ -371,7 +409,11 @@ impl GraphBuilder {
         // Bands are the priorities themselves, so that runs of different graphs sharing the
         // workers are ordered too (a uniform band costs no memory).
         dag.set_bands(nodes.iter().map(|n| n.priority() as u8));
+        for c in &mut chunks {
+            c.shrink();
+        }
         Ok(Graph(Arc::new(GraphInner {
+            chunks: chunks.into_boxed_slice(),
             dag: Arc::new(dag),
             nodes: nodes.into_boxed_slice(),
             ids,
@@ -551,9 +593,8 @@ impl<'g> TaskBuilder<'g> {
         let spec = self.spec();
         let mut srcs = Vec::new();
         inputs.each_source(&mut |t| srcs.push(t));
-        self.g.add(spec, srcs, move |out| {
-            Box::new(body::SyncBody { inputs, out, f })
-        })
+        self.g
+            .add(spec, srcs, move |out| body::SyncBody { inputs, out, f })
     }
 
     /// Sets asynchronous work: a function of the context and the inputs that returns a
@@ -569,13 +610,11 @@ impl<'g> TaskBuilder<'g> {
         let spec = self.spec();
         let mut srcs = Vec::new();
         inputs.each_source(&mut |t| srcs.push(t));
-        self.g.add(spec, srcs, move |out| {
-            Box::new(body::AsyncBody {
-                inputs,
-                out,
-                f,
-                _fut: PhantomData,
-            })
+        self.g.add(spec, srcs, move |out| body::AsyncBody {
+            inputs,
+            out,
+            f,
+            _fut: PhantomData,
         })
     }
 
@@ -596,13 +635,13 @@ impl<'g> TaskBuilder<'g> {
         let spec = self.spec();
         let mut srcs = Vec::new();
         inputs.each_source(&mut |t| srcs.push(t));
-        self.g.add(spec, srcs, move |out| {
-            Box::new(body::DynamicBody { inputs, out, f })
-        })
+        self.g
+            .add(spec, srcs, move |out| body::DynamicBody { inputs, out, f })
     }
 }
 
 pub(crate) struct GraphInner {
+    pub(crate) chunks: Box<[Box<dyn BodyChunk>]>,
     pub(crate) dag: Arc<Dag>,
     pub(crate) nodes: Box<[Node]>,
     pub(crate) ids: IdTable,
@@ -772,6 +811,7 @@ impl Graph {
         let g = &self.0;
         g.dag.heap_bytes()
             + g.nodes.len() * std::mem::size_of::<Node>()
+            + g.chunks.iter().map(|c| c.heap_bytes()).sum::<usize>()
             + g.ids.buf.capacity()
             + g.ids.ends.capacity() * 4
             + g.by_id.len() * 4
