@@ -208,8 +208,10 @@ impl WorkerCtx<'_> {
     fn run_job(&mut self, job: Job) {
         if self.batch_run.map(|r| r.cast::<u8>()) != Some(job.run.cast::<u8>()) {
             self.flush();
-            self.batch_run = Some(job.run);
         }
+        // Always take the job's pointer: with nothing counted, the old one may point to a
+        // finished (freed) run that a new run now occupies.
+        self.batch_run = Some(job.run);
         // SAFETY: a queued job's node is not retired, so its run is alive (see `Job`).
         let run = unsafe { job.run.as_ref() };
         run.execute(job.node, job.resume, self);

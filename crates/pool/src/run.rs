@@ -237,11 +237,19 @@ impl<R: NodeRunner> RunInner<R> {
             Verdict::Deferred => {
                 return match st.compare_exchange(RUNNING, DEFERRED, AcqRel, Acquire) {
                     Ok(_) => None,
-                    Err(REQUEUE) => {
-                        st.store(QUEUED, Release);
-                        self.queue(node);
-                        None
-                    }
+                    Err(REQUEUE) => match st.compare_exchange(REQUEUE, QUEUED, AcqRel, Acquire) {
+                        Ok(_) => {
+                            self.queue(node);
+                            None
+                        }
+                        // `complete` won over the requeue: apply its verdict.
+                        Err(c) if c >= COMPLETING => {
+                            let f = COMPLETED + (c - COMPLETING);
+                            st.store(f, Release);
+                            Some(f)
+                        }
+                        Err(_) => None,
+                    },
                     Err(c) if c >= COMPLETING => {
                         let f = COMPLETED + (c - COMPLETING);
                         st.store(f, Release);

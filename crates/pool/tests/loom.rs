@@ -421,7 +421,6 @@ fn requeue_self_then_defer_0(seen: &Seen, cx: &NodeCx<'_, Probe>, attempt: usize
 /// the `Err(c) if c >= COMPLETING` arm (the completion wins over the requeue, as it does when
 /// it comes before the worker's first CAS).
 #[test]
-#[ignore = "fails: complete() accepted in the REQUEUE window is lost (see doc comment)"]
 fn loom_bug_complete_lost_after_requeue() {
     model(2, || {
         let pool = Pool::new(1, "loom");
@@ -547,7 +546,6 @@ impl NodeRunner for CompleteB {
 /// alive and is the same run, so the new pointer is equivalent; when `done == 0`, the old
 /// pointer may dangle and must be replaced).
 #[test]
-#[ignore = "fails: stale batch pointer used with another runner type (see doc comment)"]
 fn loom_bug_stale_batch_run_vtable() {
     model(1, || {
         let pool = Pool::new(1, "loom");
