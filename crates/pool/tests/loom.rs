@@ -399,26 +399,27 @@ fn requeue_self_then_defer_0(seen: &Seen, cx: &NodeCx<'_, Probe>, attempt: usize
     }
 }
 
-/// BUG: a completion accepted by `complete` while the node is in state REQUEUE can be lost.
+/// Regression model of a fixed bug (aec75af): a completion accepted by `complete` while the
+/// node is in state REQUEUE was lost.
 ///
 /// Node 0 finishes only through `complete` (every attempt defers). Its first attempt requeues
 /// itself while running; the test thread then completes it, or, when that is refused because
 /// the node is already queued again, completes its second attempt. Every accepted completion
-/// must finish the node. The failing interleaving (one preemption):
+/// must finish the node. The interleaving that failed (one preemption):
 ///
 /// 1. worker: claims node 0 (RUNNING); the runner calls `requeue(0)`: CAS RUNNING → REQUEUE;
 ///    it returns Deferred;
 /// 2. worker, `RunInner::attempt`: CAS RUNNING → DEFERRED fails, having read REQUEUE;
 /// 3. test thread, `RunHandle::complete(0, Completed)`: reads REQUEUE, CAS REQUEUE →
 ///    COMPLETING+0 succeeds, returns `Ok(())` ("the worker applies the verdict");
-/// 4. worker: plain `store(QUEUED)` overwrites COMPLETING, queues node 0 again;
-/// 5. the second attempt defers (state DEFERRED): the accepted completion is lost, nobody
-///    completes node 0 again, the run never finishes and `wait` blocks forever (loom reports a
-///    deadlock).
+/// 4. worker: a plain `store(QUEUED)` overwrote COMPLETING and queued node 0 again;
+/// 5. the second attempt deferred (state DEFERRED): the accepted completion was lost, nobody
+///    completed node 0 again, the run never finished and `wait` blocked forever (loom reported
+///    a deadlock).
 ///
-/// Fix: in `attempt`, replace the `store(QUEUED)` after `Err(REQUEUE)` with a CAS REQUEUE →
-/// QUEUED, and when it fails with `c >= COMPLETING` apply `COMPLETED + (c - COMPLETING)` as on
-/// the `Err(c) if c >= COMPLETING` arm (the completion wins over the requeue, as it does when
+/// The fix: in `attempt`, the `store(QUEUED)` after `Err(REQUEUE)` is a CAS REQUEUE → QUEUED
+/// now, and when it fails with `c >= COMPLETING` the worker applies `COMPLETED + (c -
+/// COMPLETING)` as on the `Err(c) if c >= COMPLETING` arm (the completion wins over the requeue, as it does when
 /// it comes before the worker's first CAS).
 #[test]
 fn loom_bug_complete_lost_after_requeue() {
@@ -515,14 +516,16 @@ impl NodeRunner for CompleteB {
     }
 }
 
-/// BUG: a worker's batch keeps a dangling `dyn Execute` pointer (with the vtable of the run
-/// it was set for), and reuses it for a new run of another runner type allocated at the
-/// same address. Undefined behaviour; observable here as the wrong `finished` being called.
+/// Regression model of a fixed bug (aec75af): a worker's batch kept a dangling `dyn Execute`
+/// pointer (with the vtable of the run it was set for), and reused it for a new run of another
+/// runner type allocated at the same address. Undefined behaviour; observable here as the
+/// wrong `finished` being called.
 ///
 /// `WorkerCtx::run_job` compares `batch_run` and `job.run` by address only and, when they
-/// match, keeps the old fat pointer. `batch_run` stays set, with `done == 0`, after a job that
+/// matched, kept the old fat pointer. `batch_run` stays set, with `done == 0`, after a job that
 /// counted nothing (an attempt that deferred, a resume job that made nothing ready), and the
-/// run it points to may then finish and be freed elsewhere. The interleaving (one worker):
+/// run it points to may then finish and be freed elsewhere. The interleaving that failed (one
+/// worker):
 ///
 /// 1. worker: runs node 0 of run R1 (runner type `A`): `batch_run = R1` (vtable of
 ///    `RunInner<A>`), the runner defers, CAS RUNNING → DEFERRED, `done` stays 0; the worker
@@ -541,8 +544,8 @@ impl NodeRunner for CompleteB {
 /// Whether step 3 reuses the address depends on the allocator (glibc's does, here). Not
 /// reachable through nerv, which has a single `NodeRunner` type (then the vtables agree).
 ///
-/// Fix (one line, `pool.rs`, `run_job`): set `self.batch_run = Some(job.run)` on every job,
-/// not only when the address changed (when the address is the same and `done > 0`, the run is
+/// The fix (`pool.rs`, `run_job`): `self.batch_run = Some(job.run)` on every job, not only
+/// when the address changed (when the address is the same and `done > 0`, the run is
 /// alive and is the same run, so the new pointer is equivalent; when `done == 0`, the old
 /// pointer may dangle and must be replaced).
 #[test]
