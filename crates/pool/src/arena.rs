@@ -213,13 +213,12 @@ impl OnceArena {
         self.check(&key);
         let st = &self.state[key.index as usize];
         if std::mem::size_of::<T>() == 0 {
-            // Nothing is written, so racing setters cannot tear anything: skip the CAS. The
-            // value now lives in the slot (dropped with the arena, or moved out by `take`).
-            if st.load(Relaxed) != EMPTY {
+            // Nothing is written, so one CAS straight to FULL suffices; the value now lives in
+            // the slot (dropped with the arena, or moved out by `take`).
+            if st.compare_exchange(EMPTY, FULL, Release, Relaxed).is_err() {
                 return Err(value);
             }
             std::mem::forget(value);
-            st.store(FULL, Release);
             return Ok(());
         }
         if st

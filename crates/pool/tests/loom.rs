@@ -465,7 +465,6 @@ impl Drop for Token {
 /// `st.compare_exchange(EMPTY, FULL, Release, Relaxed)`, forgetting the value only on success
 /// (and returning `Err(value)` on failure).
 #[test]
-#[ignore = "fails: racing set() of a zero-sized value both succeed (see doc comment)"]
 fn loom_bug_arena_zero_sized_set_twice() {
     model(2, || {
         let mut layout = nerv_pool::ArenaLayout::new();
