@@ -1,5 +1,6 @@
 //! What a task's work can see and ask while it runs.
 
+use crate::event::{EventData, EventKind, Payload, Progress};
 use crate::exec::runner::Runner;
 use crate::graph::TaskId;
 use nerv_pool::{NodeCx, OnceArena, RunHandle};
@@ -57,6 +58,41 @@ impl<'a> TaskContext<'a> {
         self.runner.cancel.token.clone()
     }
 
+    /// Reports progress (`done` of `total` units, and what it is doing) as a `TaskProgress`
+    /// event. Costs one atomic load when nobody listens.
+    pub fn progress(&self, done: u64, total: Option<u64>, message: Option<&str>) {
+        let node = self.ncx.node();
+        self.runner.emit_task(
+            node,
+            || {
+                EventData::TaskProgress(Progress {
+                    done,
+                    total,
+                    message: message.map(str::to_string),
+                })
+            },
+            EventKind::TaskProgress,
+        );
+    }
+
+    /// An owned handle that reports progress and events for this task, for async work
+    /// (whose future outlives the context).
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            run: self.ncx.handle(),
+            node: self.ncx.node(),
+        }
+    }
+
+    /// Publishes a user-defined event on the named signal `name`, from this task.
+    pub fn emit(&self, name: &str, payload: Payload) {
+        if self.runner.wants(EventKind::Custom) {
+            let name = name.into();
+            self.runner
+                .publish_task(self.ncx.node(), EventData::Custom { name, payload });
+        }
+    }
+
     /// The timeout, if it has passed.
     pub(crate) fn deadline_passed(&self) -> Option<Duration> {
         match self.deadline {
@@ -75,5 +111,52 @@ impl<'a> TaskContext<'a> {
 
     pub(crate) fn graph_id_of(&self, t: TaskId) -> String {
         self.runner.full_id(t.index() as u32)
+    }
+}
+
+/// Reports a task's progress and events from anywhere (an async task's future, a thread it
+/// started). Obtained from [`TaskContext::reporter`].
+#[derive(Clone)]
+pub struct Reporter {
+    run: RunHandle<Runner>,
+    node: u32,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Reporter {
+    /// Reports progress as a `TaskProgress` event (see [`TaskContext::progress`]).
+    pub fn progress(&self, done: u64, total: Option<u64>, message: Option<&str>) {
+        self.run.runner().emit_task(
+            self.node,
+            || {
+                EventData::TaskProgress(Progress {
+                    done,
+                    total,
+                    message: message.map(str::to_string),
+                })
+            },
+            EventKind::TaskProgress,
+        );
+    }
+
+    /// Publishes a user-defined event on the named signal `name`, from this task.
+    pub fn emit(&self, name: &str, payload: Payload) {
+        let r = self.run.runner();
+        if r.wants(EventKind::Custom) {
+            r.publish_task(
+                self.node,
+                EventData::Custom {
+                    name: name.into(),
+                    payload,
+                },
+            );
+        }
     }
 }

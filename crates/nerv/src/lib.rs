@@ -26,17 +26,22 @@
 
 mod context;
 mod dynamic;
+mod event;
 mod exec;
 mod graph;
 mod plan;
 mod policy;
 mod task;
 
-pub use context::TaskContext;
+pub use context::{Reporter, TaskContext};
 pub use dynamic::Subgraph;
 pub use exec::{
     Executor, ExecutorBuilder, FailurePolicy, Run, RunOptions, RunReport, RunStatus, StatusCounts,
     Timing,
+};
+pub use event::{
+    Event, EventBus, EventBusBuilder, EventData, EventFilter, EventKind, EventStream, Lagged,
+    MuteGuard, Payload, Progress, Signal, Source, SubscribeBuilder, Subscription, TaskRef,
 };
 pub use graph::{
     Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, TaskBuilder, TaskId, TaskInfo,

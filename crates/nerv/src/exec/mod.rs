@@ -11,6 +11,7 @@ pub(crate) mod runner;
 
 pub use report::{RunReport, RunStatus, StatusCounts};
 
+use crate::event::EventBus;
 use crate::graph::{Graph, TaskId};
 use crate::policy::retry::RetryPolicy;
 use crate::task::TaskStatus;
@@ -53,6 +54,8 @@ pub struct RunOptions {
     pub retry: Option<RetryPolicy>,
     /// Timeout for tasks that have none of their own.
     pub timeout: Option<Duration>,
+    /// The run's name, as its `WorkflowCreated` event reports it.
+    pub name: Option<String>,
 }
 
 impl RunOptions {
@@ -76,6 +79,11 @@ impl RunOptions {
         self.timeout = Some(t);
         self
     }
+    /// Names the run (in its events).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
     /// Whether to record per-task timestamps.
     pub fn timing(mut self, t: Timing) -> Self {
         self.timing = t;
@@ -87,6 +95,7 @@ impl RunOptions {
 pub(crate) struct Env {
     pub(crate) pool: Pool,
     pub(crate) clock: quanta::Clock,
+    pub(crate) bus: Option<EventBus>,
     given_tokio: Option<tokio::runtime::Handle>,
     own_tokio: OnceLock<tokio::runtime::Runtime>,
 }
@@ -127,6 +136,7 @@ pub struct ExecutorBuilder {
     workers: Option<usize>,
     tokio: Option<tokio::runtime::Handle>,
     name: Option<String>,
+    bus: Option<EventBus>,
 }
 
 impl ExecutorBuilder {
@@ -148,6 +158,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Publishes every run's events on `bus` (created, started, each task's transitions,
+    /// progress, the end). Without a bus, runs build no events at all.
+    pub fn events(mut self, bus: EventBus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// The worker threads' name prefix (default `nerv`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -165,6 +182,7 @@ impl ExecutorBuilder {
             env: Arc::new(Env {
                 pool: Pool::new(workers, self.name.as_deref().unwrap_or("nerv")),
                 clock: quanta::Clock::new(),
+                bus: self.bus,
                 given_tokio: self.tokio,
                 own_tokio: OnceLock::new(),
             }),
@@ -203,6 +221,11 @@ impl Executor {
         ExecutorBuilder::default()
     }
 
+    /// The bus runs publish their events on, if one was given.
+    pub fn events(&self) -> Option<&EventBus> {
+        self.env.bus.as_ref()
+    }
+
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.env.pool.workers()
@@ -215,6 +238,7 @@ impl Executor {
 
     /// Starts running `graph` with options; returns at once.
     pub fn start_with(&self, graph: &Graph, opts: RunOptions) -> Run {
+        let name = opts.name.clone().unwrap_or_default();
         let runner = Runner::new(
             graph.clone(),
             self.env.clone(),
@@ -223,6 +247,7 @@ impl Executor {
             String::new(),
             None,
         );
+        runner.publish_start(&name);
         Run {
             handle: self.env.pool.start(graph.0.dag.clone(), runner),
         }

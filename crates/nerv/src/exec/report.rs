@@ -50,6 +50,33 @@ pub struct StatusCounts {
     pub other: usize,
 }
 
+/// Counts the final statuses of a run's tasks.
+pub(crate) fn count(handle: &RunHandle<Runner>) -> StatusCounts {
+    let mut c = StatusCounts::default();
+    for i in 0..handle.dag().len() as u32 {
+        match TaskStatus::from(handle.state(i)) {
+            TaskStatus::Completed => c.completed += 1,
+            TaskStatus::Failed => c.failed += 1,
+            TaskStatus::Skipped => c.skipped += 1,
+            TaskStatus::Cancelled => c.cancelled += 1,
+            _ => c.other += 1,
+        }
+    }
+    c
+}
+
+/// A finished run's status from its counts: a failure (or skip) makes it FAILED, else a
+/// cancellation CANCELLED, else COMPLETED.
+pub(crate) fn run_status(c: &StatusCounts, cancelled: bool) -> RunStatus {
+    if c.failed > 0 || c.skipped > 0 {
+        RunStatus::Failed
+    } else if c.cancelled > 0 || c.other > 0 || cancelled {
+        RunStatus::Cancelled
+    } else {
+        RunStatus::Completed
+    }
+}
+
 /// The report of a finished run. Outputs stay readable as long as the report lives.
 pub struct RunReport {
     handle: RunHandle<Runner>,
@@ -67,17 +94,8 @@ impl fmt::Debug for RunReport {
 
 impl RunReport {
     pub(crate) fn new(handle: RunHandle<Runner>) -> Self {
-        let mut c = StatusCounts::default();
-        for i in 0..handle.dag().len() as u32 {
-            match TaskStatus::from(handle.state(i)) {
-                TaskStatus::Completed => c.completed += 1,
-                TaskStatus::Failed => c.failed += 1,
-                TaskStatus::Skipped => c.skipped += 1,
-                TaskStatus::Cancelled => c.cancelled += 1,
-                _ => c.other += 1,
-            }
-        }
-        RunReport { handle, counts: c }
+        let counts = count(&handle);
+        RunReport { handle, counts }
     }
 
     fn runner(&self) -> &Runner {
@@ -92,14 +110,7 @@ impl RunReport {
     /// How the run ended: cancelled if it was cancelled (by the caller, or by fail-fast after
     /// a failure: then `Failed`), failed if any task did not complete, else completed.
     pub fn status(&self) -> RunStatus {
-        let c = &self.counts;
-        if c.failed > 0 || c.skipped > 0 {
-            RunStatus::Failed
-        } else if c.cancelled > 0 || c.other > 0 || self.runner().cancel.is_cancelled() {
-            RunStatus::Cancelled
-        } else {
-            RunStatus::Completed
-        }
+        run_status(&self.counts, self.runner().cancel.is_cancelled())
     }
 
     /// Counts of final statuses over the graph's own tasks.

@@ -14,6 +14,7 @@
 use super::{Env, FailurePolicy, RunOptions, Timing};
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
+use crate::event::{Event, EventBus, EventData, EventKind, Source, TaskRef};
 use crate::graph::{Graph, Node, Started};
 use crate::policy::retry::RetryPolicy;
 use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
@@ -22,7 +23,7 @@ use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,17 @@ pub(crate) struct ParentLink {
     done: CancellationToken,
 }
 
+/// A run's link to the event bus: built only when the executor has a bus.
+pub(crate) struct Observer {
+    pub(crate) bus: EventBus,
+    /// The tasks' full ids, shared by their events; built on the first task event.
+    names: OnceLock<Box<[Arc<str>]>>,
+    /// The id of the top run (the workflow) this run belongs to.
+    pub(crate) workflow: u64,
+    /// Whether this run is a subgraph's.
+    subgraph: bool,
+}
+
 /// Everything one run keeps besides the pool's node states.
 pub(crate) struct Runner {
     pub(crate) graph: Graph,
@@ -101,6 +113,9 @@ pub(crate) struct Runner {
     pub(crate) t0: u64,
     pub(crate) sys0: SystemTime,
     pub(crate) t_end: AtomicU64,
+    pub(crate) obs: Option<Observer>,
+    /// The run's tracing span (disabled, and free, without a tracing subscriber).
+    pub(crate) span: tracing::Span,
 }
 
 impl Runner {
@@ -117,7 +132,26 @@ impl Runner {
         let stamps = if opts.timing == Timing::Off { 0 } else { n };
         let zeros = |_| AtomicU64::new(0);
         static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
+        let run_id = NEXT_RUN.fetch_add(1, Relaxed);
+        let workflow = match &parent {
+            Some(p) => p.handle.runner().workflow(),
+            None => run_id,
+        };
+        let obs = env.bus.clone().map(|bus| Observer {
+            bus,
+            names: OnceLock::new(),
+            workflow,
+            subgraph: parent.is_some(),
+        });
+        let span = match &parent {
+            Some(p) => {
+                tracing::info_span!(parent: &p.handle.runner().span, "subgraph", run = run_id, task = %prefix)
+            }
+            None => tracing::info_span!("run", run = run_id),
+        };
         Runner {
+            obs,
+            span,
             arena,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
             started: (0..stamps).map(zeros).collect(),
@@ -128,13 +162,143 @@ impl Runner {
             t0: env.clock.raw(),
             sys0: SystemTime::now(),
             t_end: AtomicU64::new(0),
-            run_id: NEXT_RUN.fetch_add(1, Relaxed),
+            run_id,
             graph,
             env,
             opts,
             cancel,
             prefix,
         }
+    }
+
+    /// The id of the top run this run belongs to.
+    pub(crate) fn workflow(&self) -> u64 {
+        self.obs.as_ref().map_or(self.run_id, |o| o.workflow)
+    }
+
+    /// Whether a task event of `kind` would reach anyone.
+    #[inline(always)]
+    pub(crate) fn wants(&self, kind: EventKind) -> bool {
+        matches!(&self.obs, Some(o) if o.bus.wants(kind))
+    }
+
+    /// Publishes a task event if anyone listens (the check is one load; the event is built
+    /// out of line).
+    #[inline(always)]
+    pub(crate) fn emit_task(&self, node: u32, data: impl FnOnce() -> EventData, kind: EventKind) {
+        if self.wants(kind) {
+            self.publish_task(node, data());
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn publish_task(&self, node: u32, data: EventData) {
+        let Some(o) = &self.obs else { return };
+        let ev = Event::at(self.now(), self.task_source(o, node), data);
+        o.bus.publish(ev);
+    }
+
+    fn task_source(&self, o: &Observer, node: u32) -> Source {
+        Source {
+            workflow: Some(o.workflow),
+            task: Some(TaskRef {
+                id: self.name_arc(o, node),
+                index: node,
+                subgraph: o.subgraph,
+            }),
+        }
+    }
+
+    fn name_arc(&self, o: &Observer, node: u32) -> Arc<str> {
+        o.names.get_or_init(|| {
+            (0..self.graph.len() as u32)
+                .map(|i| Arc::from(self.full_id(i)))
+                .collect()
+        })[node as usize]
+            .clone()
+    }
+
+    /// The wall-clock time now, from the run's monotonic clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        self.sys0 + self.env.clock.delta(self.t0, self.env.clock.raw())
+    }
+
+    /// Publishes the run's start (created, each task pending, started) to whoever listens.
+    pub(crate) fn publish_start(&self, name: &str) {
+        let Some(o) = &self.obs else { return };
+        let src = Source::workflow(o.workflow);
+        if !o.subgraph && o.bus.wants(EventKind::WorkflowCreated) {
+            o.bus.publish(Event::at(
+                self.sys0,
+                src.clone(),
+                EventData::WorkflowCreated {
+                    name: name.into(),
+                    tasks: self.graph.len(),
+                },
+            ));
+        }
+        if o.bus.wants(EventKind::TaskPending) {
+            for i in 0..self.graph.len() as u32 {
+                o.bus.publish(Event::at(
+                    self.sys0,
+                    self.task_source(o, i),
+                    EventData::TaskPending,
+                ));
+            }
+        }
+        if !o.subgraph && o.bus.wants(EventKind::WorkflowStarted) {
+            o.bus.publish(Event::at(
+                self.sys0,
+                src,
+                EventData::WorkflowStarted {
+                    graph: self.graph.clone(),
+                },
+            ));
+        }
+    }
+
+    /// Publishes the run's end (for a top run).
+    fn publish_end(&self, run: &RunHandle<Runner>) {
+        let Some(o) = &self.obs else { return };
+        if o.subgraph {
+            return;
+        }
+        let kinds = [
+            EventKind::WorkflowCompleted,
+            EventKind::WorkflowFailed,
+            EventKind::WorkflowCancelled,
+        ];
+        if !kinds.iter().any(|k| o.bus.wants(*k)) {
+            return;
+        }
+        let counts = super::report::count(run);
+        let end = self.t_end.load(Acquire);
+        let elapsed = self.env.clock.delta(self.t0, end);
+        let data = match super::report::run_status(&counts, self.cancel.is_cancelled()) {
+            super::RunStatus::Cancelled => EventData::WorkflowCancelled { counts, elapsed },
+            super::RunStatus::Completed => EventData::WorkflowCompleted { counts, elapsed },
+            super::RunStatus::Failed => {
+                let error = (0..self.graph.len() as u32)
+                    .map(|i| self.result(run, i))
+                    .find(|r| r.status == TaskStatus::Failed)
+                    .map(|r| match r.error {
+                        Some(e) => format!("task `{}` failed: {e}", r.id),
+                        None => format!("task `{}` failed", r.id),
+                    })
+                    .unwrap_or_else(|| "the run did not complete".to_string());
+                EventData::WorkflowFailed {
+                    counts,
+                    elapsed,
+                    error,
+                }
+            }
+        };
+        o.bus.publish(Event::at(
+            self.sys0 + elapsed,
+            Source::workflow(o.workflow),
+            data,
+        ));
     }
 
     pub(crate) fn full_id(&self, node: u32) -> String {
@@ -174,8 +338,26 @@ impl Runner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((node, err));
+        let attempt = self.attempts[node as usize].load(Relaxed);
         if cancelled {
+            self.emit_task(
+                node,
+                || EventData::TaskCancelled { attempt },
+                EventKind::TaskCancelled,
+            );
             return Verdict::Cancelled;
+        }
+        if self.wants(EventKind::TaskFailed) {
+            let error = self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == node)
+                .map(|(_, e)| e.clone())
+                .unwrap_or_else(|| TaskError::msg("failed"));
+            self.publish_task(node, EventData::TaskFailed { attempt, error });
         }
         if self.opts.failure == FailurePolicy::FailFast {
             self.cancel.cancel();
@@ -203,8 +385,18 @@ impl Runner {
                 .and_then(|p| p.next_delay(attempt, &err))
         }));
         match decision {
-            Ok(Some(d)) if d.is_zero() => Ok(None),
-            Ok(Some(d)) => Ok(Some(d)),
+            Ok(Some(d)) => {
+                self.emit_task(
+                    node,
+                    || EventData::TaskRetrying {
+                        attempt,
+                        error: err,
+                        delay: d,
+                    },
+                    EventKind::TaskRetrying,
+                );
+                Ok((!d.is_zero()).then_some(d))
+            }
             Ok(None) => Err(self.give_up(node, err)),
             Err(p) => {
                 let msg = format!(
@@ -240,9 +432,12 @@ impl Runner {
         fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TaskError>> + Send>>,
         timeout: Option<Duration>,
     ) {
+        use tracing::Instrument;
         let cancel = self.cancel.token.clone();
+        // Called inside the attempt's span (from `run`) or a completion's: keep it.
+        let span = tracing::Span::current();
         self.env.tokio().spawn(async move {
-            let work = AssertUnwindSafe(fut).catch_unwind();
+            let work = AssertUnwindSafe(fut.instrument(span)).catch_unwind();
             let res = tokio::select! {
                 r = work => match r {
                     Ok(r) => r,
@@ -255,6 +450,11 @@ impl Runner {
             let verdict = match res {
                 Ok(()) => {
                     r.stamp_end(node);
+                    r.emit_task(
+                        node,
+                        || EventData::TaskCompleted { attempt },
+                        EventKind::TaskCompleted,
+                    );
                     Verdict::Completed
                 }
                 Err(e) => match r.after_failure(node, attempt, e) {
@@ -326,6 +526,7 @@ impl Runner {
                 done,
             }),
         );
+        runner.publish_start("");
         let _run = self.env.pool.start(graph.0.dag.clone(), runner);
         Verdict::Deferred
     }
@@ -426,12 +627,21 @@ impl NodeRunner for Runner {
         let node = ncx.node();
         match ncx.upstream() {
             Upstream::Ok => {}
-            Upstream::Failed(_) => {
+            Upstream::Failed(root) => {
                 self.stamp_end(node);
+                if self.wants(EventKind::TaskSkipped) {
+                    let cause = self.obs.as_ref().map(|o| self.name_arc(o, root));
+                    self.publish_task(node, EventData::TaskSkipped { cause });
+                }
                 return Verdict::Skipped;
             }
             Upstream::Cancelled => {
                 self.stamp_end(node);
+                self.emit_task(
+                    node,
+                    || EventData::TaskCancelled { attempt: 0 },
+                    EventKind::TaskCancelled,
+                );
                 return Verdict::Cancelled;
             }
         }
@@ -439,6 +649,12 @@ impl NodeRunner for Runner {
         loop {
             if self.cancel.is_cancelled() {
                 self.stamp_end(node);
+                let attempt = self.attempts[node as usize].load(Relaxed);
+                self.emit_task(
+                    node,
+                    || EventData::TaskCancelled { attempt },
+                    EventKind::TaskCancelled,
+                );
                 return Verdict::Cancelled;
             }
             // Attempts of one node never overlap: a plain load and store suffice.
@@ -450,6 +666,12 @@ impl NodeRunner for Runner {
                     s.store(self.env.clock.raw(), Relaxed);
                 }
             }
+            self.emit_task(
+                node,
+                || EventData::TaskStarted { attempt },
+                EventKind::TaskStarted,
+            );
+            let _span = tracing::info_span!(parent: &self.span, "task", task = %self.full_id(node), attempt).entered();
             let timeout = self.timeout(n);
             let cx = TaskContext {
                 ncx,
@@ -466,6 +688,11 @@ impl NodeRunner for Runner {
             let err = match res {
                 Ok(Started::Done) => {
                     self.stamp_end(node);
+                    self.emit_task(
+                        node,
+                        || EventData::TaskCompleted { attempt },
+                        EventKind::TaskCompleted,
+                    );
                     return Verdict::Completed;
                 }
                 Ok(Started::Future(fut)) => {
@@ -493,6 +720,7 @@ impl NodeRunner for Runner {
 
     fn finished(&self, run: &RunHandle<Self>) {
         self.t_end.store(self.env.clock.raw(), Release);
+        self.publish_end(run);
         let Some(link) = &self.parent else { return };
         link.done.cancel();
         let parent = link.handle.runner();
@@ -521,6 +749,12 @@ impl NodeRunner for Runner {
             (Some(t), _) => TaskError::timeout(t),
             (None, None) if (link.transfer)(&self.arena, &parent.arena) => {
                 parent.stamp_end(link.node);
+                let attempt = parent.attempts[link.node as usize].load(Relaxed);
+                parent.emit_task(
+                    link.node,
+                    || EventData::TaskCompleted { attempt },
+                    EventKind::TaskCompleted,
+                );
                 let _ = link.handle.complete(link.node, Verdict::Completed);
                 return;
             }

@@ -1,0 +1,814 @@
+//! The event bus (the seed's Blinker integration): signals, subscriptions, middleware, history,
+//! async streams.
+//!
+//! Invariants:
+//! - The set of subscriptions, streams and middleware is an immutable [`Registry`] behind an
+//!   `ArcSwap`: publishing reads it without a lock; changing it copies it under `write`.
+//! - `wanted` has a bit per [`EventKind`] that someone receives (a handler, a stream, the
+//!   history) and that is not muted. It is recomputed under `write` after every change, so a
+//!   publisher that reads a clear bit may skip building the event.
+//! - No lock is held while a handler runs: handlers may publish, subscribe and unsubscribe.
+//!
+//! Publishing (`EventBus::publish`):
+//! 1. a muted kind (or muted named signal) is dropped;
+//! 2. middleware runs in the order added; each may transform the event or drop it;
+//! 3. the event is appended to the bounded history (if the bus keeps one);
+//! 4. every matching handler runs on the publishing thread, in subscription order; a panic
+//!    in one is caught, reported through `tracing`, and the others still run;
+//! 5. every matching stream gets a clone; a full stream overwrites its oldest event and its
+//!    reader is told how many it missed ([`Lagged`]): publishing never blocks on a reader;
+//! 6. a weak subscription whose owner is gone, and a stream whose reader is gone, are
+//!    removed.
+
+use super::{Event, EventData, EventKind, Payload, Source};
+use arc_swap::ArcSwap;
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::broadcast;
+
+type HandlerFn = dyn Fn(&Event) -> bool + Send + Sync;
+type Middleware = dyn Fn(Event) -> Option<Event> + Send + Sync;
+
+/// Which events a subscription, stream or history query wants: kinds, and optionally one
+/// named signal, one workflow, one task (Blinker's `sender=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    kinds: u32,
+    name: Option<Arc<str>>,
+    workflow: Option<u64>,
+    task: Option<Arc<str>>,
+}
+
+impl EventFilter {
+    /// Every kind, from any source.
+    pub fn all() -> Self {
+        EventFilter {
+            kinds: EventKind::ALL.iter().fold(0, |m, k| m | k.bit()),
+            ..Default::default()
+        }
+    }
+
+    /// Events of one kind.
+    pub fn kind(kind: EventKind) -> Self {
+        EventFilter {
+            kinds: kind.bit(),
+            ..Default::default()
+        }
+    }
+
+    /// Events of any of these kinds.
+    pub fn kinds(kinds: impl IntoIterator<Item = EventKind>) -> Self {
+        EventFilter {
+            kinds: kinds.into_iter().fold(0, |m, k| m | k.bit()),
+            ..Default::default()
+        }
+    }
+
+    /// Events of the named user-defined signal `name`.
+    pub fn named(name: &str) -> Self {
+        EventFilter {
+            kinds: EventKind::Custom.bit(),
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Only events of this workflow run.
+    pub fn workflow(mut self, id: u64) -> Self {
+        self.workflow = Some(id);
+        self
+    }
+
+    /// Only events about this task (by id; `parent/child` for a subgraph's task).
+    pub fn task(mut self, id: &str) -> Self {
+        self.task = Some(id.into());
+        self
+    }
+
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        let kind = event.kind();
+        if self.kinds & kind.bit() == 0 {
+            return false;
+        }
+        if let Some(name) = &self.name {
+            match &event.data {
+                EventData::Custom { name: n, .. } if n == name => {}
+                _ => return false,
+            }
+        }
+        if self.workflow.is_some() && self.workflow != event.source.workflow {
+            return false;
+        }
+        if let Some(task) = &self.task {
+            match &event.source.task {
+                Some(t) if Arc::ptr_eq(&t.id, task) || t.id == *task => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A subscription in the registry.
+struct Sub {
+    id: u64,
+    filter: EventFilter,
+    /// Runs the handler; `false` means its owner is gone (weak subscription).
+    handler: Box<HandlerFn>,
+    /// For a weak subscription: whether its owner is still alive.
+    alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// An async stream's sending side.
+struct StreamSub {
+    id: u64,
+    filter: EventFilter,
+    tx: broadcast::Sender<Event>,
+}
+
+/// The immutable set of receivers; replaced as a whole on every change.
+#[derive(Default)]
+struct Registry {
+    subs: Vec<Arc<Sub>>,
+    streams: Vec<Arc<StreamSub>>,
+    middleware: Vec<Arc<Middleware>>,
+    muted_names: Vec<Arc<str>>,
+}
+
+struct BusInner {
+    wanted: AtomicU32,
+    muted: AtomicU32,
+    registry: ArcSwap<Registry>,
+    write: Mutex<()>,
+    history: Option<(usize, Mutex<VecDeque<Event>>)>,
+    next_sub: AtomicU64,
+}
+
+impl BusInner {
+    /// Replaces the registry with `f(copy of it)` and recomputes `wanted`.
+    fn change(&self, f: impl FnOnce(&mut Registry)) {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.registry.load();
+        let mut next = Registry {
+            subs: cur.subs.clone(),
+            streams: cur.streams.clone(),
+            middleware: cur.middleware.clone(),
+            muted_names: cur.muted_names.clone(),
+        };
+        f(&mut next);
+        self.publish_registry(next);
+    }
+
+    fn publish_registry(&self, reg: Registry) {
+        let mut want = reg
+            .subs
+            .iter()
+            .map(|s| s.filter.kinds)
+            .chain(reg.streams.iter().map(|s| s.filter.kinds))
+            .fold(0, |m, k| m | k);
+        if self.history.is_some() {
+            want = EventFilter::all().kinds;
+        }
+        self.registry.store(Arc::new(reg));
+        self.wanted.store(want & !self.muted.load(Relaxed), Release);
+    }
+
+    fn remove(&self, ids: &[u64]) {
+        self.change(|r| {
+            r.subs.retain(|s| !ids.contains(&s.id));
+            r.streams.retain(|s| !ids.contains(&s.id));
+        });
+    }
+}
+
+/// Configures an [`EventBus`].
+#[derive(Debug, Default)]
+pub struct EventBusBuilder {
+    history: usize,
+}
+
+impl EventBusBuilder {
+    /// Keeps the last `limit` events (the seed's `history_limit`; default 0: an engine
+    /// publishes millions of events, so history is opt-in).
+    pub fn history(mut self, limit: usize) -> Self {
+        self.history = limit;
+        self
+    }
+
+    /// Builds the bus.
+    pub fn build(self) -> EventBus {
+        let history = (self.history > 0).then(|| {
+            (
+                self.history,
+                Mutex::new(VecDeque::with_capacity(self.history.min(4096))),
+            )
+        });
+        let want = if history.is_some() {
+            EventFilter::all().kinds
+        } else {
+            0
+        };
+        EventBus {
+            inner: Arc::new(BusInner {
+                wanted: AtomicU32::new(want),
+                muted: AtomicU32::new(0),
+                registry: ArcSwap::from_pointee(Registry::default()),
+                write: Mutex::new(()),
+                history,
+                next_sub: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+/// Central event dispatch: one signal per [`EventKind`], named signals for user events,
+/// synchronous handlers, async streams, middleware and history. Cheap to clone (clones share
+/// everything).
+///
+/// ```
+/// use nerv::{EventBus, EventKind, EventFilter};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+///
+/// let bus = EventBus::new();
+/// let seen = Arc::new(AtomicUsize::new(0));
+/// let s = seen.clone();
+/// let sub = bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
+///     s.fetch_add(1, Ordering::Relaxed);
+/// });
+/// assert!(bus.wants(EventKind::TaskCompleted));
+/// assert!(!bus.wants(EventKind::TaskStarted));
+/// drop(sub); // unsubscribes
+/// assert!(!bus.wants(EventKind::TaskCompleted));
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reg = self.inner.registry.load();
+        f.debug_struct("EventBus")
+            .field("subscriptions", &reg.subs.len())
+            .field("streams", &reg.streams.len())
+            .field("middleware", &reg.middleware.len())
+            .finish()
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// A bus without history.
+    pub fn new() -> Self {
+        EventBusBuilder::default().build()
+    }
+
+    /// Configures a bus.
+    pub fn builder() -> EventBusBuilder {
+        EventBusBuilder::default()
+    }
+
+    /// Whether anyone receives events of `kind` (a handler, a stream or the history) and the
+    /// kind is not muted: one atomic load, so that publishers can skip building events
+    /// nobody wants.
+    #[inline]
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.inner.wanted.load(Relaxed) & kind.bit() != 0
+    }
+
+    /// The signal of a built-in kind.
+    pub fn signal(&self, kind: EventKind) -> Signal {
+        Signal {
+            bus: self.clone(),
+            filter: EventFilter::kind(kind),
+        }
+    }
+
+    /// The named signal for user-defined events called `name`.
+    pub fn named(&self, name: &str) -> Signal {
+        Signal {
+            bus: self.clone(),
+            filter: EventFilter::named(name),
+        }
+    }
+
+    /// Starts a subscription to events that pass `filter`.
+    pub fn on(&self, filter: EventFilter) -> SubscribeBuilder {
+        SubscribeBuilder {
+            bus: self.clone(),
+            filter,
+        }
+    }
+
+    /// Runs `handler` on the publishing thread for every event that passes `filter`, until
+    /// the returned [`Subscription`] is dropped or [`Subscription::unsubscribe`]d.
+    pub fn subscribe(
+        &self,
+        filter: EventFilter,
+        handler: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.add_sub(
+            filter,
+            Box::new(move |e| {
+                handler(e);
+                true
+            }),
+            None,
+        )
+    }
+
+    /// Like [`EventBus::subscribe`], but the subscription lives only as long as `owner`
+    /// (Blinker's `weak=True`): the bus holds a weak reference, the handler gets the owner,
+    /// and once the owner is dropped the subscription is removed at the next matching event
+    /// (or by [`EventBus::prune`]). Keep or [`Subscription::detach`] the returned handle.
+    pub fn subscribe_weak<O: Send + Sync + 'static>(
+        &self,
+        filter: EventFilter,
+        owner: &Arc<O>,
+        handler: impl Fn(&O, &Event) + Send + Sync + 'static,
+    ) -> Subscription {
+        let weak: Weak<O> = Arc::downgrade(owner);
+        let probe = weak.clone();
+        self.add_sub(
+            filter,
+            Box::new(move |e| match weak.upgrade() {
+                Some(o) => {
+                    handler(&o, e);
+                    true
+                }
+                None => false,
+            }),
+            Some(Box::new(move || probe.strong_count() > 0)),
+        )
+    }
+
+    fn add_sub(
+        &self,
+        filter: EventFilter,
+        handler: Box<HandlerFn>,
+        alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    ) -> Subscription {
+        let id = self.inner.next_sub.fetch_add(1, Relaxed);
+        let sub = Arc::new(Sub {
+            id,
+            filter,
+            handler,
+            alive,
+        });
+        self.inner.change(|r| r.subs.push(sub));
+        Subscription {
+            bus: Arc::downgrade(&self.inner),
+            id,
+            active: true,
+        }
+    }
+
+    /// An async stream of the events that pass `filter`, holding at most `capacity` unread
+    /// events: a reader that falls behind loses the oldest and is told how many
+    /// ([`Lagged`]); the publisher never waits for it.
+    pub fn stream(&self, filter: EventFilter, capacity: usize) -> EventStream {
+        let (tx, rx) = broadcast::channel(capacity.max(1));
+        let id = self.inner.next_sub.fetch_add(1, Relaxed);
+        self.inner
+            .change(|r| r.streams.push(Arc::new(StreamSub { id, filter, tx })));
+        EventStream { rx }
+    }
+
+    /// Adds a middleware: it sees every published event (after those added before it) and
+    /// returns it, a transformed event, or `None` to drop it.
+    pub fn add_middleware(&self, m: impl Fn(Event) -> Option<Event> + Send + Sync + 'static) {
+        let m: Arc<Middleware> = Arc::new(m);
+        self.inner.change(|r| r.middleware.push(m));
+    }
+
+    /// Runs `body` with `handler` subscribed to `filter`, and unsubscribes it afterwards
+    /// (Blinker's `connected_to`).
+    pub fn connected_to<R>(
+        &self,
+        filter: EventFilter,
+        handler: impl Fn(&Event) + Send + Sync + 'static,
+        body: impl FnOnce() -> R,
+    ) -> R {
+        let _sub = self.subscribe(filter, handler);
+        body()
+    }
+
+    /// Mutes a built-in kind until the guard is dropped: its events are dropped on publish
+    /// and the executor stops building them.
+    pub fn mute(&self, kind: EventKind) -> MuteGuard {
+        self.inner.muted.fetch_or(kind.bit(), Relaxed);
+        self.inner.change(|_| {});
+        MuteGuard {
+            bus: self.clone(),
+            what: Muted::Kind(kind),
+        }
+    }
+
+    /// Mutes a named signal until the guard is dropped.
+    pub fn mute_named(&self, name: &str) -> MuteGuard {
+        let name: Arc<str> = name.into();
+        let n = name.clone();
+        self.inner.change(|r| r.muted_names.push(n));
+        MuteGuard {
+            bus: self.clone(),
+            what: Muted::Name(name),
+        }
+    }
+
+    /// Number of handlers and streams that would receive `event`.
+    pub fn receivers(&self, event: &Event) -> usize {
+        let reg = self.inner.registry.load();
+        reg.subs.iter().filter(|s| s.filter.matches(event)).count()
+            + reg
+                .streams
+                .iter()
+                .filter(|s| s.filter.matches(event))
+                .count()
+    }
+
+    /// Number of live subscriptions (handlers) and streams on the bus.
+    pub fn subscription_count(&self) -> usize {
+        let reg = self.inner.registry.load();
+        reg.subs.len() + reg.streams.len()
+    }
+
+    /// Publishes `data` from `source`, stamped now; returns the event's id.
+    pub fn emit(&self, source: Source, data: EventData) -> u64 {
+        self.publish(Event::new(source, data))
+    }
+
+    /// Publishes a user-defined event on the named signal `name`.
+    pub fn emit_named(&self, name: &str, source: Source, payload: Payload) -> u64 {
+        self.publish(Event::new(
+            source,
+            EventData::Custom {
+                name: name.into(),
+                payload,
+            },
+        ))
+    }
+
+    /// Publishes an event (see the module doc for the steps); returns its id. Events of a
+    /// muted kind are dropped.
+    pub fn publish(&self, event: Event) -> u64 {
+        let id = event.id;
+        let kind = event.kind();
+        if self.inner.muted.load(Relaxed) & kind.bit() != 0 {
+            return id;
+        }
+        let reg = self.inner.registry.load();
+        if kind == EventKind::Custom && !reg.muted_names.is_empty() {
+            if let EventData::Custom { name, .. } = &event.data {
+                if reg.muted_names.iter().any(|m| m == name) {
+                    return id;
+                }
+            }
+        }
+        let mut event = event;
+        for m in &reg.middleware {
+            match call_guarded(kind, || m(event)) {
+                Some(Some(e)) => event = e,
+                // Dropped by the middleware, or it panicked (reported).
+                _ => return id,
+            }
+        }
+        if let Some((limit, h)) = &self.inner.history {
+            let mut h = h.lock().unwrap_or_else(|p| p.into_inner());
+            if h.len() == *limit {
+                h.pop_front();
+            }
+            h.push_back(event.clone());
+        }
+        let mut dead: Vec<u64> = Vec::new();
+        for s in &reg.subs {
+            if s.filter.matches(&event) && call_guarded(kind, || (s.handler)(&event)) == Some(false)
+            {
+                dead.push(s.id);
+            }
+        }
+        for s in &reg.streams {
+            if s.filter.matches(&event) && s.tx.send(event.clone()).is_err() {
+                dead.push(s.id);
+            }
+        }
+        drop(reg);
+        if !dead.is_empty() {
+            self.inner.remove(&dead);
+        }
+        id
+    }
+
+    /// Removes weak subscriptions whose owner is gone and streams whose reader is gone.
+    pub fn prune(&self) {
+        let reg = self.inner.registry.load();
+        let dead: Vec<u64> = reg
+            .streams
+            .iter()
+            .filter(|s| s.tx.receiver_count() == 0)
+            .map(|s| s.id)
+            .chain(
+                reg.subs
+                    .iter()
+                    .filter(|s| s.alive.as_ref().is_some_and(|a| !a()))
+                    .map(|s| s.id),
+            )
+            .collect();
+        drop(reg);
+        if !dead.is_empty() {
+            self.inner.remove(&dead);
+        }
+    }
+
+    /// The events in the history, oldest first (empty without history).
+    pub fn history(&self) -> Vec<Event> {
+        self.history_matching(&EventFilter::all())
+    }
+
+    /// The events in the history that pass `filter`, oldest first.
+    pub fn history_matching(&self, filter: &EventFilter) -> Vec<Event> {
+        match &self.inner.history {
+            Some((_, h)) => h
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|e| filter.matches(e))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Empties the history.
+    pub fn clear_history(&self) {
+        if let Some((_, h)) = &self.inner.history {
+            h.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+/// Runs `f`, catching a panic: a panicking handler or middleware is reported and never
+/// breaks the publisher.
+fn call_guarded<R>(kind: EventKind, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            let msg = crate::exec::runner::panic_message(&*p);
+            tracing::error!(event = %kind, panic = %msg, "an event handler panicked");
+            None
+        }
+    }
+}
+
+/// One event type's signal (or a named user signal): connect handlers, send, mute, ask
+/// whether anyone listens.
+#[derive(Clone, Debug)]
+pub struct Signal {
+    bus: EventBus,
+    filter: EventFilter,
+}
+
+impl Signal {
+    /// Runs `handler` for every event of this signal until the subscription is dropped.
+    pub fn connect(&self, handler: impl Fn(&Event) + Send + Sync + 'static) -> Subscription {
+        self.bus.subscribe(self.filter.clone(), handler)
+    }
+
+    /// Starts a filtered subscription to this signal (by workflow, task, weak owner).
+    pub fn on(&self) -> SubscribeBuilder {
+        self.bus.on(self.filter.clone())
+    }
+
+    /// Whether any handler or stream receives this signal (and it is not muted).
+    pub fn has_receivers(&self) -> bool {
+        let reg = self.bus.inner.registry.load();
+        let k = self.filter.kinds;
+        let named =
+            |f: &EventFilter| f.kinds & k != 0 && (f.name.is_none() || f.name == self.filter.name);
+        !self.is_muted()
+            && (reg.subs.iter().any(|s| named(&s.filter))
+                || reg.streams.iter().any(|s| named(&s.filter)))
+    }
+
+    /// Whether the signal is muted.
+    pub fn is_muted(&self) -> bool {
+        match &self.filter.name {
+            Some(n) => self
+                .bus
+                .inner
+                .registry
+                .load()
+                .muted_names
+                .iter()
+                .any(|m| m == n),
+            None => self.bus.inner.muted.load(Relaxed) & self.filter.kinds != 0,
+        }
+    }
+
+    /// Mutes the signal until the guard is dropped.
+    pub fn mute(&self) -> MuteGuard {
+        match &self.filter.name {
+            Some(n) => self.bus.mute_named(n),
+            None => {
+                let kind = EventKind::ALL
+                    .into_iter()
+                    .find(|k| k.bit() == self.filter.kinds)
+                    .unwrap_or(EventKind::Custom);
+                self.bus.mute(kind)
+            }
+        }
+    }
+
+    /// Sends a user-defined event on a named signal; returns its id (`None` for a built-in
+    /// kind's signal: those carry typed data, publish them with [`EventBus::emit`]).
+    pub fn send(&self, source: Source, payload: Payload) -> Option<u64> {
+        let name = self.filter.name.as_deref()?;
+        Some(self.bus.emit_named(name, source, payload))
+    }
+}
+
+/// Builds a subscription: add sender filters, then connect a handler or open a stream.
+#[derive(Debug)]
+pub struct SubscribeBuilder {
+    bus: EventBus,
+    filter: EventFilter,
+}
+
+impl SubscribeBuilder {
+    /// Only events of this workflow run.
+    pub fn workflow(mut self, id: u64) -> Self {
+        self.filter = self.filter.workflow(id);
+        self
+    }
+
+    /// Only events about this task.
+    pub fn task(mut self, id: &str) -> Self {
+        self.filter = self.filter.task(id);
+        self
+    }
+
+    /// Connects a handler.
+    pub fn connect(self, handler: impl Fn(&Event) + Send + Sync + 'static) -> Subscription {
+        self.bus.subscribe(self.filter, handler)
+    }
+
+    /// Connects a handler that lives as long as `owner` ([`EventBus::subscribe_weak`]).
+    pub fn connect_weak<O: Send + Sync + 'static>(
+        self,
+        owner: &Arc<O>,
+        handler: impl Fn(&O, &Event) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.bus.subscribe_weak(self.filter, owner, handler)
+    }
+
+    /// Opens an async stream ([`EventBus::stream`]).
+    pub fn stream(self, capacity: usize) -> EventStream {
+        self.bus.stream(self.filter, capacity)
+    }
+}
+
+/// A subscription: unsubscribes when dropped, unless [`Subscription::detach`]ed.
+#[must_use = "dropping a Subscription unsubscribes it at once; call .detach() to keep it"]
+pub struct Subscription {
+    bus: Weak<BusInner>,
+    id: u64,
+    active: bool,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Unsubscribes now.
+    pub fn unsubscribe(mut self) {
+        self.end();
+    }
+
+    /// Keeps the subscription for the bus's lifetime (a weak one: for its owner's).
+    pub fn detach(mut self) {
+        self.active = false;
+    }
+
+    /// Whether the subscription is still on the bus (a weak one ends with its owner).
+    pub fn is_active(&self) -> bool {
+        self.bus
+            .upgrade()
+            .is_some_and(|b| b.registry.load().subs.iter().any(|s| s.id == self.id))
+    }
+
+    fn end(&mut self) {
+        if std::mem::take(&mut self.active) {
+            if let Some(b) = self.bus.upgrade() {
+                b.remove(&[self.id]);
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+enum Muted {
+    Kind(EventKind),
+    Name(Arc<str>),
+}
+
+/// Keeps a signal muted; unmutes it when dropped.
+#[must_use = "the signal is unmuted when the guard is dropped"]
+pub struct MuteGuard {
+    bus: EventBus,
+    what: Muted,
+}
+
+impl fmt::Debug for MuteGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MuteGuard")
+    }
+}
+
+impl Drop for MuteGuard {
+    fn drop(&mut self) {
+        match &self.what {
+            Muted::Kind(k) => {
+                self.bus.inner.muted.fetch_and(!k.bit(), Relaxed);
+                self.bus.inner.change(|_| {});
+            }
+            Muted::Name(n) => self.bus.inner.change(|r| {
+                if let Some(i) = r.muted_names.iter().position(|m| m == n) {
+                    r.muted_names.remove(i);
+                }
+            }),
+        }
+    }
+}
+
+/// A reader that fell behind: `missed` events were dropped from its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event stream lagged: {missed} events were missed")]
+pub struct Lagged {
+    /// How many events were lost.
+    pub missed: u64,
+}
+
+/// An async stream of events from an [`EventBus`] (bounded; see [`EventBus::stream`]).
+#[derive(Debug)]
+pub struct EventStream {
+    rx: broadcast::Receiver<Event>,
+}
+
+impl EventStream {
+    /// The next event; `Err(Lagged)` once after events were lost; `None` when the bus is
+    /// gone and every event was read.
+    pub async fn recv(&mut self) -> Option<Result<Event, Lagged>> {
+        match self.rx.recv().await {
+            Ok(e) => Some(Ok(e)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Err(Lagged { missed: n })),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event if one is waiting, without blocking (`None`: nothing waiting, or the
+    /// bus is gone).
+    pub fn try_recv(&mut self) -> Option<Result<Event, Lagged>> {
+        match self.rx.try_recv() {
+            Ok(e) => Some(Ok(e)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(Lagged { missed: n })),
+            Err(_) => None,
+        }
+    }
+
+    /// Blocks the thread for the next event (not for use inside async code).
+    pub fn blocking_recv(&mut self) -> Option<Result<Event, Lagged>> {
+        match self.rx.blocking_recv() {
+            Ok(e) => Some(Ok(e)),
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Err(Lagged { missed: n })),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The stream as a `futures` `Stream`.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Event, Lagged>> {
+        futures_util::stream::unfold(self, |mut s| async move {
+            let item = s.recv().await?;
+            Some((item, s))
+        })
+    }
+}
