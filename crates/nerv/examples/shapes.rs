@@ -4,9 +4,16 @@
 //! `{"shape": ..., "tasks": N, "workers": W, "ns_per_task": X}`, the median of `--runs` runs
 //! (default 5) of a 10^6-task graph on 2 workers; graphs are built outside the timed region.
 //! Options: `--tasks N`, `--workers W`, `--runs R`, `--shape NAME` (repeatable), `--timing`
-//! (record per-task timestamps, as runs do by default; off here, as for the competitors).
+//! (record per-task timestamps, as runs do by default; off here, as for the competitors),
+//! `--observed` (attach an event bus with one subscriber counting TASK_COMPLETED events and
+//! the engine's state projector; the count and the projected state are checked against the
+//! task count).
 
-use nerv::{Executor, Graph, GraphBuilder, RunOptions, TaskId, Timing};
+use nerv::{
+    EventBus, EventFilter, EventKind, Executor, Graph, GraphBuilder, RunOptions, TaskId, Timing,
+};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Instant;
 
 fn empty(g: &mut GraphBuilder, i: usize, deps: &[TaskId]) -> TaskId {
@@ -73,6 +80,7 @@ fn main() {
     let mut runs = 5usize;
     let mut shapes: Vec<String> = Vec::new();
     let mut timing = Timing::Off;
+    let mut observed = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("option needs a value");
@@ -83,6 +91,7 @@ fn main() {
             "--runs" => runs = val().parse().expect("--runs R"),
             "--shape" => shapes.push(val()),
             "--timing" => timing = Timing::Tasks,
+            "--observed" => observed = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown option {other}"),
         }
@@ -92,16 +101,30 @@ fn main() {
             .map(String::from)
             .to_vec();
     }
-    let exec = Executor::builder().workers(workers).build();
+    let bus = EventBus::new();
+    let completed = Arc::new(AtomicU64::new(0));
+    let mut builder = Executor::builder().workers(workers);
+    let _subscription = observed.then(|| {
+        builder = Executor::builder().workers(workers).events(bus.clone());
+        let c = completed.clone();
+        bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
+            c.fetch_add(1, Relaxed);
+        })
+    });
+    let exec = builder.build();
     for shape in &shapes {
         let graph = build(shape, tasks);
         let n = graph.len();
         let mut samples: Vec<f64> = (0..runs.max(1))
             .map(|_| {
+                completed.store(0, Relaxed);
                 let t = Instant::now();
                 let report = exec.run_with(&graph, RunOptions::default().timing(timing));
                 let ns = t.elapsed().as_nanos() as f64 / n as f64;
                 assert_eq!(report.counts().completed, n, "every task completes");
+                if observed {
+                    assert_eq!(completed.load(Relaxed), n as u64, "one event per task");
+                }
                 ns
             })
             .collect();

@@ -211,9 +211,16 @@ impl Runner {
     }
 
     fn name_arc(&self, o: &Observer, node: u32) -> Arc<str> {
-        o.names.get_or_init(|| {
-            (0..self.graph.len() as u32)
-                .map(|i| Arc::from(self.full_id(i)))
+        let ids = &self.graph.0.ids;
+        let names = if self.prefix.is_empty() {
+            // A top run's names are the graph's own: shared by all its runs.
+            &self.graph.0.names
+        } else {
+            &o.names
+        };
+        names.get_or_init(|| {
+            (0..self.graph.len())
+                .map(|i| Arc::from(format!("{}{}", self.prefix, ids.get(i))))
                 .collect()
         })[node as usize]
             .clone()

@@ -421,6 +421,7 @@ impl GraphBuilder {
             layout,
             created,
             graph,
+            names: std::sync::OnceLock::new(),
         })))
     }
 }
@@ -649,6 +650,9 @@ pub(crate) struct GraphInner {
     pub(crate) layout: ArenaLayout,
     created: SystemTime,
     graph: u32,
+    /// The tasks' ids as shared strings for events; built when a run first publishes a task
+    /// event, then shared by every run of the graph.
+    pub(crate) names: std::sync::OnceLock<Box<[Arc<str>]>>,
 }
 
 /// A validated task graph, ready to run any number of times (cloning shares it).
