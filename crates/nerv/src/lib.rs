@@ -35,13 +35,13 @@ mod task;
 
 pub use context::{Reporter, TaskContext};
 pub use dynamic::Subgraph;
-pub use exec::{
-    Executor, ExecutorBuilder, FailurePolicy, Run, RunOptions, RunReport, RunStatus, StatusCounts,
-    Timing,
-};
 pub use event::{
     Event, EventBus, EventBusBuilder, EventData, EventFilter, EventKind, EventStream, Lagged,
     MuteGuard, Payload, Progress, Signal, Source, SubscribeBuilder, Subscription, TaskRef,
+};
+pub use exec::{
+    Executor, ExecutorBuilder, FailurePolicy, ResourceError, Resources, Run, RunOptions, RunReport,
+    RunStatus, StatusCounts, Timing,
 };
 pub use graph::{
     Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, TaskBuilder, TaskId, TaskInfo,

@@ -2077,3 +2077,195 @@ mod api {
         assert_eq!(report.output(t), Some(&("one".to_string(), 1, 1)));
     }
 }
+
+/// Named resource limits: observed concurrency never exceeds a capacity; waiting tasks do
+/// not hold workers; resizing takes effect; bad declarations fail the task with a clear error.
+mod resources {
+    use super::*;
+
+    /// Tracks how many tasks hold a resource at once, and the maximum seen.
+    #[derive(Default)]
+    struct Gauge {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+
+    impl Gauge {
+        fn enter(&self) {
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.max.fetch_max(n, SeqCst);
+        }
+        fn leave(&self) {
+            self.now.fetch_sub(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_limit_is_never_exceeded() {
+        let ex = Executor::builder().workers(4).resource("db", 2).build();
+        let gauge = Arc::new(Gauge::default());
+        let mut g = Graph::builder();
+        for i in 0..24 {
+            let gauge = gauge.clone();
+            let t = g.task(format!("q{i}")).uses("db", 1);
+            let t = if i % 3 == 0 {
+                t.retry(RetryPolicy::attempts(2).backoff(ms(1)))
+            } else {
+                t
+            };
+            t.run((), move |cx, ()| {
+                gauge.enter();
+                std::thread::sleep(ms(2));
+                gauge.leave();
+                // Every third task fails its first attempt (its hold is given back between
+                // attempts).
+                if i % 3 == 0 && cx.attempt() == 1 {
+                    return Err(TaskError::msg("first try"));
+                }
+                Ok(i)
+            });
+        }
+        let report = ex.run(&g.build().unwrap());
+        assert_eq!(report.counts().completed, 24, "{report}");
+        assert_eq!(gauge.max.load(SeqCst), 2);
+        assert_eq!(ex.resources().in_use("db"), 0);
+    }
+
+    #[test]
+    fn async_tasks_and_several_resources() {
+        let ex = Executor::builder()
+            .workers(2)
+            .resource("api", 3)
+            .resource("mem", 100)
+            .build();
+        let api = Arc::new(Gauge::default());
+        let mut g = Graph::builder();
+        for i in 0..30 {
+            let api = api.clone();
+            g.task(format!("a{i}"))
+                .uses("api", 1)
+                .uses("mem", 40)
+                .run_async((), move |_, ()| {
+                    let api = api.clone();
+                    async move {
+                        api.enter();
+                        tokio::time::sleep(ms(2)).await;
+                        api.leave();
+                        Ok::<_, TaskError>(i)
+                    }
+                });
+        }
+        let report = ex.run(&g.build().unwrap());
+        assert_eq!(report.counts().completed, 30, "{report}");
+        // mem 100 / 40 → at most 2 at once, though api would allow 3.
+        assert_eq!(api.max.load(SeqCst), 2);
+        assert_eq!(ex.resources().in_use("mem"), 0);
+    }
+
+    #[test]
+    fn waiting_tasks_do_not_hold_workers() {
+        // One worker; a task that holds `slot` waits for a signal that only a task which
+        // does not use `slot` sends. Were the waiting `slot` tasks parked on the worker,
+        // the sender could never run.
+        let ex = Executor::builder().workers(1).resource("slot", 1).build();
+        let go = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        let go1 = go.clone();
+        g.task("holder")
+            .uses("slot", 1)
+            .run_async((), move |_, ()| {
+                let go = go1.clone();
+                async move {
+                    while !go.load(SeqCst) {
+                        tokio::time::sleep(ms(1)).await;
+                    }
+                    Ok::<_, TaskError>(())
+                }
+            });
+        for i in 0..5 {
+            g.task(format!("w{i}"))
+                .uses("slot", 1)
+                .run((), |_, ()| Ok::<_, TaskError>(()));
+        }
+        let go2 = go.clone();
+        g.task("sender").run((), move |_, ()| {
+            go2.store(true, SeqCst);
+            Ok::<_, TaskError>(())
+        });
+        let run = ex.start(&g.build().unwrap());
+        assert!(run.wait_timeout(Duration::from_secs(20)), "run deadlocked");
+        assert_eq!(run.wait().counts().completed, 7);
+    }
+
+    #[test]
+    fn resize_takes_effect_while_running() {
+        let ex = Executor::builder().workers(4).resource("db", 1).build();
+        let gauge = Arc::new(Gauge::default());
+        let mut g = Graph::builder();
+        for i in 0..12 {
+            let gauge = gauge.clone();
+            g.task(format!("q{i}"))
+                .uses("db", 1)
+                .run_async((), move |_, ()| {
+                    let gauge = gauge.clone();
+                    async move {
+                        gauge.enter();
+                        tokio::time::sleep(ms(20)).await;
+                        gauge.leave();
+                        Ok::<_, TaskError>(())
+                    }
+                });
+        }
+        let run = ex.start(&g.build().unwrap());
+        std::thread::sleep(ms(5));
+        ex.resources().set("db", 3);
+        let report = run.wait();
+        assert_eq!(report.counts().completed, 12);
+        assert_eq!(gauge.max.load(SeqCst), 3);
+    }
+
+    #[test]
+    fn unknown_or_oversized_uses_fail_the_task_by_name() {
+        let ex = Executor::builder().workers(2).resource("db", 2).build();
+        let mut g = Graph::builder();
+        let a = g
+            .task("gpu-job")
+            .uses("gpu", 1)
+            .run((), |_, ()| Ok::<_, TaskError>(1));
+        g.task("big")
+            .uses("db", 5)
+            .run((), |_, ()| Ok::<_, TaskError>(1));
+        g.task("after").run(a, |_, x| Ok(*x));
+        let report = ex.run(&g.build().unwrap());
+        let e = task(&report, "gpu-job").error.unwrap();
+        assert_eq!(e.message(), "uses unknown resource `gpu` (defined: db)");
+        let e = task(&report, "big").error.unwrap();
+        assert_eq!(e.message(), "needs 5 of resource `db`, whose capacity is 2");
+        assert_statuses(&report, &[("after", TaskStatus::Skipped)]);
+    }
+
+    #[test]
+    fn cancelling_wakes_waiting_tasks() {
+        let ex = Executor::builder().workers(2).resource("db", 1).build();
+        let mut g = Graph::builder();
+        g.task("holder").uses("db", 1).run((), |cx, ()| {
+            while !cx.is_cancelled() {
+                std::thread::sleep(ms(1));
+            }
+            Err::<(), _>(TaskError::cancelled())
+        });
+        for i in 0..3 {
+            g.task(format!("w{i}"))
+                .uses("db", 1)
+                .run((), |_, ()| Ok::<_, TaskError>(()));
+        }
+        let run = ex.start(&g.build().unwrap());
+        std::thread::sleep(ms(10));
+        run.cancel();
+        assert!(run.wait_timeout(Duration::from_secs(20)), "cancel hung");
+        let report = run.wait();
+        assert_eq!(report.counts().cancelled, 4, "{report}");
+        assert_eq!(ex.resources().waiting(), 0);
+        assert_eq!(ex.resources().in_use("db"), 0);
+    }
+}

@@ -7,9 +7,11 @@
 //! executor at once; each is independent ([`Run`]).
 
 pub(crate) mod report;
+pub(crate) mod resources;
 pub(crate) mod runner;
 
 pub use report::{RunReport, RunStatus, StatusCounts};
+pub use resources::{ResourceError, Resources};
 
 use crate::event::EventBus;
 use crate::graph::{Graph, TaskId};
@@ -96,6 +98,7 @@ pub(crate) struct Env {
     pub(crate) pool: Pool,
     pub(crate) clock: quanta::Clock,
     pub(crate) bus: Option<EventBus>,
+    pub(crate) resources: Resources,
     given_tokio: Option<tokio::runtime::Handle>,
     own_tokio: OnceLock<tokio::runtime::Runtime>,
 }
@@ -137,6 +140,7 @@ pub struct ExecutorBuilder {
     tokio: Option<tokio::runtime::Handle>,
     name: Option<String>,
     bus: Option<EventBus>,
+    resources: Resources,
 }
 
 impl ExecutorBuilder {
@@ -165,6 +169,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Defines a named resource limit shared by all runs (e.g. `("db", 2)`: at most two
+    /// tasks that use `db` at once; or a memory budget in bytes).
+    pub fn resource(self, name: &str, capacity: u64) -> Self {
+        self.resources.set(name, capacity);
+        self
+    }
+
     /// The worker threads' name prefix (default `nerv`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -183,6 +194,7 @@ impl ExecutorBuilder {
                 pool: Pool::new(workers, self.name.as_deref().unwrap_or("nerv")),
                 clock: quanta::Clock::new(),
                 bus: self.bus,
+                resources: self.resources,
                 given_tokio: self.tokio,
                 own_tokio: OnceLock::new(),
             }),
@@ -224,6 +236,11 @@ impl Executor {
     /// The bus runs publish their events on, if one was given.
     pub fn events(&self) -> Option<&EventBus> {
         self.env.bus.as_ref()
+    }
+
+    /// The executor's named resource limits (change capacities while runs go on).
+    pub fn resources(&self) -> &Resources {
+        &self.env.resources
     }
 
     /// Number of worker threads.
@@ -288,8 +305,10 @@ impl Run {
     /// [`TaskContext::is_cancelled`](crate::TaskContext::is_cancelled) (async ones are
     /// dropped), retries waiting for their delay stop waiting.
     pub fn cancel(&self) {
-        self.handle.runner().cancel.cancel();
+        let r = self.handle.runner();
+        r.cancel.cancel();
         self.handle.cancel();
+        r.env.resources.cancel_waiters(r.workflow());
     }
 
     /// Whether every task reached a final status.

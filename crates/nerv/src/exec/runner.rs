@@ -11,6 +11,7 @@
 //!    timer requeues the node), or give up: the error is recorded and the node is FAILED (and
 //!    under fail-fast the run is cancelled).
 
+use super::resources::Wake;
 use super::{Env, FailurePolicy, RunOptions, Timing};
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
@@ -20,6 +21,7 @@ use crate::policy::retry::RetryPolicy;
 use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
 use futures_util::FutureExt;
 use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -114,6 +116,8 @@ pub(crate) struct Runner {
     pub(crate) sys0: SystemTime,
     pub(crate) t_end: AtomicU64,
     pub(crate) obs: Option<Observer>,
+    /// Nodes holding their declared resources now.
+    holding: Mutex<HashSet<u32>>,
     /// The run's tracing span (disabled, and free, without a tracing subscriber).
     pub(crate) span: tracing::Span,
 }
@@ -152,6 +156,7 @@ impl Runner {
         Runner {
             obs,
             span,
+            holding: Mutex::new(HashSet::new()),
             arena,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
             started: (0..stamps).map(zeros).collect(),
@@ -328,6 +333,67 @@ impl Runner {
             .or(self.opts.timeout)
     }
 
+    /// Gets the node's declared resources: `Ok(true)` held (now or granted while it
+    /// waited), `Ok(false)` queued (it is requeued when they are granted), or the reason
+    /// they never can be.
+    #[cold]
+    #[inline(never)]
+    fn admit(
+        &self,
+        h: RunHandle<Runner>,
+        node: u32,
+        uses: &super::resources::Uses,
+    ) -> Result<bool, TaskError> {
+        if self
+            .holding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&node)
+        {
+            return Ok(true);
+        }
+        let wake = move |k: Wake| {
+            if k == Wake::Granted {
+                h.runner()
+                    .holding
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node);
+            }
+            let _ = h.requeue(node);
+        };
+        match self.env.resources.acquire(self.workflow(), uses, wake) {
+            Ok(true) => {
+                self.holding
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node);
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(TaskError::with_kind(ErrorKind::InvalidGraph, e)),
+        }
+    }
+
+    /// Gives back the node's resources, if it holds them (its attempt ended).
+    #[inline]
+    fn settle(&self, node: u32) {
+        if let Some(uses) = self.graph.0.nodes[node as usize]
+            .extra
+            .as_ref()
+            .and_then(|e| e.uses.as_ref())
+        {
+            let held = self
+                .holding
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&node);
+            if held {
+                self.env.resources.release(uses);
+            }
+        }
+    }
+
     #[inline]
     fn stamp_end(&self, node: u32) {
         if let Some(e) = self.ended.get(node as usize) {
@@ -368,6 +434,7 @@ impl Runner {
         }
         if self.opts.failure == FailurePolicy::FailFast {
             self.cancel.cancel();
+            self.env.resources.cancel_waiters(self.workflow());
         }
         Verdict::Failed
     }
@@ -419,6 +486,7 @@ impl Runner {
     #[cold]
     #[inline(never)]
     fn requeue_later(&self, h: RunHandle<Runner>, node: u32, delay: Duration) {
+        self.settle(node);
         let cancel = self.cancel.token.clone();
         self.env.tokio().spawn(async move {
             tokio::select! {
@@ -476,6 +544,7 @@ impl Runner {
                     Err(v) => v,
                 },
             };
+            r.settle(node);
             let _ = h.complete(node, verdict);
         });
     }
@@ -630,7 +699,23 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl NodeRunner for Runner {
+    #[inline]
     fn run(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
+        let v = self.run_node(ncx);
+        if v != Verdict::Deferred {
+            self.settle(ncx.node());
+        }
+        v
+    }
+
+    fn finished(&self, run: &RunHandle<Self>) {
+        self.finish_run(run)
+    }
+}
+
+impl Runner {
+    #[inline(always)]
+    fn run_node(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
         let node = ncx.node();
         match ncx.upstream() {
             Upstream::Ok => {}
@@ -663,6 +748,14 @@ impl NodeRunner for Runner {
                     EventKind::TaskCancelled,
                 );
                 return Verdict::Cancelled;
+            }
+            if let Some(uses) = n.extra.as_ref().and_then(|e| e.uses.as_ref()) {
+                match self.admit(ncx.handle(), node, uses) {
+                    Ok(true) => {}
+                    // Queued: run again once the resources are granted.
+                    Ok(false) => return Verdict::Deferred,
+                    Err(e) => return self.give_up(node, e),
+                }
             }
             // Attempts of one node never overlap: a plain load and store suffice.
             let attempts = &self.attempts[node as usize];
@@ -725,7 +818,7 @@ impl NodeRunner for Runner {
         }
     }
 
-    fn finished(&self, run: &RunHandle<Self>) {
+    fn finish_run(&self, run: &RunHandle<Self>) {
         self.t_end.store(self.env.clock.raw(), Release);
         self.publish_end(run);
         let Some(link) = &self.parent else { return };
@@ -762,6 +855,7 @@ impl NodeRunner for Runner {
                     || EventData::TaskCompleted { attempt },
                     EventKind::TaskCompleted,
                 );
+                parent.settle(link.node);
                 let _ = link.handle.complete(link.node, Verdict::Completed);
                 return;
             }
@@ -786,6 +880,7 @@ impl NodeRunner for Runner {
             }
             Err(v) => v,
         };
+        parent.settle(link.node);
         let _ = link.handle.complete(link.node, verdict);
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct Extra {
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) estimate: Option<Duration>,
     pub(crate) meta: TaskMetadata,
+    /// Named resources the task holds while it runs.
+    pub(crate) uses: Option<crate::exec::resources::Uses>,
 }
 
 /// One task as stored in a graph: 16 bytes (its body sits in its type's chunk), plus its
@@ -529,6 +531,20 @@ impl<'g> TaskBuilder<'g> {
     /// An estimate of the task's duration, for the planner's critical path.
     pub fn estimate(mut self, d: Duration) -> Self {
         self.extra().estimate = Some(d);
+        self
+    }
+
+    /// Holds `amount` of the executor's resource `name` while the task runs (see
+    /// [`Resources`](crate::Resources)): the task waits, without occupying a worker, until
+    /// every resource it uses has room. Repeat for several resources.
+    pub fn uses(mut self, name: &str, amount: u64) -> Self {
+        let e = self.extra();
+        let mut v: Vec<(Arc<str>, u64)> = e.uses.as_deref().unwrap_or(&[]).to_vec();
+        match v.iter_mut().find(|(n, _)| &**n == name) {
+            Some(slot) => slot.1 += amount,
+            None => v.push((Arc::from(name), amount)),
+        }
+        e.uses = Some(v.into());
         self
     }
 
