@@ -29,6 +29,7 @@ mod dynamic;
 mod event;
 mod exec;
 mod graph;
+mod manager;
 mod plan;
 mod policy;
 mod task;
@@ -45,6 +46,10 @@ pub use exec::{
 };
 pub use graph::{
     Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, TaskBuilder, TaskId, TaskInfo,
+};
+pub use manager::{
+    ExecutionId, ExecutionSummary, ManagerError, OwnedInputs, TaskDef, TaskInputs, WorkflowId,
+    WorkflowManager, WorkflowManagerBuilder, WorkflowReport, WorkflowStatus, WorkflowSummary,
 };
 pub use plan::{Plan, Planner};
 pub use policy::retry::RetryPolicy;

@@ -255,6 +255,12 @@ impl Executor {
 
     /// Starts running `graph` with options; returns at once.
     pub fn start_with(&self, graph: &Graph, opts: RunOptions) -> Run {
+        self.start_inner(graph, opts, true)
+    }
+
+    /// Starts a run; `announce` publishes its `WorkflowCreated` event (the workflow manager
+    /// publishes its own when the workflow is defined).
+    pub(crate) fn start_inner(&self, graph: &Graph, opts: RunOptions, announce: bool) -> Run {
         let name = opts.name.clone().unwrap_or_default();
         let runner = Runner::new(
             graph.clone(),
@@ -264,7 +270,7 @@ impl Executor {
             String::new(),
             None,
         );
-        runner.publish_start(&name);
+        runner.publish_start(announce.then_some(name.as_str()));
         Run {
             handle: self.env.pool.start(graph.0.dag.clone(), runner),
         }
@@ -324,6 +330,12 @@ impl Run {
             "task id of another graph"
         );
         self.handle.state(id.index() as u32).into()
+    }
+
+    /// A report as of now: while the run goes on, tasks not yet finished show as pending or
+    /// running, and its status is not final ([`Run::is_finished`] says when it is).
+    pub fn report(&self) -> RunReport {
+        RunReport::new(self.handle.clone())
     }
 
     /// Blocks until the run is finished; returns its report.

@@ -135,8 +135,7 @@ impl Runner {
         let arena = OnceArena::new(&graph.0.layout);
         let stamps = if opts.timing == Timing::Off { 0 } else { n };
         let zeros = |_| AtomicU64::new(0);
-        static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
-        let run_id = NEXT_RUN.fetch_add(1, Relaxed);
+        let run_id = next_id();
         let workflow = match &parent {
             Some(p) => p.handle.runner().workflow(),
             None => run_id,
@@ -237,10 +236,12 @@ impl Runner {
     }
 
     /// Publishes the run's start (created, each task pending, started) to whoever listens.
-    pub(crate) fn publish_start(&self, name: &str) {
+    pub(crate) fn publish_start(&self, created: Option<&str>) {
         let Some(o) = &self.obs else { return };
         let src = Source::workflow(o.workflow);
-        if !o.subgraph && o.bus.wants(EventKind::WorkflowCreated) {
+        if let Some(name) =
+            created.filter(|_| !o.subgraph && o.bus.wants(EventKind::WorkflowCreated))
+        {
             o.bus.publish(Event::at(
                 self.sys0,
                 src.clone(),
@@ -602,7 +603,7 @@ impl Runner {
                 done,
             }),
         );
-        runner.publish_start("");
+        runner.publish_start(None);
         let _run = self.env.pool.start(graph.0.dag.clone(), runner);
         Verdict::Deferred
     }
@@ -678,6 +679,13 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// A fresh id for a run or a workflow definition: one sequence for both, so that they never
+/// collide in events.
+pub(crate) fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Relaxed)
 }
 
 async fn sleep_opt(d: Option<Duration>) {
