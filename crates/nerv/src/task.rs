@@ -295,4 +295,6 @@ pub struct TaskResult {
     pub execution_time: Duration,
     /// Attempts made (0 if it never ran).
     pub attempts: u32,
+    /// For a task completed by its fallback: the error that made its work fail for good.
+    pub fallback: Option<TaskError>,
 }

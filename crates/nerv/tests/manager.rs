@@ -334,3 +334,28 @@ fn repetition_run_n_and_run_until() {
     assert_eq!(n, 4);
     assert_eq!(m.list_executions().len(), 7);
 }
+
+#[test]
+fn a_fallback_output_reaches_dependents() {
+    let m = manager();
+    let wf = m.create_workflow("prices", "");
+    m.add_task(
+        wf,
+        TaskDef::new("quote", |_, _| Err(TaskError::msg("exchange closed")))
+            .fallback(|_, _| Ok(json!(99))),
+    )
+    .unwrap();
+    m.add_task(
+        wf,
+        TaskDef::new("order", |_, inp| Ok(json!(inp.get_as::<i64>("quote")? + 1)))
+            .depends_on("quote"),
+    )
+    .unwrap();
+    let ex = m.execute_workflow(wf, Value::Null).unwrap();
+    m.wait(ex).unwrap();
+    assert_eq!(m.output(ex, "order").unwrap(), Some(json!(100)));
+    let r = m.get_workflow_status(wf).unwrap();
+    assert_eq!(r.status, WorkflowStatus::Completed);
+    let q = r.results.iter().find(|t| t.id == "quote").unwrap();
+    assert_eq!(q.fallback.as_ref().unwrap().message(), "exchange closed");
+}

@@ -2269,3 +2269,91 @@ mod resources {
         assert_eq!(ex.resources().in_use("db"), 0);
     }
 }
+
+/// Fallbacks: an alternative computed when the work fails for good.
+mod fallbacks {
+    use super::*;
+
+    #[test]
+    fn the_fallbacks_output_reaches_dependents() {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let t = tries.clone();
+        let mut g = Graph::builder();
+        let base = g.task("base").run((), |_, ()| Ok::<_, TaskError>(10));
+        let price = g
+            .task("price")
+            .retry(RetryPolicy::attempts(3).backoff(ms(1)))
+            .run_with_fallback(
+                base,
+                move |_, b| {
+                    t.fetch_add(1, SeqCst);
+                    Err::<i32, _>(TaskError::msg(format!("api down ({b})")))
+                },
+                |_, b| Ok(*b * 2),
+            );
+        let total = g.task("total").run(price, |_, p| Ok(*p + 1));
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.output(total), Some(&21));
+        // The work was retried first, then the fallback ran once.
+        assert_eq!(tries.load(SeqCst), 3);
+        let r = report.result(price);
+        assert_eq!(r.status, TaskStatus::Completed);
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.fallback.unwrap().message(), "api down (10)");
+        assert!(report.result(base).fallback.is_none());
+    }
+
+    #[test]
+    fn a_failing_fallback_fails_the_task() {
+        quiet_expected_panics();
+        let mut g = Graph::builder();
+        let a = g.task("a").run_with_fallback(
+            (),
+            |_, ()| Err::<i32, _>(TaskError::msg("primary")),
+            |_, ()| -> Result<i32, TaskError> { panic!("{PANIC_MARKER}: fallback") },
+        );
+        g.task("b").run(a, |_, x| Ok(*x));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = task(&report, "a");
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert!(r.error.unwrap().message().contains("fallback"), "{report}");
+        assert_statuses(&report, &[("b", TaskStatus::Skipped)]);
+    }
+
+    #[test]
+    fn async_work_with_a_fallback_and_no_fallback_on_cancel() {
+        let mut g = Graph::builder();
+        let a = g.task("a").run_async_with_fallback(
+            (),
+            |_, ()| async { Err::<String, _>(TaskError::msg("timeout upstream")) },
+            |_, ()| Ok("cached".to_string()),
+        );
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.output(a).map(String::as_str), Some("cached"));
+
+        // A cancelled task does not switch to its fallback.
+        let used = Arc::new(AtomicBool::new(false));
+        let u = used.clone();
+        let mut g = Graph::builder();
+        g.task("slow").run_with_fallback(
+            (),
+            |cx, ()| {
+                while !cx.is_cancelled() {
+                    std::thread::sleep(ms(1));
+                }
+                Err::<i32, _>(TaskError::cancelled())
+            },
+            move |_, ()| {
+                u.store(true, SeqCst);
+                Ok(0)
+            },
+        );
+        let run = exec(2).start(&g.build().unwrap());
+        std::thread::sleep(ms(5));
+        run.cancel();
+        let report = run.wait();
+        assert_statuses(&report, &[("slow", TaskStatus::Cancelled)]);
+        assert!(!used.load(SeqCst));
+    }
+}

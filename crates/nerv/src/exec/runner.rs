@@ -118,6 +118,8 @@ pub(crate) struct Runner {
     pub(crate) obs: Option<Observer>,
     /// Nodes holding their declared resources now.
     holding: Mutex<HashSet<u32>>,
+    /// Nodes whose work failed for good and that run their fallback, with the work's error.
+    fallbacks: Mutex<Vec<(u32, TaskError)>>,
     /// The run's tracing span (disabled, and free, without a tracing subscriber).
     pub(crate) span: tracing::Span,
 }
@@ -156,6 +158,7 @@ impl Runner {
             obs,
             span,
             holding: Mutex::new(HashSet::new()),
+            fallbacks: Mutex::new(Vec::new()),
             arena,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
             started: (0..stamps).map(zeros).collect(),
@@ -472,6 +475,7 @@ impl Runner {
                 );
                 Ok((!d.is_zero()).then_some(d))
             }
+            Ok(None) if self.enter_fallback(node, &err) => Ok(None),
             Ok(None) => Err(self.give_up(node, err)),
             Err(p) => {
                 let msg = format!(
@@ -480,6 +484,72 @@ impl Runner {
                 );
                 Err(self.give_up(node, TaskError::with_kind(err.kind(), msg)))
             }
+        }
+    }
+
+    /// Whether `node` switches to its fallback now: it has one, the failure is not a
+    /// cancellation, and it has not used it yet. The caller then runs the node again (retry
+    /// now), and `run` calls the fallback.
+    fn enter_fallback(&self, node: u32, err: &TaskError) -> bool {
+        let has = self.graph.0.nodes[node as usize]
+            .extra
+            .as_ref()
+            .is_some_and(|e| e.fallback);
+        if !has || err.is_cancelled() || self.cancel.is_cancelled() {
+            return false;
+        }
+        let mut f = self.fallbacks.lock().unwrap_or_else(|p| p.into_inner());
+        if f.iter().any(|(n, _)| *n == node) {
+            return false;
+        }
+        f.push((node, err.clone()));
+        true
+    }
+
+    /// The error that sent `node` to its fallback, if it did.
+    fn fallback_of(&self, node: u32) -> Option<TaskError> {
+        self.fallbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Runs `node`'s fallback: its output becomes the task's.
+    #[cold]
+    #[inline(never)]
+    fn run_fallback(&self, ncx: &NodeCx<'_, Self>, n: &Node) -> Verdict {
+        let node = ncx.node();
+        let cx = TaskContext {
+            ncx,
+            runner: self,
+            attempt: self.attempts[node as usize].load(Relaxed),
+            deadline: None,
+        };
+        let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.graph.0.chunks[n.chunk as usize].fallback(n.index, &cx)
+        }));
+        match res {
+            Ok(Some(Ok(_))) => {
+                self.stamp_end(node);
+                let attempt = cx.attempt;
+                self.emit_task(
+                    node,
+                    || EventData::TaskCompleted { attempt },
+                    EventKind::TaskCompleted,
+                );
+                Verdict::Completed
+            }
+            Ok(Some(Err(e))) => self.give_up(
+                node,
+                TaskError::with_kind(e.kind(), format!("the fallback failed too: {e}")),
+            ),
+            Ok(None) => self.give_up(node, TaskError::msg("the task has no fallback")),
+            Err(p) => self.give_up(
+                node,
+                TaskError::panic(format!("fallback: {}", panic_message(&*p))),
+            ),
         }
     }
 
@@ -652,6 +722,16 @@ impl Runner {
                 Duration::ZERO
             },
             attempts: self.attempts[node as usize].load(Relaxed),
+            fallback: if status == TaskStatus::Completed
+                && g.nodes[node as usize]
+                    .extra
+                    .as_ref()
+                    .is_some_and(|e| e.fallback)
+            {
+                self.fallback_of(node)
+            } else {
+                None
+            },
         }
     }
 
@@ -764,6 +844,9 @@ impl Runner {
                     Ok(false) => return Verdict::Deferred,
                     Err(e) => return self.give_up(node, e),
                 }
+            }
+            if n.extra.as_ref().is_some_and(|e| e.fallback) && self.fallback_of(node).is_some() {
+                return self.run_fallback(ncx, n);
             }
             // Attempts of one node never overlap: a plain load and store suffice.
             let attempts = &self.attempts[node as usize];

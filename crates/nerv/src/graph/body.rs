@@ -24,6 +24,11 @@ pub(crate) trait Body: Send + Sync + 'static {
     /// Starts one attempt: reads the inputs and runs (sync) or creates (async, dynamic) the
     /// work.
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError>;
+
+    /// Runs the task's fallback, if it has one (after its work failed for good).
+    fn fallback(&self, _cx: &TaskContext<'_>) -> Option<Result<Started, TaskError>> {
+        None
+    }
 }
 
 /// The bodies of one type, stored densely: a graph keeps one chunk per body type (tasks made
@@ -32,6 +37,8 @@ pub(crate) trait Body: Send + Sync + 'static {
 pub(crate) trait BodyChunk: Send + Sync + 'static {
     /// Starts an attempt of the `i`-th body of the chunk.
     fn start(&self, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError>;
+    /// Runs the fallback of the `i`-th body, if it has one.
+    fn fallback(&self, i: u32, cx: &TaskContext<'_>) -> Option<Result<Started, TaskError>>;
     /// For adding bodies of the chunk's concrete type.
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
     /// Bytes held.
@@ -47,6 +54,9 @@ impl<B: Body> BodyChunk for Chunk<B> {
     #[inline]
     fn start(&self, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
         self.0[i as usize].start(cx)
+    }
+    fn fallback(&self, i: u32, cx: &TaskContext<'_>) -> Option<Result<Started, TaskError>> {
+        self.0[i as usize].fallback(cx)
     }
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
@@ -97,6 +107,56 @@ where
     }
 }
 
+/// Sync work with a fallback that computes the output another way when the work failed for
+/// good (after its retries).
+pub(crate) struct FallbackBody<I, T, F, G> {
+    pub(crate) inputs: I,
+    pub(crate) out: SlotKey<T>,
+    pub(crate) f: F,
+    pub(crate) g: G,
+}
+
+impl<I, T, F, G> FallbackBody<I, T, F, G>
+where
+    I: Inputs,
+    T: Send + Sync + 'static,
+{
+    #[inline]
+    fn call(
+        &self,
+        cx: &TaskContext<'_>,
+        h: impl for<'a> FnOnce(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError>,
+    ) -> Result<Started, TaskError> {
+        let arena = cx.arena();
+        let refs = self.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+        let v = h(cx, refs)?;
+        arena
+            .set(self.out, v)
+            .map_err(|_| TaskError::msg("output already set"))?;
+        Ok(Started::Done)
+    }
+}
+
+impl<I, T, F, G> Body for FallbackBody<I, T, F, G>
+where
+    I: Inputs,
+    T: Send + Sync + 'static,
+    F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError> + Send + Sync + 'static,
+    G: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError> + Send + Sync + 'static,
+{
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        let r = self.call(cx, |cx, refs| (self.f)(cx, refs))?;
+        if let Some(limit) = cx.deadline_passed() {
+            return Err(TaskError::timeout(limit));
+        }
+        Ok(r)
+    }
+
+    fn fallback(&self, cx: &TaskContext<'_>) -> Option<Result<Started, TaskError>> {
+        Some(self.call(cx, |cx, refs| (self.g)(cx, refs)))
+    }
+}
+
 pub(crate) struct AsyncBody<I, T, F, Fut> {
     pub(crate) inputs: I,
     pub(crate) out: SlotKey<T>,
@@ -123,6 +183,38 @@ where
                 .set(out, v)
                 .map_err(|_| TaskError::msg("output already set"))
         })))
+    }
+}
+
+/// Async work with a sync fallback (see [`FallbackBody`]).
+pub(crate) struct AsyncFallbackBody<I, T, F, Fut, G> {
+    pub(crate) inner: AsyncBody<I, T, F, Fut>,
+    pub(crate) g: G,
+}
+
+impl<I, T, F, Fut, G> Body for AsyncFallbackBody<I, T, F, Fut, G>
+where
+    I: Inputs,
+    T: Send + Sync + 'static,
+    F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
+    G: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError> + Send + Sync + 'static,
+{
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        self.inner.start(cx)
+    }
+
+    fn fallback(&self, cx: &TaskContext<'_>) -> Option<Result<Started, TaskError>> {
+        let run = || {
+            let arena = cx.arena();
+            let refs = self.inner.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+            let v = (self.g)(cx, refs)?;
+            arena
+                .set(self.inner.out, v)
+                .map_err(|_| TaskError::msg("output already set"))?;
+            Ok(Started::Done)
+        };
+        Some(run())
     }
 }
 

@@ -131,6 +131,8 @@ pub(crate) struct Extra {
     pub(crate) meta: TaskMetadata,
     /// Named resources the task holds while it runs.
     pub(crate) uses: Option<crate::exec::resources::Uses>,
+    /// Whether the body has a fallback.
+    pub(crate) fallback: bool,
 }
 
 /// One task as stored in a graph: 16 bytes (its body sits in its type's chunk), plus its
@@ -614,6 +616,36 @@ impl<'g> TaskBuilder<'g> {
             .add(spec, srcs, move |out| body::SyncBody { inputs, out, f })
     }
 
+    /// Sets the work and its fallback: when the work fails for good (after its retries, and
+    /// not because the run was cancelled), `fallback` runs with the same inputs and its output
+    /// becomes the task's: dependents receive it and the task is COMPLETED (its result says
+    /// so in [`TaskResult::fallback`](crate::TaskResult::fallback)). A failing fallback fails
+    /// the task with the fallback's error.
+    pub fn run_with_fallback<I, T, F, G>(mut self, inputs: I, f: F, fallback: G) -> Handle<T>
+    where
+        I: Inputs,
+        T: Send + Sync + 'static,
+        F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError>
+            + Send
+            + Sync
+            + 'static,
+        G: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.extra().fallback = true;
+        let spec = self.spec();
+        let mut srcs = Vec::new();
+        inputs.each_source(&mut |t| srcs.push(t));
+        self.g.add(spec, srcs, move |out| body::FallbackBody {
+            inputs,
+            out,
+            f,
+            g: fallback,
+        })
+    }
+
     /// Sets asynchronous work: a function of the context and the inputs that returns a
     /// future, run on tokio (thousands may be in flight without a thread each). The function
     /// itself runs on a worker and must copy what the future needs from the inputs.
@@ -632,6 +664,39 @@ impl<'g> TaskBuilder<'g> {
             out,
             f,
             _fut: PhantomData,
+        })
+    }
+
+    /// Sets async work and a sync fallback (see
+    /// [`run_with_fallback`](TaskBuilder::run_with_fallback)).
+    pub fn run_async_with_fallback<I, T, F, Fut, G>(
+        mut self,
+        inputs: I,
+        f: F,
+        fallback: G,
+    ) -> Handle<T>
+    where
+        I: Inputs,
+        T: Send + Sync + 'static,
+        F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
+        G: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.extra().fallback = true;
+        let spec = self.spec();
+        let mut srcs = Vec::new();
+        inputs.each_source(&mut |t| srcs.push(t));
+        self.g.add(spec, srcs, move |out| body::AsyncFallbackBody {
+            inner: body::AsyncBody {
+                inputs,
+                out,
+                f,
+                _fut: PhantomData,
+            },
+            g: fallback,
         })
     }
 

@@ -706,10 +706,7 @@ impl WorkflowManager {
 /// Tasks are added in dependency order (Kahn), so that each one's dependencies already have
 /// handles. Dependencies that cannot be resolved that way (unknown ids, cycles) are added by
 /// name, so that the builder reports them with its usual errors.
-fn build_graph(
-    tasks: &[TaskDef],
-    context: Arc<Value>,
-) -> Result<(Graph, Outputs), GraphError> {
+fn build_graph(tasks: &[TaskDef], context: Arc<Value>) -> Result<(Graph, Outputs), GraphError> {
     let index: HashMap<&str, usize> = tasks
         .iter()
         .enumerate()
@@ -793,21 +790,30 @@ fn build_graph(
         }
         let ids: Arc<[String]> = ids.into();
         let ctx = context.clone();
-        let h = match &t.work {
-            Work::Sync(f) => {
+        let sync = |f: Arc<task_def::SyncWork>| sync_work(f, ctx.clone(), ids.clone());
+        let h = match (&t.work, &t.fallback) {
+            (Work::Sync(f), None) => tb.run(inputs, sync(f.clone())),
+            (Work::Sync(f), Some(g)) => {
+                tb.run_with_fallback(inputs, sync(f.clone()), sync(g.clone()))
+            }
+            (Work::Async(f), Some(g)) => {
                 let f = f.clone();
-                tb.run(inputs, move |cx, values| {
-                    f(
-                        cx,
-                        &TaskInputs {
+                let (ctx, ids) = (ctx.clone(), ids.clone());
+                tb.run_async_with_fallback(
+                    inputs,
+                    move |cx, values| {
+                        let owned = TaskInputs {
                             context: &ctx,
                             ids: &ids,
                             values,
-                        },
-                    )
-                })
+                        }
+                        .to_owned();
+                        f(cx, owned)
+                    },
+                    sync(g.clone()),
+                )
             }
-            Work::Async(f) => {
+            (Work::Async(f), None) => {
                 let f = f.clone();
                 tb.run_async(inputs, move |cx, values| {
                     let owned = TaskInputs {
@@ -829,4 +835,28 @@ fn build_graph(
         .filter_map(|(t, h)| Some((t.id.clone(), h?)))
         .collect();
     Ok((graph, outputs))
+}
+
+/// A managed task's sync work (or fallback) as a typed task function.
+fn sync_work(
+    f: Arc<task_def::SyncWork>,
+    ctx: Arc<Value>,
+    ids: Arc<[String]>,
+) -> impl for<'a> Fn(
+    &crate::TaskContext<'_>,
+    crate::Gather<'a, Value>,
+) -> Result<Value, crate::TaskError>
+       + Send
+       + Sync
+       + 'static {
+    move |cx, values| {
+        f(
+            cx,
+            &TaskInputs {
+                context: &ctx,
+                ids: &ids,
+                values,
+            },
+        )
+    }
 }

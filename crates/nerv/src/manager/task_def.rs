@@ -18,7 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-type SyncWork = dyn Fn(&TaskContext<'_>, &TaskInputs<'_>) -> Result<Value, TaskError> + Send + Sync;
+pub(crate) type SyncWork =
+    dyn Fn(&TaskContext<'_>, &TaskInputs<'_>) -> Result<Value, TaskError> + Send + Sync;
 type AsyncWork = dyn Fn(
         &TaskContext<'_>,
         OwnedInputs,
@@ -48,6 +49,7 @@ pub struct TaskDef {
     pub(crate) uses: Vec<(String, u64)>,
     pub(crate) meta: TaskMetadata,
     pub(crate) work: Work,
+    pub(crate) fallback: Option<Arc<SyncWork>>,
 }
 
 impl fmt::Debug for TaskDef {
@@ -74,6 +76,7 @@ impl TaskDef {
             uses: Vec::new(),
             meta: TaskMetadata::default(),
             work,
+            fallback: None,
         }
     }
 
@@ -165,6 +168,19 @@ impl TaskDef {
     /// Holds `amount` of the engine's resource `name` while running.
     pub fn uses(mut self, name: impl Into<String>, amount: u64) -> Self {
         self.uses.push((name.into(), amount));
+        self
+    }
+
+    /// Computes the task's output another way when its work fails for good (after its
+    /// retries): dependents then receive the fallback's output.
+    pub fn fallback(
+        mut self,
+        f: impl Fn(&TaskContext<'_>, &TaskInputs<'_>) -> Result<Value, TaskError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.fallback = Some(Arc::new(f));
         self
     }
 
