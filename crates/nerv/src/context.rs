@@ -58,6 +58,16 @@ impl<'a> TaskContext<'a> {
         self.runner.cancel.token.clone()
     }
 
+    /// The ids of the tasks that depend on this one (in its own graph).
+    pub fn dependents(&self) -> Vec<&str> {
+        let g = &self.runner.graph.0;
+        g.dag
+            .successors(self.ncx.node())
+            .iter()
+            .map(|&s| g.ids.get(s as usize))
+            .collect()
+    }
+
     /// Reports progress (`done` of `total` units, and what it is doing) as a `TaskProgress`
     /// event. Costs one atomic load when nobody listens.
     pub fn progress(&self, done: u64, total: Option<u64>, message: Option<&str>) {

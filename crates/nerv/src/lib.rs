@@ -45,7 +45,8 @@ pub use exec::{
     RunStatus, StatusCounts, Timing,
 };
 pub use graph::{
-    Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, TaskBuilder, TaskId, TaskInfo,
+    Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, TaskBuilder, TaskId,
+    TaskInfo, TriggerRule, UnknownTriggerRule,
 };
 pub use manager::{
     ExecutionId, ExecutionSummary, ManagerError, OwnedInputs, TaskDef, TaskInputs, WorkflowId,

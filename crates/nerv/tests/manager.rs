@@ -359,3 +359,43 @@ fn a_fallback_output_reaches_dependents() {
     let q = r.results.iter().find(|t| t.id == "quote").unwrap();
     assert_eq!(q.fallback.as_ref().unwrap().message(), "exchange closed");
 }
+
+#[test]
+fn trigger_rules_run_cleanup_and_alerts_after_failures() {
+    let m = manager();
+    let wf = m.create_workflow("with-cleanup", "");
+    m.add_task(
+        wf,
+        TaskDef::new("work", |_, _| Err(TaskError::msg("crashed"))),
+    )
+    .unwrap();
+    m.add_task(wf, TaskDef::new("ok", |_, _| Ok(json!("fine"))))
+        .unwrap();
+    m.add_task(
+        wf,
+        TaskDef::new("cleanup", |_, inp| {
+            Ok(json!({"work": inp.get("work").cloned(), "ok": inp.get("ok").cloned()}))
+        })
+        .depends_on_all(["work", "ok"])
+        .trigger(nerv::TriggerRule::AllDone),
+    )
+    .unwrap();
+    m.add_task(
+        wf,
+        TaskDef::new("alert", |_, _| Ok(json!("paged")))
+            .depends_on("work")
+            .trigger(nerv::TriggerRule::OneFailed),
+    )
+    .unwrap();
+    let ex = m.execute_workflow(wf, Value::Null).unwrap();
+    m.wait(ex).unwrap();
+    assert_eq!(
+        m.output(ex, "cleanup").unwrap(),
+        Some(json!({"work": null, "ok": "fine"}))
+    );
+    assert_eq!(m.output(ex, "alert").unwrap(), Some(json!("paged")));
+    assert_eq!(
+        m.get_workflow_status(wf).unwrap().status,
+        WorkflowStatus::Failed
+    );
+}

@@ -7,7 +7,7 @@ mod util;
 
 use nerv::{
     ErrorKind, Executor, FailurePolicy, Graph, GraphError, Handle, Planner, Priority, RetryPolicy,
-    RunOptions, RunStatus, StatusCounts, Subgraph, TaskError, TaskStatus, Timing,
+    RunOptions, RunStatus, StatusCounts, Subgraph, TaskError, TaskId, TaskStatus, Timing,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
@@ -2355,5 +2355,168 @@ mod fallbacks {
         let report = run.wait();
         assert_statuses(&report, &[("slow", TaskStatus::Cancelled)]);
         assert!(!used.load(SeqCst));
+    }
+}
+
+/// Trigger rules and branches.
+mod control_flow {
+    use super::*;
+    use nerv::{Branch, TriggerRule};
+
+    /// a (ok), b (fails), c (skipped because of b): one task per rule after all three, and
+    /// after pairs of them.
+    #[test]
+    fn each_rule_decides_from_its_dependencies() {
+        quiet_expected_panics();
+        let cases: [(TriggerRule, &[&str], TaskStatus); 12] = [
+            (TriggerRule::AllSuccess, &["a"], TaskStatus::Completed),
+            (TriggerRule::AllSuccess, &["a", "b"], TaskStatus::Skipped),
+            (
+                TriggerRule::AllDone,
+                &["a", "b", "c"],
+                TaskStatus::Completed,
+            ),
+            (TriggerRule::AllFailed, &["b", "c"], TaskStatus::Completed),
+            (TriggerRule::AllFailed, &["a", "b"], TaskStatus::Skipped),
+            (TriggerRule::OneSuccess, &["a", "b"], TaskStatus::Completed),
+            (TriggerRule::OneSuccess, &["b", "c"], TaskStatus::Skipped),
+            (TriggerRule::OneFailed, &["a", "b"], TaskStatus::Completed),
+            (TriggerRule::OneFailed, &["a"], TaskStatus::Skipped),
+            (TriggerRule::NoneFailed, &["a"], TaskStatus::Completed),
+            (TriggerRule::NoneFailed, &["a", "c"], TaskStatus::Skipped),
+            (TriggerRule::AllDone, &["c"], TaskStatus::Completed),
+        ];
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |_, ()| Ok::<_, TaskError>(1));
+        let b = g
+            .task("b")
+            .run((), |_, ()| Err::<i32, _>(TaskError::msg("boom")));
+        let c = g.task("c").run(b, |_, x| Ok(*x));
+        let ids = |names: &[&str]| -> Vec<TaskId> {
+            names
+                .iter()
+                .map(|n| match *n {
+                    "a" => a.id(),
+                    "b" => b.id(),
+                    _ => c.id(),
+                })
+                .collect()
+        };
+        let mut rule_tasks = Vec::new();
+        for (i, (rule, deps, _)) in cases.iter().enumerate() {
+            let id = format!("r{i}-{rule}");
+            g.task(&id)
+                .trigger(*rule)
+                .after_all(ids(deps))
+                .run((), |_, ()| Ok::<_, TaskError>(()));
+            rule_tasks.push(id);
+        }
+        // A cleanup task reads the failed task's output as optional.
+        let cleanup = g
+            .task("cleanup")
+            .trigger(TriggerRule::AllDone)
+            .run((a, b.optional()), |_, (x, y)| Ok((*x, y.copied())));
+        let report = exec(2).run(&g.build().unwrap());
+        for (id, (rule, deps, want)) in rule_tasks.iter().zip(cases.iter()) {
+            assert_eq!(
+                status(&report, id),
+                *want,
+                "{rule} after {deps:?}\n{report}"
+            );
+        }
+        assert_eq!(report.output(cleanup), Some(&(1, None)));
+        assert_eq!(report.status(), RunStatus::Failed);
+    }
+
+    #[test]
+    fn a_branch_runs_only_the_chosen_path_and_skips_the_rest() {
+        let mut g = Graph::builder();
+        let size = g.task("size").run((), |_, ()| Ok::<_, TaskError>(5_000));
+        let route = g.task("route").branch(size, |_, n| {
+            Ok(if *n > 1000 {
+                Branch::to("big")
+            } else {
+                Branch::to("small")
+            })
+        });
+        let big = g.task("big").after(route).run(size, |_, n| Ok(*n / 1000));
+        let small = g.task("small").after(route).run(size, |_, n| Ok(*n));
+        let after_small = g.task("after_small").run(small, |_, n| Ok(*n + 1));
+        // A join reads whichever side ran.
+        let join = g
+            .task("join")
+            .trigger(TriggerRule::NoneFailed)
+            .run((big.optional(), small.optional()), |_, (b, s)| {
+                Ok(b.or(s).copied())
+            });
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.status(), RunStatus::Completed, "{report}");
+        assert_eq!(report.output(big), Some(&5));
+        assert_eq!(report.output(join), Some(&Some(5)));
+        let s = report.result(small);
+        assert_eq!(s.status, TaskStatus::Skipped);
+        assert_eq!(s.skipped_because.as_deref(), Some("route"));
+        let a = report.result(after_small);
+        assert_eq!(a.status, TaskStatus::Skipped);
+        assert_eq!(a.skipped_because.as_deref(), Some("route"));
+        assert_eq!(report.output(route).unwrap().chosen(), ["big"]);
+        assert_eq!(report.counts().skipped, 2);
+    }
+
+    #[test]
+    fn choosing_a_task_that_is_not_a_dependent_fails_the_branch() {
+        let mut g = Graph::builder();
+        let route = g
+            .task("route")
+            .branch((), |_, ()| Ok(Branch::to("elsewhere")));
+        g.task("x")
+            .after(route)
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+        g.task("elsewhere").run((), |_, ()| Ok::<_, TaskError>(()));
+        let report = exec(2).run(&g.build().unwrap());
+        let r = task(&report, "route");
+        assert_eq!(r.status, TaskStatus::Failed);
+        let msg = r.error.unwrap().message().to_string();
+        assert_eq!(
+            msg,
+            "branch `route` chose `elsewhere`, which is not one of its dependents (x)"
+        );
+        assert_statuses(&report, &[("x", TaskStatus::Skipped)]);
+    }
+
+    #[test]
+    fn branch_none_skips_every_dependent_and_cancel_beats_rules() {
+        let mut g = Graph::builder();
+        let route = g.task("route").branch((), |_, ()| Ok(Branch::none()));
+        g.task("x")
+            .after(route)
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+        g.task("y")
+            .after(route)
+            .trigger(TriggerRule::AllDone)
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+        let report = exec(2).run(&g.build().unwrap());
+        assert_statuses(
+            &report,
+            &[("x", TaskStatus::Skipped), ("y", TaskStatus::Completed)],
+        );
+
+        // A cancelled run does not run its all_done tasks.
+        let mut g = Graph::builder();
+        let slow = g.task("slow").run((), |cx, ()| {
+            while !cx.is_cancelled() {
+                std::thread::sleep(ms(1));
+            }
+            Err::<(), _>(TaskError::cancelled())
+        });
+        g.task("cleanup")
+            .after(slow)
+            .trigger(TriggerRule::AllDone)
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+        let run = exec(2).start(&g.build().unwrap());
+        std::thread::sleep(ms(5));
+        run.cancel();
+        let report = run.wait();
+        assert_statuses(&report, &[("cleanup", TaskStatus::Cancelled)]);
     }
 }

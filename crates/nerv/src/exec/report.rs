@@ -65,10 +65,11 @@ pub(crate) fn count(handle: &RunHandle<Runner>) -> StatusCounts {
     c
 }
 
-/// A finished run's status from its counts: a failure (or skip) makes it FAILED, else a
-/// cancellation CANCELLED, else COMPLETED.
+/// A finished run's status from its counts: a failure makes it FAILED, else a cancellation
+/// CANCELLED, else COMPLETED (tasks skipped by a branch or a trigger rule are not failures;
+/// tasks skipped because of a failure come with that failure).
 pub(crate) fn run_status(c: &StatusCounts, cancelled: bool) -> RunStatus {
-    if c.failed > 0 || c.skipped > 0 {
+    if c.failed > 0 {
         RunStatus::Failed
     } else if c.cancelled > 0 || c.other > 0 || cancelled {
         RunStatus::Cancelled
@@ -107,8 +108,9 @@ impl RunReport {
         self.runner().run_id
     }
 
-    /// How the run ended: cancelled if it was cancelled (by the caller, or by fail-fast after
-    /// a failure: then `Failed`), failed if any task did not complete, else completed.
+    /// How the run ended: failed if a task failed (even when fail-fast then cancelled the
+    /// rest), else cancelled if it was cancelled, else completed (tasks skipped by a branch
+    /// or a trigger rule do not fail a run).
     pub fn status(&self) -> RunStatus {
         run_status(&self.counts, self.runner().cancel.is_cancelled())
     }

@@ -118,6 +118,8 @@ pub(crate) struct Runner {
     pub(crate) obs: Option<Observer>,
     /// Nodes holding their declared resources now.
     holding: Mutex<HashSet<u32>>,
+    /// Nodes skipped because a branch upstream did not choose them, with that branch.
+    branch_skips: Mutex<Vec<(u32, u32)>>,
     /// Nodes whose work failed for good and that run their fallback, with the work's error.
     fallbacks: Mutex<Vec<(u32, TaskError)>>,
     /// The run's tracing span (disabled, and free, without a tracing subscriber).
@@ -159,6 +161,7 @@ impl Runner {
             span,
             holding: Mutex::new(HashSet::new()),
             fallbacks: Mutex::new(Vec::new()),
+            branch_skips: Mutex::new(Vec::new()),
             arena,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
             started: (0..stamps).map(zeros).collect(),
@@ -487,6 +490,100 @@ impl Runner {
         }
     }
 
+    /// Decides, from its dependencies' outcomes, whether a node with a trigger rule (or a
+    /// branch upstream) runs: `None` to run, or its verdict.
+    #[cold]
+    #[inline(never)]
+    fn by_rule(&self, ncx: &NodeCx<'_, Self>, rule: crate::graph::TriggerRule) -> Option<Verdict> {
+        let node = ncx.node();
+        if matches!(ncx.upstream(), Upstream::Cancelled) || self.cancel.is_cancelled() {
+            return Some(self.cancelled_before_start(node));
+        }
+        let h = ncx.handle();
+        let g = &self.graph.0;
+        let (mut ok, mut failed, mut skipped) = (0, 0, 0);
+        let mut not_chosen_by: Option<u32> = None;
+        let mut failure: Option<u32> = None;
+        for &p in g.dag.predecessors(node) {
+            match h.state(p) {
+                nerv_pool::NodeState::Completed => {
+                    if self.chose(p, node) {
+                        ok += 1;
+                    } else {
+                        skipped += 1;
+                        not_chosen_by = Some(p);
+                    }
+                }
+                nerv_pool::NodeState::Failed => {
+                    failed += 1;
+                    failure.get_or_insert(p);
+                }
+                nerv_pool::NodeState::Skipped => match h.upstream(p) {
+                    Upstream::Failed(root) if h.state(root) == nerv_pool::NodeState::Failed => {
+                        failed += 1;
+                        failure.get_or_insert(root);
+                    }
+                    _ => skipped += 1,
+                },
+                _ => return Some(self.cancelled_before_start(node)),
+            }
+        }
+        if rule.admits(ok, failed, skipped) {
+            return None;
+        }
+        self.stamp_end(node);
+        let cause = match (not_chosen_by, failure) {
+            (Some(b), _) => {
+                self.branch_skips
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((node, b));
+                Some(b)
+            }
+            (None, f) => f,
+        };
+        if self.wants(EventKind::TaskSkipped) {
+            let cause = cause.and_then(|c| self.obs.as_ref().map(|o| self.name_arc(o, c)));
+            self.publish_task(node, EventData::TaskSkipped { cause });
+        }
+        Some(Verdict::Skipped)
+    }
+
+    /// Whether `p` lets `node` run: `p` is not a branch, or its choice names `node`.
+    fn chose(&self, p: u32, node: u32) -> bool {
+        let g = &self.graph.0;
+        match g.nodes[p as usize].extra.as_ref().and_then(|e| e.branch) {
+            None => true,
+            Some(slot) => self
+                .arena
+                .get(slot)
+                .is_some_and(|b| b.follows(g.ids.get(node as usize))),
+        }
+    }
+
+    /// The branch that skipped `node` (directly, or an ancestor whose skip caused its own).
+    fn skipping_branch(&self, node: u32, root: Option<u32>) -> Option<u32> {
+        let skips = self.branch_skips.lock().unwrap_or_else(|p| p.into_inner());
+        if skips.is_empty() {
+            return None;
+        }
+        skips
+            .iter()
+            .find(|(n, _)| *n == node || Some(*n) == root)
+            .map(|(_, b)| *b)
+    }
+
+    fn cancelled_before_start(&self, node: u32) -> Verdict {
+        self.stamp_end(node);
+        let attempt = self.attempts[node as usize].load(Relaxed);
+        self.emit_task(
+            node,
+            || EventData::TaskCancelled { attempt },
+            EventKind::TaskCancelled,
+        );
+        Verdict::Cancelled
+    }
+
     /// Whether `node` switches to its fallback now: it has one, the failure is not a
     /// cancellation, and it has not used it yet. The caller then runs the node again (retry
     /// now), and `run` calls the fallback.
@@ -699,7 +796,16 @@ impl Runner {
             None
         };
         let skipped_because = match (status, h.upstream(node)) {
-            (TaskStatus::Skipped, Upstream::Failed(root)) => Some(self.full_id(root)),
+            (TaskStatus::Skipped, up) => {
+                let root = match up {
+                    Upstream::Failed(root) => Some(root),
+                    _ => None,
+                };
+                match self.skipping_branch(node, root) {
+                    Some(b) => Some(self.full_id(b)),
+                    None => root.map(|r| self.full_id(r)),
+                }
+            }
             _ => None,
         };
         let name = g.nodes[node as usize]
@@ -805,27 +911,33 @@ impl Runner {
     #[inline(always)]
     fn run_node(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
         let node = ncx.node();
-        match ncx.upstream() {
-            Upstream::Ok => {}
-            Upstream::Failed(root) => {
-                self.stamp_end(node);
-                if self.wants(EventKind::TaskSkipped) {
-                    let cause = self.obs.as_ref().map(|o| self.name_arc(o, root));
-                    self.publish_task(node, EventData::TaskSkipped { cause });
-                }
-                return Verdict::Skipped;
+        let n = &self.graph.0.nodes[node as usize];
+        if let Some(e) = n.extra.as_ref().filter(|e| e.by_rule()) {
+            if let Some(v) = self.by_rule(ncx, e.trigger) {
+                return v;
             }
-            Upstream::Cancelled => {
-                self.stamp_end(node);
-                self.emit_task(
-                    node,
-                    || EventData::TaskCancelled { attempt: 0 },
-                    EventKind::TaskCancelled,
-                );
-                return Verdict::Cancelled;
+        } else {
+            match ncx.upstream() {
+                Upstream::Ok => {}
+                Upstream::Failed(root) => {
+                    self.stamp_end(node);
+                    if self.wants(EventKind::TaskSkipped) {
+                        let cause = self.obs.as_ref().map(|o| self.name_arc(o, root));
+                        self.publish_task(node, EventData::TaskSkipped { cause });
+                    }
+                    return Verdict::Skipped;
+                }
+                Upstream::Cancelled => {
+                    self.stamp_end(node);
+                    self.emit_task(
+                        node,
+                        || EventData::TaskCancelled { attempt: 0 },
+                        EventKind::TaskCancelled,
+                    );
+                    return Verdict::Cancelled;
+                }
             }
         }
-        let n = &self.graph.0.nodes[node as usize];
         loop {
             if self.cancel.is_cancelled() {
                 self.stamp_end(node);

@@ -69,7 +69,7 @@ impl<B: Body> BodyChunk for Chunk<B> {
     }
 }
 
-fn missing(cx: &TaskContext<'_>, t: TaskId) -> TaskError {
+pub(crate) fn missing(cx: &TaskContext<'_>, t: TaskId) -> TaskError {
     TaskError::with_kind(
         ErrorKind::MissingInput,
         format!(

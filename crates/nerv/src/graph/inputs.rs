@@ -41,6 +41,41 @@ impl<T: Send + Sync + 'static> Inputs for Handle<T> {
     }
 }
 
+/// An input that may be missing: the body gets `Option<&T>` (see [`Handle::optional`]).
+pub struct Optional<T>(pub(crate) Handle<T>);
+
+impl<T> Clone for Optional<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Optional<T> {}
+
+impl<T: Send + Sync + 'static> Inputs for Optional<T> {
+    type Refs<'a> = Option<&'a T>;
+    fn each_source(&self, f: &mut dyn FnMut(TaskId)) {
+        f(self.0.id())
+    }
+    #[inline]
+    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Option<&'a T>, TaskId> {
+        Ok(arena.get(self.0.slot))
+    }
+}
+
+/// A fan-in that tolerates missing values: the body gets one `Option<&T>` per handle, in
+/// order (for tasks whose trigger rule lets them run after a failure).
+impl<T: Send + Sync + 'static> Inputs for Vec<Optional<T>> {
+    type Refs<'a> = Vec<Option<&'a T>>;
+    fn each_source(&self, f: &mut dyn FnMut(TaskId)) {
+        for h in self {
+            f(h.0.id())
+        }
+    }
+    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Vec<Option<&'a T>>, TaskId> {
+        Ok(self.iter().map(|h| arena.get(h.0.slot)).collect())
+    }
+}
+
 /// The outputs of a list of same-typed tasks, in the order their handles were given.
 pub struct Gather<'a, T> {
     handles: &'a [Handle<T>],

@@ -15,12 +15,14 @@
 
 mod body;
 mod error;
+mod flow;
 mod inputs;
 
 pub(crate) use body::Started;
 use body::{Body, BodyChunk, Chunk};
 pub use error::GraphError;
-pub use inputs::{Gather, Inputs};
+pub use flow::{Branch, TriggerRule, UnknownTriggerRule};
+pub use inputs::{Gather, Inputs, Optional};
 
 use crate::context::TaskContext;
 use crate::dynamic::Subgraph;
@@ -76,6 +78,12 @@ impl<T> fmt::Debug for Handle<T> {
 }
 
 impl<T> Handle<T> {
+    /// This input, read as `Option<&T>`: `None` when its task did not complete (for tasks
+    /// whose [`TriggerRule`] lets them run after a failure).
+    pub fn optional(self) -> Optional<T> {
+        Optional(self)
+    }
+
     /// The untyped id of the task.
     pub fn id(&self) -> TaskId {
         TaskId {
@@ -133,6 +141,21 @@ pub(crate) struct Extra {
     pub(crate) uses: Option<crate::exec::resources::Uses>,
     /// Whether the body has a fallback.
     pub(crate) fallback: bool,
+    /// When the task runs, given how its dependencies ended.
+    pub(crate) trigger: flow::TriggerRule,
+    /// For a branch task: where its choice is stored.
+    pub(crate) branch: Option<SlotKey<Branch>>,
+    /// Whether a dependency is a branch task (set by `build`).
+    pub(crate) after_branch: bool,
+}
+
+impl Extra {
+    /// Whether the task needs its dependencies' outcomes looked at one by one (a trigger
+    /// rule other than the default, or a branch upstream).
+    #[inline]
+    pub(crate) fn by_rule(&self) -> bool {
+        self.trigger != flow::TriggerRule::AllSuccess || self.after_branch
+    }
 }
 
 /// One task as stored in a graph: 16 bytes (its body sits in its type's chunk), plus its
@@ -405,6 +428,21 @@ impl GraphBuilder {
             Err(e) => return Err(GraphError::TooLarge(e.to_string())),
         };
         drop(edges);
+        let mut nodes = nodes;
+        for b in 0..n as u32 {
+            if nodes[b as usize]
+                .extra
+                .as_ref()
+                .is_some_and(|e| e.branch.is_some())
+            {
+                for &s in dag.successors(b) {
+                    nodes[s as usize]
+                        .extra
+                        .get_or_insert_with(Default::default)
+                        .after_branch = true;
+                }
+            }
+        }
         // Release order: priority first, then the longest remaining critical path.
         let est = |i: u32| estimate_units(&nodes[i as usize]);
         let rank = crate::plan::upward_rank(&dag, est);
@@ -550,6 +588,16 @@ impl<'g> TaskBuilder<'g> {
         self
     }
 
+    /// When the task runs, given how its dependencies ended (default
+    /// [`TriggerRule::AllSuccess`]). A task that may run after a failed dependency should
+    /// read that dependency's output through [`Handle::optional`] (or not at all).
+    pub fn trigger(mut self, rule: TriggerRule) -> Self {
+        if rule != TriggerRule::AllSuccess || self.extra.is_some() {
+            self.extra().trigger = rule;
+        }
+        self
+    }
+
     /// Who created the task.
     pub fn creator(mut self, c: impl Into<String>) -> Self {
         self.extra().meta.creator = Some(c.into());
@@ -665,6 +713,30 @@ impl<'g> TaskBuilder<'g> {
             f,
             _fut: PhantomData,
         })
+    }
+
+    /// Makes the task a branch: `f` chooses which of its dependents run ([`Branch`]); the
+    /// others are SKIPPED, with their descendants that cannot run without them. Choosing a
+    /// task that is not a dependent fails the branch task. Dependents may also read the
+    /// choice (the task's output).
+    pub fn branch<I, F>(mut self, inputs: I, f: F) -> Handle<Branch>
+    where
+        I: Inputs,
+        F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<Branch, TaskError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.extra();
+        let spec = self.spec();
+        let mut srcs = Vec::new();
+        inputs.each_source(&mut |t| srcs.push(t));
+        let h = self
+            .g
+            .add(spec, srcs, move |out| flow::BranchBody { inputs, out, f });
+        let node = &mut self.g.nodes[h.slot.index() as usize];
+        node.extra.get_or_insert_with(Default::default).branch = Some(h.slot);
+        h
     }
 
     /// Sets async work and a sync fallback (see

@@ -753,12 +753,12 @@ fn build_graph(tasks: &[TaskDef], context: Arc<Value>) -> Result<(Graph, Outputs
         let t = &tasks[i];
         let mut tb = g.task(&t.id);
         let mut ids: Vec<String> = Vec::new();
-        let mut inputs: Vec<Handle<Value>> = Vec::new();
+        let mut inputs: Vec<crate::graph::Optional<Value>> = Vec::new();
         for d in &t.dependencies {
             match index.get(d.as_str()).and_then(|&j| handles[j]) {
                 Some(h) => {
                     ids.push(d.clone());
-                    inputs.push(h);
+                    inputs.push(h.optional());
                 }
                 None => tb = tb.depends_on(d),
             }
@@ -769,7 +769,7 @@ fn build_graph(tasks: &[TaskDef], context: Arc<Value>) -> Result<(Graph, Outputs
         if let Some(d) = &t.description {
             tb = tb.description(d);
         }
-        tb = tb.priority(t.priority);
+        tb = tb.priority(t.priority).trigger(t.trigger);
         if let Some(x) = t.timeout {
             tb = tb.timeout(x);
         }
@@ -844,7 +844,7 @@ fn sync_work(
     ids: Arc<[String]>,
 ) -> impl for<'a> Fn(
     &crate::TaskContext<'_>,
-    crate::Gather<'a, Value>,
+    Vec<Option<&'a Value>>,
 ) -> Result<Value, crate::TaskError>
        + Send
        + Sync

@@ -7,7 +7,6 @@
 //! or deserialized into any type).
 
 use crate::context::TaskContext;
-use crate::graph::Gather;
 use crate::policy::retry::RetryPolicy;
 use crate::task::{Priority, TaskError, TaskMetadata};
 use serde::de::DeserializeOwned;
@@ -50,6 +49,7 @@ pub struct TaskDef {
     pub(crate) meta: TaskMetadata,
     pub(crate) work: Work,
     pub(crate) fallback: Option<Arc<SyncWork>>,
+    pub(crate) trigger: crate::graph::TriggerRule,
 }
 
 impl fmt::Debug for TaskDef {
@@ -77,6 +77,7 @@ impl TaskDef {
             meta: TaskMetadata::default(),
             work,
             fallback: None,
+            trigger: crate::graph::TriggerRule::AllSuccess,
         }
     }
 
@@ -184,6 +185,13 @@ impl TaskDef {
         self
     }
 
+    /// When the task runs, given how its dependencies ended (a dependency that did not
+    /// complete is absent from the inputs).
+    pub fn trigger(mut self, rule: crate::graph::TriggerRule) -> Self {
+        self.trigger = rule;
+        self
+    }
+
     /// Who created it.
     pub fn creator(mut self, c: impl Into<String>) -> Self {
         self.meta.creator = Some(c.into());
@@ -201,7 +209,7 @@ impl TaskDef {
 pub struct TaskInputs<'a> {
     pub(crate) context: &'a Value,
     pub(crate) ids: &'a [String],
-    pub(crate) values: Gather<'a, Value>,
+    pub(crate) values: Vec<Option<&'a Value>>,
 }
 
 impl fmt::Debug for TaskInputs<'_> {
@@ -218,10 +226,11 @@ impl<'a> TaskInputs<'a> {
         self.context
     }
 
-    /// The output of dependency `id` (`None` if `id` is not a dependency of this task).
+    /// The output of dependency `id` (`None` if `id` is not a dependency of this task, or
+    /// did not complete: possible only with a trigger rule).
     pub fn get(&self, id: &str) -> Option<&'a Value> {
         let i = self.ids.iter().position(|d| d == id)?;
-        self.values.get(i)
+        self.values[i]
     }
 
     /// The output of dependency `id`, deserialized; the error names the dependency.
@@ -229,9 +238,13 @@ impl<'a> TaskInputs<'a> {
         deserialize(id, self.get(id))
     }
 
-    /// Every dependency's id and output, in the order they were declared.
+    /// Every completed dependency's id and output, in the order they were declared.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a Value)> + '_ {
-        self.ids.iter().map(String::as_str).zip(self.values.iter())
+        self.ids
+            .iter()
+            .map(String::as_str)
+            .zip(self.values.iter())
+            .filter_map(|(k, v)| Some((k, (*v)?)))
     }
 
     /// Owned copies, for work that must outlive the borrow.
