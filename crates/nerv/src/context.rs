@@ -103,6 +103,16 @@ impl<'a> TaskContext<'a> {
         }
     }
 
+    /// The executor's memo store.
+    pub(crate) fn memo_store(&self) -> &dyn crate::memo::MemoStore {
+        &*self.runner.env.memo
+    }
+
+    /// Reports a memo lookup (hit or miss) of this task.
+    pub(crate) fn memo_looked_up(&self, hit: bool) {
+        self.runner.memo_looked_up(self.ncx.node(), hit);
+    }
+
     /// The timeout, if it has passed.
     pub(crate) fn deadline_passed(&self) -> Option<Duration> {
         match self.deadline {

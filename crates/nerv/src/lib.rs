@@ -30,6 +30,7 @@ mod event;
 mod exec;
 mod graph;
 mod manager;
+mod memo;
 mod plan;
 mod policy;
 mod task;
@@ -52,6 +53,7 @@ pub use manager::{
     ExecutionId, ExecutionSummary, ManagerError, OwnedInputs, TaskDef, TaskInputs, WorkflowId,
     WorkflowManager, WorkflowManagerBuilder, WorkflowReport, WorkflowStatus, WorkflowSummary,
 };
+pub use memo::{InMemoryMemo, Memo, MemoEntry, MemoStore};
 pub use plan::{Plan, Planner};
 pub use policy::retry::RetryPolicy;
 pub use task::{ErrorKind, Priority, TaskError, TaskMetadata, TaskResult, TaskStatus};

@@ -399,3 +399,39 @@ fn trigger_rules_run_cleanup_and_alerts_after_failures() {
         WorkflowStatus::Failed
     );
 }
+
+#[test]
+fn memoized_task_defs() {
+    let m = manager();
+    let wf = m.create_workflow("memo", "");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    m.add_task(
+        wf,
+        TaskDef::new("embed", move |_, inp| {
+            c.fetch_add(1, SeqCst);
+            Ok(json!({"len": inp.context()["text"].as_str().unwrap().len()}))
+        })
+        .memoize(nerv::Memo::new().version("1")),
+    )
+    .unwrap();
+    for text in ["abc", "abc", "hello"] {
+        let ex = m.execute_workflow(wf, json!({ "text": text })).unwrap();
+        m.wait(ex).unwrap();
+        assert_eq!(
+            m.output(ex, "embed").unwrap(),
+            Some(json!({"len": text.len()}))
+        );
+    }
+    assert_eq!(calls.load(SeqCst), 2);
+    let e = m
+        .add_task(
+            wf,
+            TaskDef::new_async("x", |_, _| async { Ok(Value::Null) }).memoize(nerv::Memo::new()),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "task `x`: memoization is for sync work without a fallback"
+    );
+}

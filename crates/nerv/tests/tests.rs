@@ -2520,3 +2520,94 @@ mod control_flow {
         assert_statuses(&report, &[("cleanup", TaskStatus::Cancelled)]);
     }
 }
+
+/// Memoization: outputs cached by task, version and inputs, with a TTL.
+mod memoization {
+    use super::*;
+    use nerv::{EventBus, EventFilter, EventKind, Memo};
+
+    fn graph(calls: &Arc<AtomicUsize>, input: u64, memo: Memo) -> (Graph, Handle<Vec<u64>>) {
+        let mut g = Graph::builder();
+        let n = g.task("n").run((), move |_, ()| Ok::<_, TaskError>(input));
+        let c = calls.clone();
+        let sq = g.task("squares").run_memo(n, memo, move |_, n| {
+            c.fetch_add(1, SeqCst);
+            Ok((0..*n).map(|i| i * i).collect::<Vec<u64>>())
+        });
+        (g.build().unwrap(), sq)
+    }
+
+    #[test]
+    fn a_memoized_task_runs_once_per_inputs_and_version() {
+        let bus = EventBus::new();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let misses = Arc::new(AtomicUsize::new(0));
+        let (h, m) = (hits.clone(), misses.clone());
+        let _s = bus.subscribe(
+            EventFilter::kinds([EventKind::MemoHit, EventKind::MemoMiss]),
+            move |e| {
+                if e.kind() == EventKind::MemoHit {
+                    h.fetch_add(1, SeqCst);
+                } else {
+                    m.fetch_add(1, SeqCst);
+                }
+            },
+        );
+        let ex = Executor::builder().workers(2).events(bus.clone()).build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (g, sq) = graph(&calls, 5, Memo::new().version("1"));
+        for _ in 0..3 {
+            let r = ex.run(&g);
+            assert_eq!(r.output(sq), Some(&vec![0, 1, 4, 9, 16]));
+        }
+        assert_eq!(calls.load(SeqCst), 1);
+        assert_eq!((hits.load(SeqCst), misses.load(SeqCst)), (2, 1));
+        // Other inputs, or another version: computed again.
+        let (g6, _) = graph(&calls, 6, Memo::new().version("1"));
+        ex.run(&g6);
+        let (g2, _) = graph(&calls, 5, Memo::new().version("2"));
+        ex.run(&g2);
+        assert_eq!(calls.load(SeqCst), 3);
+        // The store lists and removes entries.
+        let store = ex.memo_store();
+        let entries = store.entries(std::time::SystemTime::now());
+        assert_eq!(entries.len(), 3);
+        assert!(entries.iter().all(|e| e.task == "squares" && e.size > 0));
+        assert_eq!(store.remove_task("squares"), 3);
+        ex.run(&g);
+        assert_eq!(calls.load(SeqCst), 4);
+    }
+
+    #[test]
+    fn entries_expire_after_their_ttl() {
+        let ex = exec(2);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (g, _) = graph(&calls, 3, Memo::new().ttl(ms(30)));
+        ex.run(&g);
+        ex.run(&g);
+        assert_eq!(calls.load(SeqCst), 1);
+        std::thread::sleep(ms(60));
+        ex.run(&g);
+        assert_eq!(calls.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_failure_is_not_memoized() {
+        let ex = exec(2);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let mut g = Graph::builder();
+        g.task("flaky").run_memo((), Memo::new(), move |_, ()| {
+            if c.fetch_add(1, SeqCst) == 0 {
+                Err(TaskError::msg("first"))
+            } else {
+                Ok(7u8)
+            }
+        });
+        let g = g.build().unwrap();
+        assert_eq!(ex.run(&g).status(), RunStatus::Failed);
+        assert_eq!(ex.run(&g).status(), RunStatus::Completed);
+        assert_eq!(ex.run(&g).status(), RunStatus::Completed);
+        assert_eq!(calls.load(SeqCst), 2);
+    }
+}

@@ -56,13 +56,17 @@ pub enum EventKind {
     TaskRetrying,
     /// A running task reported progress.
     TaskProgress,
+    /// A memoized task found its output in the memo store (its work did not run).
+    MemoHit,
+    /// A memoized task did not find its output: its work runs.
+    MemoMiss,
     /// A user-defined event on a named signal.
     Custom,
 }
 
 impl EventKind {
     /// Every built-in kind, in declaration order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::WorkflowCreated,
         EventKind::WorkflowStarted,
         EventKind::WorkflowCompleted,
@@ -76,6 +80,8 @@ impl EventKind {
         EventKind::TaskCancelled,
         EventKind::TaskRetrying,
         EventKind::TaskProgress,
+        EventKind::MemoHit,
+        EventKind::MemoMiss,
         EventKind::Custom,
     ];
 
@@ -95,6 +101,8 @@ impl EventKind {
             EventKind::TaskCancelled => "TASK_CANCELLED",
             EventKind::TaskRetrying => "TASK_RETRYING",
             EventKind::TaskProgress => "TASK_PROGRESS",
+            EventKind::MemoHit => "MEMO_HIT",
+            EventKind::MemoMiss => "MEMO_MISS",
             EventKind::Custom => "CUSTOM",
         }
     }
@@ -111,6 +119,8 @@ impl EventKind {
                 | EventKind::TaskCancelled
                 | EventKind::TaskRetrying
                 | EventKind::TaskProgress
+                | EventKind::MemoHit
+                | EventKind::MemoMiss
         )
     }
 
@@ -276,6 +286,10 @@ pub enum EventData {
     },
     /// See [`EventKind::TaskProgress`].
     TaskProgress(Progress),
+    /// See [`EventKind::MemoHit`].
+    MemoHit,
+    /// See [`EventKind::MemoMiss`].
+    MemoMiss,
     /// A user-defined event on the named signal `name`.
     Custom {
         /// The signal's name.
@@ -302,6 +316,8 @@ impl EventData {
             EventData::TaskCancelled { .. } => EventKind::TaskCancelled,
             EventData::TaskRetrying { .. } => EventKind::TaskRetrying,
             EventData::TaskProgress(_) => EventKind::TaskProgress,
+            EventData::MemoHit => EventKind::MemoHit,
+            EventData::MemoMiss => EventKind::MemoMiss,
             EventData::Custom { .. } => EventKind::Custom,
         }
     }

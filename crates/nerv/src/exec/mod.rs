@@ -15,6 +15,7 @@ pub use resources::{ResourceError, Resources};
 
 use crate::event::EventBus;
 use crate::graph::{Graph, TaskId};
+use crate::memo::{InMemoryMemo, MemoStore};
 use crate::policy::retry::RetryPolicy;
 use crate::task::TaskStatus;
 use nerv_pool::{Pool, RunHandle};
@@ -99,6 +100,7 @@ pub(crate) struct Env {
     pub(crate) clock: quanta::Clock,
     pub(crate) bus: Option<EventBus>,
     pub(crate) resources: Resources,
+    pub(crate) memo: Arc<dyn MemoStore>,
     given_tokio: Option<tokio::runtime::Handle>,
     own_tokio: OnceLock<tokio::runtime::Runtime>,
 }
@@ -141,6 +143,7 @@ pub struct ExecutorBuilder {
     name: Option<String>,
     bus: Option<EventBus>,
     resources: Resources,
+    memo: Option<Arc<dyn MemoStore>>,
 }
 
 impl ExecutorBuilder {
@@ -176,6 +179,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Where memoized tasks keep their outputs (default: an [`InMemoryMemo`] of the
+    /// executor's own).
+    pub fn memo_store(mut self, store: Arc<dyn MemoStore>) -> Self {
+        self.memo = Some(store);
+        self
+    }
+
     /// The worker threads' name prefix (default `nerv`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -195,6 +205,9 @@ impl ExecutorBuilder {
                 clock: quanta::Clock::new(),
                 bus: self.bus,
                 resources: self.resources,
+                memo: self
+                    .memo
+                    .unwrap_or_else(|| Arc::new(InMemoryMemo::default())),
                 given_tokio: self.tokio,
                 own_tokio: OnceLock::new(),
             }),
@@ -236,6 +249,11 @@ impl Executor {
     /// The bus runs publish their events on, if one was given.
     pub fn events(&self) -> Option<&EventBus> {
         self.env.bus.as_ref()
+    }
+
+    /// The store of memoized outputs.
+    pub fn memo_store(&self) -> &Arc<dyn MemoStore> {
+        &self.env.memo
     }
 
     /// The executor's named resource limits (change capacities while runs go on).

@@ -236,6 +236,15 @@ impl Runner {
             .clone()
     }
 
+    /// Publishes a memo lookup of `node` (hit or miss).
+    pub(crate) fn memo_looked_up(&self, node: u32, hit: bool) {
+        if hit {
+            self.emit_task(node, || EventData::MemoHit, EventKind::MemoHit);
+        } else {
+            self.emit_task(node, || EventData::MemoMiss, EventKind::MemoMiss);
+        }
+    }
+
     /// The wall-clock time now, from the run's monotonic clock.
     pub(crate) fn now(&self) -> SystemTime {
         self.sys0 + self.env.clock.delta(self.t0, self.env.clock.raw())

@@ -157,6 +157,58 @@ where
     }
 }
 
+/// Sync work whose output is memoized (see `crate::memo`).
+pub(crate) struct MemoBody<I, T, F> {
+    pub(crate) inputs: I,
+    pub(crate) out: SlotKey<T>,
+    pub(crate) f: F,
+    pub(crate) memo: crate::memo::Memo,
+}
+
+impl<I, T, F> Body for MemoBody<I, T, F>
+where
+    I: Inputs,
+    for<'a> I::Refs<'a>: serde::Serialize,
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError> + Send + Sync + 'static,
+{
+    fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        use crate::memo;
+        let arena = cx.arena();
+        let refs = self.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+        let id = cx.task_id();
+        let key = memo::key(&id, &self.memo.version, &refs);
+        let store = cx.memo_store();
+        let now = std::time::SystemTime::now();
+        if let Ok(key) = &key {
+            if let Some(v) = store.get(key, now).and_then(|b| memo::decode::<T>(&b)) {
+                cx.memo_looked_up(true);
+                arena
+                    .set(self.out, v)
+                    .map_err(|_| TaskError::msg("output already set"))?;
+                return Ok(Started::Done);
+            }
+            cx.memo_looked_up(false);
+        }
+        let v = (self.f)(cx, refs)?;
+        if let Some(limit) = cx.deadline_passed() {
+            return Err(TaskError::timeout(limit));
+        }
+        let stored = key.and_then(|key| {
+            let bytes = memo::encode(&v)?;
+            store.put(&key, &id, bytes, now, self.memo.ttl.map(|t| now + t));
+            Ok(())
+        });
+        if let Err(e) = stored {
+            tracing::warn!(task = %id, error = %e, "not memoized: the inputs or the output do not serialize");
+        }
+        arena
+            .set(self.out, v)
+            .map_err(|_| TaskError::msg("output already set"))?;
+        Ok(Started::Done)
+    }
+}
+
 pub(crate) struct AsyncBody<I, T, F, Fut> {
     pub(crate) inputs: I,
     pub(crate) out: SlotKey<T>,

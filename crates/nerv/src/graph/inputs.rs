@@ -76,6 +76,13 @@ impl<T: Send + Sync + 'static> Inputs for Vec<Optional<T>> {
     }
 }
 
+/// Serialized as the sequence of its values (for memoization keys).
+impl<T: Send + Sync + serde::Serialize + 'static> serde::Serialize for Gather<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((0..self.len()).map(|i| self.get(i)))
+    }
+}
+
 /// The outputs of a list of same-typed tasks, in the order their handles were given.
 pub struct Gather<'a, T> {
     handles: &'a [Handle<T>],

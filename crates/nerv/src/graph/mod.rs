@@ -715,6 +715,32 @@ impl<'g> TaskBuilder<'g> {
         })
     }
 
+    /// Sets memoized work: before running `f`, the engine's memo store is asked for an
+    /// output stored under this task's id, `memo`'s version and these inputs (serialized);
+    /// a live entry completes the task without running `f`. Otherwise `f` runs and its output
+    /// is stored with `memo`'s TTL. Inputs and output must serialize (serde); a value that
+    /// fails to is simply not cached.
+    pub fn run_memo<I, T, F>(mut self, inputs: I, memo: crate::memo::Memo, f: F) -> Handle<T>
+    where
+        I: Inputs,
+        for<'a> I::Refs<'a>: serde::Serialize,
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        F: for<'a> Fn(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let spec = self.spec();
+        let mut srcs = Vec::new();
+        inputs.each_source(&mut |t| srcs.push(t));
+        self.g.add(spec, srcs, move |out| body::MemoBody {
+            inputs,
+            out,
+            f,
+            memo,
+        })
+    }
+
     /// Makes the task a branch: `f` chooses which of its dependents run ([`Branch`]); the
     /// others are SKIPPED, with their descendants that cannot run without them. Choosing a
     /// task that is not a dependent fails the branch task. Dependents may also read the

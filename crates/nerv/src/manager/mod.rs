@@ -116,6 +116,14 @@ pub enum ManagerError {
         /// The task's id.
         task: String,
     },
+    /// The task combines options that do not go together.
+    #[error("task `{task}`: {why}")]
+    InvalidTask {
+        /// The task's id.
+        task: String,
+        /// What does not go together.
+        why: &'static str,
+    },
     /// The workflow's tasks do not make a valid graph.
     #[error("workflow `{workflow}` is invalid: {error}")]
     InvalidWorkflow {
@@ -417,6 +425,12 @@ impl WorkflowManager {
         let def = wfs
             .get_mut(&workflow)
             .ok_or(ManagerError::UnknownWorkflow(workflow))?;
+        if task.memo.is_some() && (matches!(task.work, Work::Async(_)) || task.fallback.is_some()) {
+            return Err(ManagerError::InvalidTask {
+                task: task.id,
+                why: "memoization is for sync work without a fallback",
+            });
+        }
         if def.tasks.iter().any(|t| t.id == task.id) {
             return Err(ManagerError::DuplicateTask {
                 workflow: def.name.clone(),
@@ -792,7 +806,17 @@ fn build_graph(tasks: &[TaskDef], context: Arc<Value>) -> Result<(Graph, Outputs
         let ctx = context.clone();
         let sync = |f: Arc<task_def::SyncWork>| sync_work(f, ctx.clone(), ids.clone());
         let h = match (&t.work, &t.fallback) {
-            (Work::Sync(f), None) => tb.run(inputs, sync(f.clone())),
+            (Work::Sync(f), None) => match &t.memo {
+                // The context is part of the key: it is an input like the others.
+                Some(memo) => {
+                    let key_memo = crate::memo::Memo {
+                        version: format!("{}\u{0}{}", memo.version, context),
+                        ttl: memo.ttl,
+                    };
+                    tb.run_memo(inputs, key_memo, sync(f.clone()))
+                }
+                None => tb.run(inputs, sync(f.clone())),
+            },
             (Work::Sync(f), Some(g)) => {
                 tb.run_with_fallback(inputs, sync(f.clone()), sync(g.clone()))
             }

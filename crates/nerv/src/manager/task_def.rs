@@ -50,6 +50,7 @@ pub struct TaskDef {
     pub(crate) work: Work,
     pub(crate) fallback: Option<Arc<SyncWork>>,
     pub(crate) trigger: crate::graph::TriggerRule,
+    pub(crate) memo: Option<crate::memo::Memo>,
 }
 
 impl fmt::Debug for TaskDef {
@@ -78,6 +79,7 @@ impl TaskDef {
             work,
             fallback: None,
             trigger: crate::graph::TriggerRule::AllSuccess,
+            memo: None,
         }
     }
 
@@ -189,6 +191,14 @@ impl TaskDef {
     /// complete is absent from the inputs).
     pub fn trigger(mut self, rule: crate::graph::TriggerRule) -> Self {
         self.trigger = rule;
+        self
+    }
+
+    /// Memoizes the task's output by its id, `memo`'s version and its inputs (the context
+    /// and its dependencies' outputs), with `memo`'s TTL, in the engine's memo store. For
+    /// sync work without a fallback (`add_task` refuses other combinations).
+    pub fn memoize(mut self, memo: crate::memo::Memo) -> Self {
+        self.memo = Some(memo);
         self
     }
 
