@@ -43,7 +43,7 @@ pub use event::{
 };
 pub use exec::{
     Executor, ExecutorBuilder, FailurePolicy, ResourceError, Resources, Run, RunOptions, RunReport,
-    RunStatus, StatusCounts, Timing,
+    RunStatus, StatusCounts, Timing, Workload,
 };
 pub use graph::{
     Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, TaskBuilder, TaskId,

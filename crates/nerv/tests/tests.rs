@@ -1626,6 +1626,40 @@ mod priorities {
     }
 
     #[test]
+    fn a_pending_tasks_priority_changes_while_the_run_goes_on() {
+        let order: Log<String> = Log::new();
+        let gate = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        let gt = gate.clone();
+        let root = g.task("root").run((), move |_, ()| {
+            while !gt.load(SeqCst) {
+                std::thread::sleep(ms(1));
+            }
+            Ok(())
+        });
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            let o = order.clone();
+            let id = g
+                .task(format!("t{i}"))
+                .priority(Priority::Low)
+                .after(root)
+                .run((), move |_, ()| {
+                    o.push(format!("t{i}"));
+                    Ok(())
+                });
+            ids.push(id);
+        }
+        let run = exec(1).start(&g.build().unwrap());
+        // t4 is pending (its dependency still runs): raise it above the others.
+        run.set_priority(ids[4], Priority::Critical);
+        gate.store(true, SeqCst);
+        let report = run.wait();
+        assert_eq!(report.status(), RunStatus::Completed);
+        assert_eq!(order.get()[0], "t4", "{:?}", order.get());
+    }
+
+    #[test]
     fn ready_successors_run_in_priority_order_on_one_worker() {
         check_release_order(40, Priority::Medium);
     }
@@ -2609,5 +2643,48 @@ mod memoization {
         assert_eq!(ex.run(&g).status(), RunStatus::Completed);
         assert_eq!(ex.run(&g).status(), RunStatus::Completed);
         assert_eq!(calls.load(SeqCst), 2);
+    }
+}
+
+/// Executor presets for kinds of work.
+mod presets {
+    use super::*;
+    use nerv::Workload;
+
+    #[test]
+    fn presets_size_the_pool_and_explicit_sizes_win() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (w, want) in [
+            (Workload::CpuBound, cores),
+            (Workload::IoBound, 4 * cores),
+            (Workload::Mixed, 2 * cores),
+            (Workload::MemoryBound, (cores / 2).max(1)),
+        ] {
+            let ex = Executor::builder().preset(w).build();
+            assert_eq!(ex.workers(), want, "{w:?}");
+            assert_eq!(w.workers(cores), want);
+        }
+        let ex = Executor::builder()
+            .workers(3)
+            .preset(Workload::IoBound)
+            .build();
+        assert_eq!(ex.workers(), 3);
+        // An IO preset runs many blocking tasks at once.
+        let ex = Executor::builder().preset(Workload::IoBound).build();
+        let live = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut g = Graph::builder();
+        for i in 0..(4 * cores) {
+            let (l, p) = (live.clone(), peak.clone());
+            g.task(format!("io{i}")).run((), move |_, ()| {
+                let n = l.fetch_add(1, SeqCst) + 1;
+                p.fetch_max(n, SeqCst);
+                std::thread::sleep(ms(30));
+                l.fetch_sub(1, SeqCst);
+                Ok::<_, TaskError>(())
+            });
+        }
+        ex.run(&g.build().unwrap());
+        assert!(peak.load(SeqCst) > cores, "peak {}", peak.load(SeqCst));
     }
 }

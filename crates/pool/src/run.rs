@@ -176,6 +176,10 @@ pub(crate) struct RunInner<R: NodeRunner> {
     finished: AtomicBool,
     completion: Completion,
     pool: Pool,
+    /// Whether some node's band was changed while the run goes on (then `bands` holds every
+    /// node's band); read on every push, set once.
+    rebanded: AtomicBool,
+    bands: Mutex<Option<Box<[u8]>>>,
 }
 
 /// Where released jobs go: a worker's own deques, or the shared injector.
@@ -185,6 +189,24 @@ enum Sink<'s, 'w> {
 }
 
 impl<R: NodeRunner> RunInner<R> {
+    /// The priority band `node` is queued at.
+    #[inline(always)]
+    fn band(&self, node: u32) -> u8 {
+        if !self.rebanded.load(Acquire) {
+            return self.dag.band(node);
+        }
+        self.band_slow(node)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn band_slow(&self, node: u32) -> u8 {
+        match &*lock(&self.bands) {
+            Some(b) => b[node as usize],
+            None => self.dag.band(node),
+        }
+    }
+
     fn upstream(&self, node: u32) -> Upstream {
         match self.cause[node as usize].load(Relaxed) {
             NO_CAUSE => Upstream::Ok,
@@ -203,9 +225,7 @@ impl<R: NodeRunner> RunInner<R> {
 
     /// Makes `node` runnable again by a worker (it must have been moved to `QUEUED`).
     fn queue(&self, node: u32) {
-        self.pool
-            .shared()
-            .inject(self.job(node), self.dag.band(node));
+        self.pool.shared().inject(self.job(node), self.band(node));
     }
 
     /// Claims a ready (or re-queued) node for running. No other thread writes the state of
@@ -296,7 +316,7 @@ impl<R: NodeRunner> RunInner<R> {
                 ..self.job(node)
             };
             // Queued at the band of the best successor it will release.
-            let band = self.dag.band(all[end]);
+            let band = self.band(all[end]);
             match &mut sink {
                 Sink::Worker(w) => w.push(resume, band),
                 Sink::Injector(sh) => sh.inject(resume, band),
@@ -319,8 +339,8 @@ impl<R: NodeRunner> RunInner<R> {
             if ready {
                 if let Some(prev) = next.replace(s) {
                     match &mut sink {
-                        Sink::Worker(w) => w.push(self.job(prev), self.dag.band(prev)),
-                        Sink::Injector(sh) => sh.inject(self.job(prev), self.dag.band(prev)),
+                        Sink::Worker(w) => w.push(self.job(prev), self.band(prev)),
+                        Sink::Injector(sh) => sh.inject(self.job(prev), self.band(prev)),
                     }
                     pushed += 1;
                 }
@@ -358,8 +378,8 @@ impl<R: NodeRunner> Execute for RunInner<R> {
         if resume > 0 {
             let fin = self.state[node as usize].load(Acquire);
             match self.release(node, fin, resume as usize, Sink::Worker(w)) {
-                Some(next) if w.has_above(self.dag.band(next)) => {
-                    w.push(self.job(next), self.dag.band(next));
+                Some(next) if w.has_above(self.band(next)) => {
+                    w.push(self.job(next), self.band(next));
                     return;
                 }
                 Some(next) => node = next,
@@ -376,8 +396,8 @@ impl<R: NodeRunner> Execute for RunInner<R> {
             w.done += 1;
             match self.release(node, fin, 0, Sink::Worker(w)) {
                 // A queued job of higher priority goes first: queue the successor instead.
-                Some(next) if w.has_above(self.dag.band(next)) => {
-                    w.push(self.job(next), self.dag.band(next));
+                Some(next) if w.has_above(self.band(next)) => {
+                    w.push(self.job(next), self.band(next));
                     return;
                 }
                 // The inline successor is PENDING and ready: claim it at the loop's top.
@@ -530,6 +550,21 @@ impl<R: NodeRunner> RunHandle<R> {
         }
     }
 
+    /// Moves `node` to priority band `band` (clamped to the highest band) for the rest of the
+    /// run: it takes effect when the node becomes ready (a node already queued keeps its
+    /// place).
+    pub fn set_band(&self, node: u32, band: u8) {
+        let inner = &*self.inner;
+        let mut b = lock(&inner.bands);
+        let bands = b.get_or_insert_with(|| {
+            (0..inner.dag.len() as u32)
+                .map(|i| inner.dag.band(i))
+                .collect()
+        });
+        bands[node as usize] = band.min(crate::dag::BANDS as u8 - 1);
+        inner.rebanded.store(true, Release);
+    }
+
     /// Why `node`'s predecessors did not all complete (the root failure for a skipped node).
     pub fn upstream(&self, node: u32) -> Upstream {
         self.inner.upstream(node)
@@ -566,7 +601,7 @@ impl<R: NodeRunner> RunHandle<R> {
         }
         let shared = self.inner.pool.shared().clone();
         if let Some(next) = self.inner.release(node, fin, 0, Sink::Injector(&shared)) {
-            shared.inject(self.inner.job(next), self.inner.dag.band(next));
+            shared.inject(self.inner.job(next), self.inner.band(next));
         }
         if self.inner.retire(1) {
             // SAFETY: this retirement reached zero, so the pool's reference made in
@@ -622,6 +657,8 @@ impl Pool {
                 cv: Condvar::new(),
             },
             pool: self.clone(),
+            rebanded: AtomicBool::new(false),
+            bands: Mutex::new(None),
         });
         let handle = RunHandle {
             inner: inner.clone(),
@@ -635,7 +672,7 @@ impl Pool {
         let _pool_ref = Arc::into_raw(inner.clone());
         let shared = self.shared();
         for &r in run.dag.roots() {
-            shared.inject(run.job(r), run.dag.band(r));
+            shared.inject(run.job(r), run.band(r));
         }
         handle
     }

@@ -17,7 +17,7 @@ use crate::event::EventBus;
 use crate::graph::{Graph, TaskId};
 use crate::memo::{InMemoryMemo, MemoStore};
 use crate::policy::retry::RetryPolicy;
-use crate::task::TaskStatus;
+use crate::task::{Priority, TaskStatus};
 use nerv_pool::{Pool, RunHandle};
 use runner::{Cancel, Runner};
 use std::future::Future;
@@ -94,6 +94,41 @@ impl RunOptions {
     }
 }
 
+/// The kind of work an executor is sized for (the seed's worker pool configuration table).
+/// Async tasks never need extra worker threads: they run on tokio whatever the preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Computation: one worker per core.
+    CpuBound,
+    /// Blocking IO in sync tasks: four workers per core (waiting threads cost no CPU), and a
+    /// tokio runtime with one thread per core for async tasks.
+    IoBound,
+    /// Both: two workers per core.
+    Mixed,
+    /// Memory-hungry tasks: one worker per two cores (at least one), so that fewer run at
+    /// once.
+    MemoryBound,
+}
+
+impl Workload {
+    /// Worker threads for this workload on `cores` cores.
+    pub fn workers(self, cores: usize) -> usize {
+        let cores = cores.max(1);
+        match self {
+            Workload::CpuBound => cores,
+            Workload::IoBound => 4 * cores,
+            Workload::Mixed => 2 * cores,
+            Workload::MemoryBound => (cores / 2).max(1),
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// Resources shared by an executor and its runs.
 pub(crate) struct Env {
     pub(crate) pool: Pool,
@@ -103,6 +138,7 @@ pub(crate) struct Env {
     pub(crate) memo: Arc<dyn MemoStore>,
     given_tokio: Option<tokio::runtime::Handle>,
     own_tokio: OnceLock<tokio::runtime::Runtime>,
+    io_threads: usize,
 }
 
 impl Env {
@@ -114,7 +150,7 @@ impl Env {
         self.own_tokio
             .get_or_init(|| {
                 tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
+                    .worker_threads(self.io_threads)
                     .thread_name("nerv-io")
                     .enable_all()
                     .build()
@@ -144,12 +180,30 @@ pub struct ExecutorBuilder {
     bus: Option<EventBus>,
     resources: Resources,
     memo: Option<Arc<dyn MemoStore>>,
+    io_threads: Option<usize>,
 }
 
 impl ExecutorBuilder {
     /// Number of worker threads for sync work (default: the available cores).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n.max(1));
+        self
+    }
+
+    /// Sizes the executor for a kind of work (see [`Workload`]); `workers` and `io_threads`
+    /// given explicitly win.
+    pub fn preset(mut self, w: Workload) -> Self {
+        self.workers.get_or_insert(w.workers(cores()));
+        if w == Workload::IoBound {
+            self.io_threads.get_or_insert(cores());
+        }
+        self
+    }
+
+    /// Threads of nerv's own tokio runtime for async tasks (default 1; not used when a
+    /// runtime handle is given).
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.io_threads = Some(n.max(1));
         self
     }
 
@@ -194,11 +248,7 @@ impl ExecutorBuilder {
 
     /// Starts the workers.
     pub fn build(self) -> Executor {
-        let workers = self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let workers = self.workers.unwrap_or_else(cores);
         Executor {
             env: Arc::new(Env {
                 pool: Pool::new(workers, self.name.as_deref().unwrap_or("nerv")),
@@ -210,6 +260,7 @@ impl ExecutorBuilder {
                     .unwrap_or_else(|| Arc::new(InMemoryMemo::default())),
                 given_tokio: self.tokio,
                 own_tokio: OnceLock::new(),
+                io_threads: self.io_threads.unwrap_or(1),
             }),
         }
     }
@@ -354,6 +405,18 @@ impl Run {
     /// running, and its status is not final ([`Run::is_finished`] says when it is).
     pub fn report(&self) -> RunReport {
         RunReport::new(self.handle.clone())
+    }
+
+    /// Changes a task's priority while the run goes on (the seed's "priority adjustment"). It
+    /// takes effect when the task becomes ready: a task already queued or running keeps its
+    /// place.
+    pub fn set_priority(&self, task: impl Into<TaskId>, priority: Priority) {
+        let id = task.into();
+        assert!(
+            self.handle.runner().graph.owns(id),
+            "task id of another graph"
+        );
+        self.handle.set_band(id.index() as u32, priority as u8);
     }
 
     /// Blocks until the run is finished; returns its report.
