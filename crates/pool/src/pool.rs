@@ -6,6 +6,13 @@
 //! Running a job may release successors: the first one runs inline on the same worker (no queue
 //! touched), the others go to the worker's own deques and one sleeper per pushed job is woken.
 //!
+//! Resizing: a pool starts `max` threads, of which the first `active` take work; the others
+//! are parked (on their own condvar, outside the sleep protocol). A worker checks `active` at
+//! the top of its loop: one that finds itself beyond it retires its batch, hands its queued
+//! jobs and any wake-up it may have consumed on to the others (`notify`), and parks until
+//! `active` grows again or the pool stops. `set_active` wakes every sleeper, so that a worker
+//! asleep when it became inactive parks instead of absorbing a later wake-up.
+//!
 //! Job counting: a run completes when all of its nodes are finished. Workers count the nodes
 //! they finish in a private batch (no shared write per task) and retire the batch into the run's
 //! `remaining` counter when they switch to another run or go idle; completions from outside the
@@ -14,7 +21,9 @@
 use crate::dag::BANDS;
 use crate::queue::{self, Injector, Local, Stealer};
 use crate::sleep::Sleep;
-use crate::sync::{lock, spin_hint, thread, Arc, AtomicBool, AtomicU8, Mutex, SPIN_ROUNDS};
+use crate::sync::{
+    lock, spin_hint, thread, Arc, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex, SPIN_ROUNDS,
+};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -77,6 +86,10 @@ pub(crate) struct Shared {
     stealers: Box<[[Stealer<Job>; BANDS]]>,
     pub(crate) sleep: Sleep,
     shutdown: AtomicBool,
+    /// Workers with an index below this take work; the others are parked.
+    active: AtomicUsize,
+    park: Mutex<()>,
+    park_cv: Condvar,
 }
 
 impl Shared {
@@ -98,6 +111,22 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.shutdown.load(Acquire)
+    }
+
+    /// Parks worker `index` while it is beyond the active count.
+    fn park(&self, index: usize) {
+        let mut g = lock(&self.park);
+        while index >= self.active.load(Acquire) && !self.stopping() {
+            g = match self.park_cv.wait(g) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+
+    fn unpark_all(&self) {
+        let _g = lock(&self.park);
+        self.park_cv.notify_all();
     }
 }
 
@@ -244,6 +273,15 @@ fn worker_main(shared: Arc<Shared>, index: usize, locals: [Local<Job>; BANDS]) {
         rng: 0x9E37_79B9 ^ (index as u32 + 1).wrapping_mul(0x85EB_CA6B),
     };
     'outer: loop {
+        if index >= shared.active.load(Relaxed) && !shared.stopping() {
+            w.flush();
+            // Queued jobs stay stealable: make sure someone looks (and pass on a wake-up this
+            // worker may have taken while it slept).
+            shared.sleep.notify(if w.bands_used != 0 { usize::MAX } else { 1 });
+            w.bands_used = 0;
+            shared.park(index);
+            continue;
+        }
         if let Some(job) = w.find_work() {
             w.run_job(job);
             continue;
@@ -281,6 +319,7 @@ impl Drop for PoolInner {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Release);
         self.shared.sleep.notify_all();
+        self.shared.unpark_all();
         let me = thread::current().id();
         for t in std::mem::take(&mut *lock(&self.threads)) {
             // The last reference may be dropped by one of the pool's own workers (when it
@@ -304,7 +343,8 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("workers", &self.inner.workers)
+            .field("workers", &self.workers())
+            .field("max_workers", &self.inner.workers)
             .finish()
     }
 }
@@ -312,7 +352,14 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Starts a pool of `workers` threads (at least one), named `{name}-{i}`.
     pub fn new(workers: usize, name: &str) -> Pool {
-        let workers = workers.max(1);
+        Self::with_max(workers, workers, name)
+    }
+
+    /// Starts a pool that can grow to `max` workers, with `workers` of them active (see
+    /// [`Pool::set_workers`]); the threads beyond `workers` are parked until needed.
+    pub fn with_max(workers: usize, max: usize, name: &str) -> Pool {
+        let active = workers.max(1);
+        let workers = max.max(active);
         let locals: Vec<[Local<Job>; BANDS]> = (0..workers)
             .map(|_| std::array::from_fn(|_| queue::local()))
             .collect();
@@ -326,6 +373,9 @@ impl Pool {
             stealers,
             sleep: Sleep::new(),
             shutdown: AtomicBool::new(false),
+            active: AtomicUsize::new(active),
+            park: Mutex::new(()),
+            park_cv: Condvar::new(),
         });
         let mut threads = Vec::with_capacity(workers);
         for (i, l) in locals.into_iter().enumerate() {
@@ -351,9 +401,28 @@ impl Pool {
         }
     }
 
-    /// Number of worker threads.
+    /// Number of workers taking work now.
     pub fn workers(&self) -> usize {
+        self.inner.shared.active.load(Acquire)
+    }
+
+    /// The most workers the pool can have (threads started).
+    pub fn max_workers(&self) -> usize {
         self.inner.workers
+    }
+
+    /// Changes the number of workers taking work, between 1 and [`Pool::max_workers`];
+    /// returns the number set. A worker beyond the new count finishes the job it runs, then
+    /// parks; its queued jobs are taken by the others.
+    pub fn set_workers(&self, n: usize) -> usize {
+        let n = n.clamp(1, self.inner.workers);
+        let shared = &self.inner.shared;
+        shared.active.store(n, Release);
+        shared.unpark_all();
+        // A worker asleep when it became inactive must wake up to park, rather than take a
+        // wake-up meant for an active one.
+        shared.sleep.notify_all();
+        n
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

@@ -571,3 +571,42 @@ fn loom_bug_stale_batch_run_vtable() {
         );
     });
 }
+
+/// Resizing: two workers, the test thread shrinks the pool to one while a fan-out runs, then
+/// grows it back. Every node runs once, the run finishes (a worker that parks hands its queued
+/// jobs and any wake-up it took to the other; a lost one leaves `wait` blocked: a deadlock),
+/// and the pool shuts down with a worker parked.
+#[test]
+fn loom_resize_during_run() {
+    model(2, || {
+        let pool = Pool::new(2, "loom");
+        let seen = Seen::new(3);
+        let h = pool.start(
+            dag(3, &[(0, 1), (0, 2)]),
+            Probe {
+                seen: seen.clone(),
+                plan: complete_all,
+            },
+        );
+        assert_eq!(pool.set_workers(1), 1);
+        h.wait();
+        for n in 0..3 {
+            assert_eq!(seen.runs(n), 1, "node {n} ran once");
+        }
+        assert_eq!(seen.bad.load(Relaxed), 0);
+        // A second run on the shrunk pool, then grown back.
+        let seen2 = Seen::new(2);
+        let h2 = pool.start(
+            dag(2, &[(0, 1)]),
+            Probe {
+                seen: seen2.clone(),
+                plan: complete_all,
+            },
+        );
+        assert_eq!(pool.set_workers(5), 2);
+        h2.wait();
+        assert_eq!(seen2.runs(1), 1);
+        drop((h, h2));
+        pool.shutdown_and_join();
+    });
+}
