@@ -24,6 +24,8 @@
 
 #![forbid(unsafe_code)]
 
+mod clock;
+mod container;
 mod context;
 mod dynamic;
 mod event;
@@ -33,8 +35,15 @@ mod manager;
 mod memo;
 mod plan;
 mod policy;
+mod state;
 mod task;
 
+pub use clock::{Clock, MockClock, Sleep, SystemClock, Timestamp};
+pub use container::{
+    BoxError, Config, ConfigBuilder, ConfigError, ConfigOrigin, Container, ContainerBuilder,
+    Factory, Register, RegisterError, Replacement, Resolve, ResolveError, Resolver, Scope, Scoped,
+    Singleton,
+};
 pub use context::{Reporter, TaskContext};
 pub use dynamic::Subgraph;
 pub use event::{
@@ -55,7 +64,16 @@ pub use manager::{
 };
 pub use memo::{InMemoryMemo, Memo, MemoEntry, MemoStore};
 pub use plan::{Plan, Planner};
+pub use policy::circuit_breaker::{
+    CallOutcome, CircuitBreakerConfig, CircuitBreakers, CircuitOpen, CircuitPermit, CircuitState,
+    Transition, TransitionCause,
+};
+pub use policy::rate_limit::{RateLimit, RateLimited, RateLimits, Reservation};
 pub use policy::retry::RetryPolicy;
+pub use state::{
+    EngineProjector, EngineProjectorBuilder, EngineState, Freeze, ProjectionError, Snapshot,
+    StateProjector, TaskState, Thaw, WorkflowState,
+};
 pub use task::{ErrorKind, Priority, TaskError, TaskMetadata, TaskResult, TaskStatus};
 pub use tokio_util::sync::CancellationToken;
 

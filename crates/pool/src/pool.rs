@@ -277,7 +277,9 @@ fn worker_main(shared: Arc<Shared>, index: usize, locals: [Local<Job>; BANDS]) {
             w.flush();
             // Queued jobs stay stealable: make sure someone looks (and pass on a wake-up this
             // worker may have taken while it slept).
-            shared.sleep.notify(if w.bands_used != 0 { usize::MAX } else { 1 });
+            shared
+                .sleep
+                .notify(if w.bands_used != 0 { usize::MAX } else { 1 });
             w.bands_used = 0;
             shared.park(index);
             continue;

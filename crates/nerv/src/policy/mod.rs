@@ -2,4 +2,6 @@
 //! Retries live here; the circuit breaker, fallbacks, memoization and rate limits come with the
 //! workflow manager.
 
+pub mod circuit_breaker;
+pub mod rate_limit;
 pub mod retry;
