@@ -10,7 +10,8 @@
 //! task count).
 
 use nerv::{
-    EventBus, EventFilter, EventKind, Executor, Graph, GraphBuilder, RunOptions, TaskId, Timing,
+    EngineProjector, EventBus, EventFilter, EventKind, Executor, Graph, GraphBuilder, RunOptions,
+    TaskId, TaskStatus, Timing,
 };
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -103,13 +104,15 @@ fn main() {
     }
     let bus = EventBus::new();
     let completed = Arc::new(AtomicU64::new(0));
+    let projector = EngineProjector::new();
     let mut builder = Executor::builder().workers(workers);
-    let _subscription = observed.then(|| {
+    let _subscriptions = observed.then(|| {
         builder = Executor::builder().workers(workers).events(bus.clone());
         let c = completed.clone();
-        bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
+        let counter = bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
             c.fetch_add(1, Relaxed);
-        })
+        });
+        (counter, projector.attach(&bus))
     });
     let exec = builder.build();
     for shape in &shapes {
@@ -124,6 +127,12 @@ fn main() {
                 assert_eq!(report.counts().completed, n, "every task completes");
                 if observed {
                     assert_eq!(completed.load(Relaxed), n as u64, "one event per task");
+                    let state = projector.get_state();
+                    let wf = state
+                        .workflow(report.run_id())
+                        .expect("the run is projected");
+                    assert_eq!(wf.count(TaskStatus::Completed), n, "projected state");
+                    projector.forget(report.run_id());
                 }
                 ns
             })
