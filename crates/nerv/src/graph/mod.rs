@@ -174,6 +174,13 @@ impl Node {
     }
 }
 
+/// The tasks an input set reads from.
+fn sources<I: Inputs>(inputs: &I) -> Vec<TaskId> {
+    let mut srcs = Vec::new();
+    inputs.each_source(&mut |t| srcs.push(t));
+    srcs
+}
+
 /// Builds a [`Graph`]. See the module documentation for the rules.
 pub struct GraphBuilder {
     layout: ArenaLayout,
@@ -658,8 +665,7 @@ impl<'g> TaskBuilder<'g> {
             + 'static,
     {
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         self.g
             .add(spec, srcs, move |out| body::SyncBody { inputs, out, f })
     }
@@ -684,8 +690,7 @@ impl<'g> TaskBuilder<'g> {
     {
         self.extra().fallback = true;
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         self.g.add(spec, srcs, move |out| body::FallbackBody {
             inputs,
             out,
@@ -705,8 +710,7 @@ impl<'g> TaskBuilder<'g> {
         Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
     {
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         self.g.add(spec, srcs, move |out| body::AsyncBody {
             inputs,
             out,
@@ -731,8 +735,7 @@ impl<'g> TaskBuilder<'g> {
             + 'static,
     {
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         self.g.add(spec, srcs, move |out| body::MemoBody {
             inputs,
             out,
@@ -755,8 +758,7 @@ impl<'g> TaskBuilder<'g> {
     {
         self.extra();
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         let h = self
             .g
             .add(spec, srcs, move |out| flow::BranchBody { inputs, out, f });
@@ -785,8 +787,7 @@ impl<'g> TaskBuilder<'g> {
     {
         self.extra().fallback = true;
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         self.g.add(spec, srcs, move |out| body::AsyncFallbackBody {
             inner: body::AsyncBody {
                 inputs,
@@ -813,8 +814,7 @@ impl<'g> TaskBuilder<'g> {
             + 'static,
     {
         let spec = self.spec();
-        let mut srcs = Vec::new();
-        inputs.each_source(&mut |t| srcs.push(t));
+        let srcs = sources(&inputs);
         self.g
             .add(spec, srcs, move |out| body::DynamicBody { inputs, out, f })
     }
