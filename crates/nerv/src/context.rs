@@ -1,9 +1,11 @@
 //! What a task's work can see and ask while it runs.
 
+use crate::container::{ResolveError, Scope};
 use crate::event::{EventData, EventKind, Payload, Progress};
 use crate::exec::runner::Runner;
 use crate::graph::TaskId;
 use nerv_pool::{NodeCx, OnceArena, RunHandle};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +105,50 @@ impl<'a> TaskContext<'a> {
         }
     }
 
+    /// The shared instance of `T` from the executor's container (a singleton, a config, or
+    /// the run's instance of a scoped provider): the seed's "container provides dependencies
+    /// for task execution". A missing provider's error names `T` and this task.
+    ///
+    /// ```
+    /// use nerv::{Container, Executor, Graph, Singleton, TaskError};
+    ///
+    /// struct Greeting(String);
+    /// let mut c = Container::builder();
+    /// c.add(&Singleton::new(|_| Ok(Greeting("hello".into()))));
+    /// let exec = Executor::builder().container(c.build().unwrap()).build();
+    ///
+    /// let mut g = Graph::builder();
+    /// let t = g.task("greet").run((), |ctx, ()| {
+    ///     let greeting = ctx.resolve::<Greeting>()?;
+    ///     Ok::<_, TaskError>(format!("{}, world", greeting.0))
+    /// });
+    /// let report = exec.run(&g.build().unwrap());
+    /// assert_eq!(report.output(t).map(String::as_str), Some("hello, world"));
+    /// ```
+    pub fn resolve<T: ?Sized + Send + Sync + 'static>(&self) -> Result<Arc<T>, ResolveError> {
+        resolve_in(self.runner, self.ncx.node(), None)
+    }
+
+    /// The shared instance of `T` registered under `name` (see [`TaskContext::resolve`]).
+    pub fn resolve_named<T: ?Sized + Send + Sync + 'static>(
+        &self,
+        name: &str,
+    ) -> Result<Arc<T>, ResolveError> {
+        resolve_in(self.runner, self.ncx.node(), Some(name))
+    }
+
+    /// A new `T` from the container's factory `A → T`, given `args` (e.g. an agent built for
+    /// this task's input). A missing factory's error names `A → T` and this task.
+    pub fn create<A: 'static, T: 'static>(&self, args: A) -> Result<T, ResolveError> {
+        create_in(self.runner, self.ncx.node(), args)
+    }
+
+    /// The run's scope of the executor's container (opened on first use; shared by the
+    /// run's tasks and its subgraphs' tasks).
+    pub fn scope(&self) -> &Scope {
+        self.runner.scope()
+    }
+
     /// The executor's memo store.
     pub(crate) fn memo_store(&self) -> &dyn crate::memo::MemoStore {
         &*self.runner.env.memo
@@ -166,6 +212,17 @@ impl Reporter {
         );
     }
 
+    /// The shared instance of `T` from the executor's container (see
+    /// [`TaskContext::resolve`]), for async work.
+    pub fn resolve<T: ?Sized + Send + Sync + 'static>(&self) -> Result<Arc<T>, ResolveError> {
+        resolve_in(self.run.runner(), self.node, None)
+    }
+
+    /// A new `T` from the container's factory `A → T` (see [`TaskContext::create`]).
+    pub fn create<A: 'static, T: 'static>(&self, args: A) -> Result<T, ResolveError> {
+        create_in(self.run.runner(), self.node, args)
+    }
+
     /// Publishes a user-defined event on the named signal `name`, from this task.
     pub fn emit(&self, name: &str, payload: Payload) {
         let r = self.run.runner();
@@ -179,4 +236,43 @@ impl Reporter {
             );
         }
     }
+}
+
+/// Who asks the container, as resolution errors name it: "task `id` in run N".
+struct TaskRequester<'r> {
+    runner: &'r Runner,
+    node: u32,
+}
+
+impl std::fmt::Display for TaskRequester<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task `{}` in run {}",
+            self.runner.full_id(self.node),
+            self.runner.run_id
+        )
+    }
+}
+
+fn resolve_in<T: ?Sized + Send + Sync + 'static>(
+    runner: &Runner,
+    node: u32,
+    name: Option<&str>,
+) -> Result<Arc<T>, ResolveError> {
+    let who = TaskRequester { runner, node };
+    let r = runner.scope().resolver(&who);
+    match name {
+        Some(n) => r.resolve_named::<T>(n),
+        None => r.resolve::<T>(),
+    }
+}
+
+fn create_in<A: 'static, T: 'static>(
+    runner: &Runner,
+    node: u32,
+    args: A,
+) -> Result<T, ResolveError> {
+    let who = TaskRequester { runner, node };
+    runner.scope().resolver(&who).create::<A, T>(args)
 }

@@ -1056,3 +1056,149 @@ fn containers_scopes_and_handles_are_send_and_sync() {
     clone_send_sync::<Factory<(String, u32), std::rc::Rc<u8>>>();
     clone_send_sync::<Config<u32>>();
 }
+
+// ---- The container inside runs: tasks obtain their dependencies through their context ----
+
+mod in_tasks {
+    use super::*;
+    use nerv::{Executor, Graph, TaskError, TaskStatus};
+
+    struct Client {
+        calls: AtomicUsize,
+    }
+
+    struct RunCache {
+        id: usize,
+    }
+
+    #[test]
+    fn a_task_resolves_a_singleton_shared_by_all_tasks_and_runs() {
+        let client = Singleton::new(|_| {
+            Ok(Client {
+                calls: AtomicUsize::new(0),
+            })
+        });
+        let exec = Executor::builder()
+            .workers(2)
+            .container(build(&client))
+            .build();
+        let mut g = Graph::builder();
+        for i in 0..8 {
+            g.task(format!("call{i}")).run((), |ctx, ()| {
+                let c = ctx.resolve::<Client>()?;
+                c.calls.fetch_add(1, SeqCst);
+                Ok::<_, TaskError>(())
+            });
+        }
+        let graph = g.build().unwrap();
+        assert_eq!(exec.run(&graph).counts().completed, 8);
+        assert_eq!(exec.run(&graph).counts().completed, 8);
+        let c = exec.container().resolve::<Client>().unwrap();
+        assert_eq!(c.calls.load(SeqCst), 16, "one client served both runs");
+    }
+
+    #[test]
+    fn scoped_providers_give_one_instance_per_run() {
+        let next = Arc::new(AtomicUsize::new(0));
+        let n = next.clone();
+        let cache = Scoped::new(move |_| {
+            Ok(RunCache {
+                id: n.fetch_add(1, SeqCst),
+            })
+        });
+        let exec = Executor::builder()
+            .workers(2)
+            .container(build(&cache))
+            .build();
+        let mut g = Graph::builder();
+        let a = g.task("a").run((), |ctx, ()| {
+            Ok::<_, TaskError>(ctx.resolve::<RunCache>()?.id)
+        });
+        let b = g.task("b").run((), |ctx, ()| {
+            Ok::<_, TaskError>(ctx.resolve::<RunCache>()?.id)
+        });
+        let graph = g.build().unwrap();
+        let r1 = exec.run(&graph);
+        let r2 = exec.run(&graph);
+        assert_eq!(r1.output(a), r1.output(b), "one instance within a run");
+        assert_ne!(
+            r1.output(a),
+            r2.output(a),
+            "a new instance for the next run"
+        );
+        assert_eq!(next.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_task_creates_from_a_factory_with_arguments() {
+        let agents = Factory::new(|_, name: String| Ok(format!("agent {name}")));
+        let exec = Executor::builder()
+            .workers(1)
+            .container(build(&agents))
+            .build();
+        let mut g = Graph::builder();
+        let t = g.task("spawn").run((), |ctx, ()| {
+            Ok::<_, TaskError>(ctx.create::<String, String>("ada".to_string())?)
+        });
+        let report = exec.run(&g.build().unwrap());
+        assert_eq!(report.output(t).map(String::as_str), Some("agent ada"));
+    }
+
+    #[test]
+    fn an_overridden_provider_is_what_tasks_get_until_reset() {
+        let greeting = Singleton::new(|_| Ok(String::from("real")));
+        let exec = Executor::builder()
+            .workers(1)
+            .container(build(&greeting))
+            .build();
+        let mut g = Graph::builder();
+        let t = g.task("read").run((), |ctx, ()| {
+            Ok::<_, TaskError>(ctx.resolve::<String>()?.as_str().to_string())
+        });
+        let graph = g.build().unwrap();
+        greeting.override_with(nerv::Replacement::value(String::from("fake")));
+        assert_eq!(exec.run(&graph).output(t).map(String::as_str), Some("fake"));
+        greeting.reset_override();
+        assert_eq!(exec.run(&graph).output(t).map(String::as_str), Some("real"));
+    }
+
+    #[test]
+    fn a_missing_provider_fails_the_task_and_names_it_and_the_task() {
+        let exec = Executor::builder().workers(1).build();
+        let mut g = Graph::builder();
+        g.task("needs_db").run((), |ctx, ()| {
+            Ok::<_, TaskError>(ctx.resolve::<Client>().map(|_| ())?)
+        });
+        let report = exec.run(&g.build().unwrap());
+        let r = report.task("needs_db").unwrap();
+        assert_eq!(r.status, TaskStatus::Failed);
+        let msg = r.error.unwrap().to_string();
+        assert!(msg.contains("Client"), "names the provider: {msg}");
+        assert!(
+            msg.contains("task `needs_db` in run"),
+            "names the task: {msg}"
+        );
+    }
+
+    #[test]
+    fn async_tasks_resolve_through_their_reporter() {
+        let client = Singleton::new(|_| {
+            Ok(Client {
+                calls: AtomicUsize::new(7),
+            })
+        });
+        let exec = Executor::builder()
+            .workers(1)
+            .container(build(&client))
+            .build();
+        let mut g = Graph::builder();
+        let t = g.task("io").run_async((), |ctx, ()| {
+            let reporter = ctx.reporter();
+            async move {
+                let c = reporter.resolve::<Client>()?;
+                Ok::<_, TaskError>(c.calls.load(SeqCst))
+            }
+        });
+        assert_eq!(exec.run(&g.build().unwrap()).output(t), Some(&7));
+    }
+}

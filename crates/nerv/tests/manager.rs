@@ -72,6 +72,12 @@ fn execute_returns_at_once_and_status_follows_the_run() {
     assert!(running.completed_at.is_none());
     assert_eq!(m.get_task_status(ex, "load").unwrap(), TaskStatus::Pending);
     assert_eq!(m.output(ex, "load").unwrap(), None);
+    // The projector sees `extract` start while it waits at its gate.
+    let t0 = std::time::Instant::now();
+    while m.get_task_status(ex, "extract").unwrap() != TaskStatus::Running {
+        assert!(t0.elapsed() < LIMIT, "extract never reported running");
+        std::thread::sleep(ms(1));
+    }
     gate.store(true, SeqCst);
     m.wait(ex).unwrap();
     let done = m.get_workflow_status(wf).unwrap();
@@ -94,6 +100,10 @@ fn execute_returns_at_once_and_status_follows_the_run() {
         m.get_execution_status(ex).unwrap().status,
         WorkflowStatus::Completed
     );
+    let state = m.projector().flush();
+    let mut done = state.state().completed_tasks(ex.0);
+    done.sort();
+    assert_eq!(done, ["extract", "load", "transform"]);
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub(crate) mod runner;
 pub use report::{RunReport, RunStatus, StatusCounts};
 pub use resources::{ResourceError, Resources};
 
+use crate::container::Container;
 use crate::event::EventBus;
 use crate::graph::{Graph, TaskId};
 use crate::memo::{InMemoryMemo, MemoStore};
@@ -136,6 +137,8 @@ pub(crate) struct Env {
     pub(crate) bus: Option<EventBus>,
     pub(crate) resources: Resources,
     pub(crate) memo: Arc<dyn MemoStore>,
+    /// Where tasks obtain their dependencies; each run opens a scope of it on first use.
+    pub(crate) container: Container,
     given_tokio: Option<tokio::runtime::Handle>,
     own_tokio: OnceLock<tokio::runtime::Runtime>,
     io_threads: usize,
@@ -181,6 +184,7 @@ pub struct ExecutorBuilder {
     resources: Resources,
     memo: Option<Arc<dyn MemoStore>>,
     io_threads: Option<usize>,
+    container: Option<Container>,
 }
 
 impl ExecutorBuilder {
@@ -240,6 +244,16 @@ impl ExecutorBuilder {
         self
     }
 
+    /// The container tasks obtain their dependencies from, through
+    /// [`TaskContext::resolve`](crate::TaskContext::resolve) and
+    /// [`TaskContext::create`](crate::TaskContext::create) (default: an empty one). Each run
+    /// opens its own [`Scope`](crate::Scope) of it, shared by the run's tasks and subgraphs,
+    /// so scoped providers give one instance per run.
+    pub fn container(mut self, container: Container) -> Self {
+        self.container = Some(container);
+        self
+    }
+
     /// The worker threads' name prefix (default `nerv`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -258,6 +272,7 @@ impl ExecutorBuilder {
                 memo: self
                     .memo
                     .unwrap_or_else(|| Arc::new(InMemoryMemo::default())),
+                container: self.container.unwrap_or_default(),
                 given_tokio: self.tokio,
                 own_tokio: OnceLock::new(),
                 io_threads: self.io_threads.unwrap_or(1),
@@ -300,6 +315,10 @@ impl Executor {
     /// The bus runs publish their events on, if one was given.
     pub fn events(&self) -> Option<&EventBus> {
         self.env.bus.as_ref()
+    }
+    /// The container the executor's tasks resolve their dependencies from.
+    pub fn container(&self) -> &Container {
+        &self.env.container
     }
 
     /// The store of memoized outputs.

@@ -13,6 +13,7 @@
 
 use super::resources::Wake;
 use super::{Env, FailurePolicy, RunOptions, Timing};
+use crate::container::Scope;
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
 use crate::event::{Event, EventBus, EventData, EventKind, Source, TaskRef};
@@ -124,6 +125,9 @@ pub(crate) struct Runner {
     fallbacks: Mutex<Vec<(u32, TaskError)>>,
     /// The run's tracing span (disabled, and free, without a tracing subscriber).
     pub(crate) span: tracing::Span,
+    /// The run's scope of the executor's container, opened when a task first resolves
+    /// (subgraphs use their top run's).
+    scope: OnceLock<Scope>,
 }
 
 impl Runner {
@@ -159,6 +163,7 @@ impl Runner {
         Runner {
             obs,
             span,
+            scope: OnceLock::new(),
             holding: Mutex::new(HashSet::new()),
             fallbacks: Mutex::new(Vec::new()),
             branch_skips: Mutex::new(Vec::new()),
@@ -178,6 +183,14 @@ impl Runner {
             opts,
             cancel,
             prefix,
+        }
+    }
+
+    /// The run's container scope (its top run's, for a subgraph), opened on first use.
+    pub(crate) fn scope(&self) -> &Scope {
+        match &self.parent {
+            Some(p) => p.handle.runner().scope(),
+            None => self.scope.get_or_init(|| self.env.container.scope()),
         }
     }
 

@@ -22,11 +22,12 @@ mod task_def;
 
 pub use task_def::{OwnedInputs, TaskDef, TaskInputs};
 
-use crate::event::{Event, EventBus, EventData, Source};
+use crate::event::{Event, EventBus, EventData, Source, Subscription};
 use crate::exec::runner::next_id;
 use crate::exec::{Executor, ExecutorBuilder, Run, RunOptions, RunReport, RunStatus};
 use crate::graph::{Graph, GraphError, Handle};
 use crate::plan::Plan;
+use crate::state::EngineProjector;
 use crate::task::{TaskResult, TaskStatus};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -241,6 +242,9 @@ impl Execution {
 struct Inner {
     executor: Executor,
     bus: EventBus,
+    /// The projection of every event on the bus: what `get_task_status` reads.
+    projector: EngineProjector,
+    _projection: Subscription,
     defaults: RunOptions,
     workflows: RwLock<BTreeMap<WorkflowId, Definition>>,
     executions: RwLock<BTreeMap<ExecutionId, Execution>>,
@@ -273,6 +277,19 @@ impl WorkflowManagerBuilder {
         self
     }
 
+    /// Sizes the engine for a kind of work (see [`Workload`](crate::Workload)).
+    pub fn preset(mut self, w: crate::exec::Workload) -> Self {
+        self.executor = self.executor.preset(w);
+        self
+    }
+
+    /// The container tasks obtain their dependencies from (see
+    /// [`ExecutorBuilder::container`]).
+    pub fn container(mut self, c: crate::container::Container) -> Self {
+        self.executor = self.executor.container(c);
+        self
+    }
+
     /// Publishes on this bus (default: a new one, see [`WorkflowManager::events`]).
     pub fn events(mut self, bus: EventBus) -> Self {
         self.bus = Some(bus);
@@ -288,10 +305,14 @@ impl WorkflowManagerBuilder {
     /// Starts the manager's engine.
     pub fn build(self) -> WorkflowManager {
         let bus = self.bus.unwrap_or_default();
+        let projector = EngineProjector::new();
+        let projection = projector.attach(&bus);
         WorkflowManager {
             inner: Arc::new(Inner {
                 executor: self.executor.events(bus.clone()).build(),
                 bus,
+                projector,
+                _projection: projection,
                 defaults: self.defaults,
                 workflows: RwLock::new(BTreeMap::new()),
                 executions: RwLock::new(BTreeMap::new()),
@@ -661,13 +682,26 @@ impl WorkflowManager {
         })
     }
 
-    /// A task's current status in an execution.
+    /// A task's current status in an execution, as the engine's state projection (every
+    /// event of the execution so far, in order) has it.
     pub fn get_task_status(&self, ex: ExecutionId, task: &str) -> Result<TaskStatus, ManagerError> {
-        self.with_execution(ex, |e| e.run.report().task(task).map(|r| r.status))?
-            .ok_or_else(|| ManagerError::UnknownTask {
-                execution: ex,
-                task: task.to_string(),
-            })
+        let run = self.with_execution(ex, |e| e.run.id())?;
+        let state = self.inner.projector.flush();
+        let status = match state.state().workflow(run) {
+            Some(w) => w.task(task).map(|t| t.status()),
+            // Not projected (yet, or forgotten): the run's own record.
+            None => self.with_execution(ex, |e| e.run.report().task(task).map(|r| r.status))?,
+        };
+        status.ok_or_else(|| ManagerError::UnknownTask {
+            execution: ex,
+            task: task.to_string(),
+        })
+    }
+
+    /// The engine's state projector: the state of every execution, projected from the
+    /// manager's events (snapshots, history, the seed's named projections).
+    pub fn projector(&self) -> &EngineProjector {
+        &self.inner.projector
     }
 
     /// A task's output in an execution (`None` until it completed).
