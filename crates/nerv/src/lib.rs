@@ -52,7 +52,7 @@ pub use event::{
 };
 pub use exec::{
     Executor, ExecutorBuilder, FailurePolicy, ResourceError, Resources, Run, RunOptions, RunReport,
-    RunStatus, StatusCounts, Timing, Workload,
+    RunStatus, StatusCounts, Timing, Workload, CIRCUIT_SIGNAL,
 };
 pub use graph::{
     Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, TaskBuilder, TaskId,

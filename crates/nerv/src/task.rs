@@ -129,6 +129,8 @@ pub enum ErrorKind {
     InvalidGraph,
     /// An input the task reads was not produced (its producer did not complete).
     MissingInput,
+    /// The task's circuit breaker was open: the task was not run.
+    CircuitOpen,
 }
 
 struct ErrorInner {

@@ -798,3 +798,206 @@ mod rate_limit {
         }
     }
 }
+
+// ---- The policies inside runs: tasks that name a circuit breaker or a rate limit ----
+
+mod in_runs {
+    use super::*;
+    use nerv::{
+        ErrorKind, Event, EventBus, EventFilter, EventKind, Executor, Graph, RunOptions, TaskError,
+        TaskStatus, CIRCUIT_SIGNAL,
+    };
+
+    /// Two failures within a minute open the circuit for 10 s.
+    fn breakers(clock: &MockClock) -> CircuitBreakers {
+        CircuitBreakers::with_clock(
+            CircuitBreakerConfig::new()
+                .failure_threshold(2)
+                .window(secs(60))
+                .open_for(secs(10)),
+            clock.clone(),
+        )
+    }
+
+    /// A graph of one task of kind `api` that counts its calls and fails while `failing`.
+    fn api_call(calls: &Arc<AtomicUsize>, failing: bool, fallback: bool) -> Graph {
+        let mut g = Graph::builder();
+        let c = calls.clone();
+        let work = move |_: &nerv::TaskContext<'_>, (): ()| {
+            c.fetch_add(1, SeqCst);
+            if failing {
+                Err(TaskError::msg("503 from the service"))
+            } else {
+                Ok::<_, TaskError>("fresh".to_string())
+            }
+        };
+        let tb = g.task("call").circuit_breaker("api");
+        if fallback {
+            tb.run_with_fallback((), work, |_, ()| Ok("cached".to_string()));
+        } else {
+            tb.run((), work);
+        }
+        g.build().unwrap()
+    }
+
+    #[test]
+    fn an_open_circuit_skips_the_call_and_a_probe_closes_it() {
+        let clock = MockClock::new();
+        let bus = EventBus::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let _sub = bus.subscribe(EventFilter::kind(EventKind::Custom), move |e: &Event| {
+            if let nerv::EventData::Custom { name, payload } = &e.data {
+                if &**name == CIRCUIT_SIGNAL {
+                    let t: &Transition = payload.get().expect("a transition");
+                    s.lock().unwrap().push((t.from, t.to));
+                }
+            }
+        });
+        let exec = Executor::builder()
+            .workers(1)
+            .events(bus.clone())
+            .circuit_breakers(breakers(&clock))
+            .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = api_call(&calls, true, false);
+        for _ in 0..2 {
+            assert_eq!(exec.run(&failing).counts().failed, 1);
+        }
+        assert_eq!(calls.load(SeqCst), 2);
+        assert!(matches!(
+            exec.circuit_breakers().state("api"),
+            CircuitState::Open { .. }
+        ));
+
+        // Open: the task fails fast without being called.
+        let healthy = api_call(&calls, false, false);
+        let report = exec.run(&healthy);
+        let r = report.task("call").unwrap();
+        assert_eq!(r.status, TaskStatus::Failed);
+        assert_eq!(r.error.as_ref().unwrap().kind(), ErrorKind::CircuitOpen);
+        assert!(r
+            .error
+            .unwrap()
+            .to_string()
+            .contains("circuit `api` is open"));
+        assert_eq!(calls.load(SeqCst), 2, "the call was skipped");
+
+        // After the cool-down a probe runs; its success closes the circuit.
+        clock.advance(secs(10));
+        assert_eq!(exec.run(&healthy).counts().completed, 1);
+        assert_eq!(calls.load(SeqCst), 3);
+        assert_eq!(exec.circuit_breakers().state("api"), CircuitState::Closed);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "open, half-open, closed: {seen:?}");
+        assert_eq!(seen[2].1, CircuitState::Closed);
+    }
+
+    #[test]
+    fn an_open_circuit_routes_to_the_fallback() {
+        let clock = MockClock::new();
+        let exec = Executor::builder()
+            .workers(1)
+            .circuit_breakers(breakers(&clock))
+            .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            exec.run(&api_call(&calls, true, false));
+        }
+        let mut g = Graph::builder();
+        let c = calls.clone();
+        let call = g.task("call").circuit_breaker("api").run_with_fallback(
+            (),
+            move |_, ()| {
+                c.fetch_add(1, SeqCst);
+                Ok::<_, TaskError>("fresh".to_string())
+            },
+            |_, ()| Ok("cached".to_string()),
+        );
+        let shown = g.task("show").run(call, |_, s| Ok(format!("shown: {s}")));
+        let report = exec.run(&g.build().unwrap());
+        assert_eq!(
+            report.output(shown).map(String::as_str),
+            Some("shown: cached")
+        );
+        assert_eq!(calls.load(SeqCst), 2, "the open circuit skipped the call");
+    }
+
+    #[test]
+    fn a_cancelled_attempt_does_not_count_against_the_circuit() {
+        let clock = MockClock::new();
+        let exec = Executor::builder()
+            .workers(2)
+            .circuit_breakers(breakers(&clock))
+            .build();
+        let mut g = Graph::builder();
+        for i in 0..3 {
+            g.task(format!("slow{i}"))
+                .circuit_breaker("api")
+                .run_async((), |ctx, ()| {
+                    let stop = ctx.cancellation();
+                    async move {
+                        stop.cancelled().await;
+                        Err::<(), _>(TaskError::cancelled())
+                    }
+                });
+        }
+        let run = exec.start(&g.build().unwrap());
+        std::thread::sleep(ms(20));
+        run.cancel();
+        assert_eq!(run.wait().counts().cancelled, 3);
+        assert_eq!(exec.circuit_breakers().state("api"), CircuitState::Closed);
+    }
+
+    #[test]
+    fn a_rate_limit_bounds_starts_per_window_across_runs() {
+        let clock = MockClock::new();
+        let exec = Executor::builder()
+            .workers(2)
+            .rate_limits(
+                RateLimits::with_clock(clock.clone()).with_limit("api", RateLimit::new(2, ms(50))),
+            )
+            .build();
+        let started = Arc::new(AtomicUsize::new(0));
+        let graph = |started: &Arc<AtomicUsize>| {
+            let mut g = Graph::builder();
+            for i in 0..3 {
+                let s = started.clone();
+                g.task(format!("call{i}"))
+                    .rate_limit("api")
+                    .run((), move |_, ()| {
+                        s.fetch_add(1, SeqCst);
+                        Ok::<_, TaskError>(())
+                    });
+            }
+            g.build().unwrap()
+        };
+        // Two runs of three calls each share the limit of two per window.
+        let a = exec.start_with(&graph(&started), RunOptions::default());
+        let b = exec.start_with(&graph(&started), RunOptions::default());
+        let wait_for = |n: usize| {
+            let t0 = Instant::now();
+            while started.load(SeqCst) < n {
+                assert!(
+                    t0.elapsed() < LIMIT,
+                    "only {} started",
+                    started.load(SeqCst)
+                );
+                std::thread::sleep(ms(1));
+            }
+        };
+        wait_for(2);
+        // The mock clock stands still: the others wait (requeued, no worker held) however
+        // long we look.
+        std::thread::sleep(ms(120));
+        assert_eq!(started.load(SeqCst), 2);
+        clock.advance(ms(50));
+        wait_for(4);
+        std::thread::sleep(ms(120));
+        assert_eq!(started.load(SeqCst), 4);
+        clock.advance(ms(50));
+        wait_for(6);
+        assert_eq!(a.wait().counts().completed, 3);
+        assert_eq!(b.wait().counts().completed, 3);
+    }
+}

@@ -14,9 +14,11 @@ pub use report::{RunReport, RunStatus, StatusCounts};
 pub use resources::{ResourceError, Resources};
 
 use crate::container::Container;
-use crate::event::EventBus;
+use crate::event::{Event, EventBus, EventData, EventKind, Payload, Source};
 use crate::graph::{Graph, TaskId};
 use crate::memo::{InMemoryMemo, MemoStore};
+use crate::policy::circuit_breaker::{CircuitBreakerConfig, CircuitBreakers};
+use crate::policy::rate_limit::{RateLimit, RateLimits};
 use crate::policy::retry::RetryPolicy;
 use crate::task::{Priority, TaskStatus};
 use nerv_pool::{Pool, RunHandle};
@@ -130,6 +132,10 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
+/// The name of the custom signal on which an executor publishes its circuits' transitions
+/// (payload: a [`Transition`](crate::Transition)).
+pub const CIRCUIT_SIGNAL: &str = "circuit_breaker";
+
 /// Resources shared by an executor and its runs.
 pub(crate) struct Env {
     pub(crate) pool: Pool,
@@ -139,6 +145,10 @@ pub(crate) struct Env {
     pub(crate) memo: Arc<dyn MemoStore>,
     /// Where tasks obtain their dependencies; each run opens a scope of it on first use.
     pub(crate) container: Container,
+    /// Circuits of the tasks that name a circuit breaker, shared by all runs.
+    pub(crate) breakers: CircuitBreakers,
+    /// Rate limits of the tasks that name one, shared by all runs.
+    pub(crate) rate_limits: RateLimits,
     given_tokio: Option<tokio::runtime::Handle>,
     own_tokio: OnceLock<tokio::runtime::Runtime>,
     io_threads: usize,
@@ -185,6 +195,8 @@ pub struct ExecutorBuilder {
     memo: Option<Arc<dyn MemoStore>>,
     io_threads: Option<usize>,
     container: Option<Container>,
+    breakers: Option<CircuitBreakers>,
+    rate_limits: Option<RateLimits>,
 }
 
 impl ExecutorBuilder {
@@ -254,6 +266,32 @@ impl ExecutorBuilder {
         self
     }
 
+    /// The circuit breakers of tasks that name one
+    /// ([`TaskBuilder::circuit_breaker`](crate::TaskBuilder::circuit_breaker)); default: a
+    /// registry with [`CircuitBreakerConfig::default`]. Every transition of a circuit is
+    /// published on the executor's bus as a [`EventKind::Custom`](crate::EventKind::Custom)
+    /// event named [`CIRCUIT_SIGNAL`] whose payload is the [`Transition`].
+    pub fn circuit_breakers(mut self, breakers: CircuitBreakers) -> Self {
+        self.breakers = Some(breakers);
+        self
+    }
+
+    /// The rate limits of tasks that name one
+    /// ([`TaskBuilder::rate_limit`](crate::TaskBuilder::rate_limit)), replacing those set so far.
+    pub fn rate_limits(mut self, limits: RateLimits) -> Self {
+        self.rate_limits = Some(limits);
+        self
+    }
+
+    /// Limits the starts of tasks that name `key` to `limit` (e.g. 10 per second to one API),
+    /// across all runs of the executor.
+    pub fn rate_limit(mut self, key: &str, limit: RateLimit) -> Self {
+        self.rate_limits
+            .get_or_insert_with(RateLimits::new)
+            .set_limit(key, limit);
+        self
+    }
+
     /// The worker threads' name prefix (default `nerv`).
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -263,6 +301,23 @@ impl ExecutorBuilder {
     /// Starts the workers.
     pub fn build(self) -> Executor {
         let workers = self.workers.unwrap_or_else(cores);
+        let breakers = self
+            .breakers
+            .unwrap_or_else(|| CircuitBreakers::new(CircuitBreakerConfig::default()));
+        if let Some(bus) = &self.bus {
+            let bus = bus.clone();
+            breakers.on_transition(move |t| {
+                if bus.wants(EventKind::Custom) {
+                    bus.publish(Event::new(
+                        Source::default(),
+                        EventData::Custom {
+                            name: CIRCUIT_SIGNAL.into(),
+                            payload: Payload::new(t.clone()),
+                        },
+                    ));
+                }
+            });
+        }
         Executor {
             env: Arc::new(Env {
                 pool: Pool::new(workers, self.name.as_deref().unwrap_or("nerv")),
@@ -273,6 +328,8 @@ impl ExecutorBuilder {
                     .memo
                     .unwrap_or_else(|| Arc::new(InMemoryMemo::default())),
                 container: self.container.unwrap_or_default(),
+                breakers,
+                rate_limits: self.rate_limits.unwrap_or_default(),
                 given_tokio: self.tokio,
                 own_tokio: OnceLock::new(),
                 io_threads: self.io_threads.unwrap_or(1),
@@ -316,6 +373,16 @@ impl Executor {
     pub fn events(&self) -> Option<&EventBus> {
         self.env.bus.as_ref()
     }
+    /// The circuit breakers of the executor's tasks (inspect, configure or reset circuits).
+    pub fn circuit_breakers(&self) -> &CircuitBreakers {
+        &self.env.breakers
+    }
+
+    /// The rate limits of the executor's tasks (set or change limits while runs go on).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.env.rate_limits
+    }
+
     /// The container the executor's tasks resolve their dependencies from.
     pub fn container(&self) -> &Container {
         &self.env.container

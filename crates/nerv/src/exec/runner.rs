@@ -18,6 +18,7 @@ use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
 use crate::event::{Event, EventBus, EventData, EventKind, Source, TaskRef};
 use crate::graph::{Graph, Node, Started};
+use crate::policy::circuit_breaker::CircuitPermit;
 use crate::policy::retry::RetryPolicy;
 use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
 use futures_util::FutureExt;
@@ -672,6 +673,33 @@ impl Runner {
         }
     }
 
+    /// Passes `node`'s circuit breaker and rate limit before an attempt (see [`Gate`]).
+    #[cold]
+    #[inline(never)]
+    fn gate(&self, ncx: &NodeCx<'_, Self>, node: u32, e: &crate::graph::Extra) -> Gate {
+        let mut permit = None;
+        if let Some(kind) = &e.circuit {
+            match self.env.breakers.check(kind) {
+                Ok(p) => permit = Some(p),
+                Err(open) => {
+                    let err = TaskError::with_kind(ErrorKind::CircuitOpen, open);
+                    if self.enter_fallback(node, &err) {
+                        return Gate::Again;
+                    }
+                    return Gate::Done(self.give_up(node, err));
+                }
+            }
+        }
+        if let Some(key) = &e.rate_limit {
+            if let Err(limited) = self.env.rate_limits.try_acquire(key) {
+                // The permit (if any) is dropped unused: it counts as neither outcome.
+                self.requeue_later(ncx.handle(), node, limited.retry_after());
+                return Gate::Done(Verdict::Deferred);
+            }
+        }
+        Gate::Go(permit)
+    }
+
     /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
     #[cold]
     #[inline(never)]
@@ -696,6 +724,7 @@ impl Runner {
         attempt: u32,
         fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TaskError>> + Send>>,
         timeout: Option<Duration>,
+        permit: Option<CircuitPermit>,
     ) {
         use tracing::Instrument;
         let cancel = self.cancel.token.clone();
@@ -712,6 +741,12 @@ impl Runner {
                 _ = cancel.cancelled() => Err(TaskError::cancelled()),
             };
             let r = h.runner();
+            if let Some(p) = permit {
+                match &res {
+                    Ok(()) => p.success(),
+                    Err(e) => record_failure(p, e),
+                }
+            }
             let verdict = match res {
                 Ok(()) => {
                     r.stamp_end(node);
@@ -891,6 +926,23 @@ impl Runner {
 
 /// A fresh id for a run or a workflow definition: one sequence for both, so that they never
 /// collide in events.
+/// What [`Runner::gate`] decided about an attempt.
+enum Gate {
+    /// Start it (with the circuit's permit, if the task has a circuit breaker).
+    Go(Option<CircuitPermit>),
+    /// Loop again (the task switched to its fallback).
+    Again,
+    /// Do not start it: the node's verdict (`Deferred` when it waits for a rate permit).
+    Done(Verdict),
+}
+
+/// Records a failed attempt in its circuit; a cancellation is no verdict on the service.
+fn record_failure(p: CircuitPermit, err: &TaskError) {
+    if !err.is_cancelled() {
+        p.failure();
+    }
+}
+
 pub(crate) fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Relaxed)
@@ -982,6 +1034,18 @@ impl Runner {
             if n.extra.as_ref().is_some_and(|e| e.fallback) && self.fallback_of(node).is_some() {
                 return self.run_fallback(ncx, n);
             }
+            let mut permit = None;
+            if let Some(e) = n
+                .extra
+                .as_ref()
+                .filter(|e| e.circuit.is_some() || e.rate_limit.is_some())
+            {
+                match self.gate(ncx, node, e) {
+                    Gate::Go(p) => permit = p,
+                    Gate::Again => continue,
+                    Gate::Done(v) => return v,
+                }
+            }
             // Attempts of one node never overlap: a plain load and store suffice.
             let attempts = &self.attempts[node as usize];
             let attempt = attempts.load(Relaxed) + 1;
@@ -1012,6 +1076,9 @@ impl Runner {
             };
             let err = match res {
                 Ok(Started::Done) => {
+                    if let Some(p) = permit.take() {
+                        p.success();
+                    }
                     self.stamp_end(node);
                     self.emit_task(
                         node,
@@ -1021,7 +1088,7 @@ impl Runner {
                     return Verdict::Completed;
                 }
                 Ok(Started::Future(fut)) => {
-                    self.spawn_future(ncx.handle(), node, attempt, fut, timeout);
+                    self.spawn_future(ncx.handle(), node, attempt, fut, timeout, permit);
                     return Verdict::Deferred;
                 }
                 Ok(Started::Graph(child)) => return self.start_child(ncx.handle(), node, child),
@@ -1032,6 +1099,9 @@ impl Runner {
                     _ => e,
                 },
             };
+            if let Some(p) = permit.take() {
+                record_failure(p, &err);
+            }
             match self.after_failure(node, attempt, err) {
                 Ok(None) => continue,
                 Ok(Some(d)) => {

@@ -147,6 +147,10 @@ pub(crate) struct Extra {
     pub(crate) branch: Option<SlotKey<Branch>>,
     /// Whether a dependency is a branch task (set by `build`).
     pub(crate) after_branch: bool,
+    /// The circuit breaker the task's attempts pass through (its task kind).
+    pub(crate) circuit: Option<Arc<str>>,
+    /// The rate limit each attempt's start takes a permit from.
+    pub(crate) rate_limit: Option<Arc<str>>,
 }
 
 impl Extra {
@@ -602,6 +606,24 @@ impl<'g> TaskBuilder<'g> {
         if rule != TriggerRule::AllSuccess || self.extra.is_some() {
             self.extra().trigger = rule;
         }
+        self
+    }
+
+    /// Passes each attempt through the executor's circuit breaker `kind` (see
+    /// [`CircuitBreakers`](crate::CircuitBreakers)): while that circuit is open the task is not
+    /// run; it fails at once with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen),
+    /// or runs its fallback if it has one. Each attempt's outcome is recorded in the
+    /// circuit. Tasks of one kind (e.g. calls to one service) share a circuit, across runs.
+    pub fn circuit_breaker(mut self, kind: &str) -> Self {
+        self.extra().circuit = Some(Arc::from(kind));
+        self
+    }
+
+    /// Takes a permit of the executor's rate limit `key` (see [`RateLimits`](crate::RateLimits))
+    /// before each attempt starts: when the window is full, the task waits, without occupying a
+    /// worker, until a permit is free. A key without a limit set on the executor never waits.
+    pub fn rate_limit(mut self, key: &str) -> Self {
+        self.extra().rate_limit = Some(Arc::from(key));
         self
     }
 

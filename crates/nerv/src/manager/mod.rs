@@ -290,6 +290,19 @@ impl WorkflowManagerBuilder {
         self
     }
 
+    /// The circuit breakers of tasks that name one (see
+    /// [`ExecutorBuilder::circuit_breakers`]).
+    pub fn circuit_breakers(mut self, b: crate::policy::circuit_breaker::CircuitBreakers) -> Self {
+        self.executor = self.executor.circuit_breakers(b);
+        self
+    }
+
+    /// Limits the starts of tasks that name `key` (see [`ExecutorBuilder::rate_limit`]).
+    pub fn rate_limit(mut self, key: &str, limit: crate::policy::rate_limit::RateLimit) -> Self {
+        self.executor = self.executor.rate_limit(key, limit);
+        self
+    }
+
     /// Publishes on this bus (default: a new one, see [`WorkflowManager::events`]).
     pub fn events(mut self, bus: EventBus) -> Self {
         self.bus = Some(bus);
@@ -829,6 +842,12 @@ fn build_graph(tasks: &[TaskDef], context: Arc<Value>) -> Result<(Graph, Outputs
         }
         for (name, n) in &t.uses {
             tb = tb.uses(name, *n);
+        }
+        if let Some(k) = &t.circuit {
+            tb = tb.circuit_breaker(k);
+        }
+        if let Some(k) = &t.rate_limit {
+            tb = tb.rate_limit(k);
         }
         if let Some(c) = &t.meta.creator {
             tb = tb.creator(c);

@@ -51,6 +51,8 @@ pub struct TaskDef {
     pub(crate) fallback: Option<Arc<SyncWork>>,
     pub(crate) trigger: crate::graph::TriggerRule,
     pub(crate) memo: Option<crate::memo::Memo>,
+    pub(crate) circuit: Option<String>,
+    pub(crate) rate_limit: Option<String>,
 }
 
 impl fmt::Debug for TaskDef {
@@ -80,7 +82,23 @@ impl TaskDef {
             fallback: None,
             trigger: crate::graph::TriggerRule::AllSuccess,
             memo: None,
+            circuit: None,
+            rate_limit: None,
         }
+    }
+
+    /// Passes each attempt through the engine's circuit breaker `kind` (see
+    /// [`TaskBuilder::circuit_breaker`](crate::TaskBuilder::circuit_breaker)).
+    pub fn circuit_breaker(mut self, kind: impl Into<String>) -> Self {
+        self.circuit = Some(kind.into());
+        self
+    }
+
+    /// Takes a permit of the engine's rate limit `key` before each attempt (see
+    /// [`TaskBuilder::rate_limit`](crate::TaskBuilder::rate_limit)).
+    pub fn rate_limit(mut self, key: impl Into<String>) -> Self {
+        self.rate_limit = Some(key.into());
+        self
     }
 
     /// A task `id` whose work runs on a worker thread: it gets the task's context and its
