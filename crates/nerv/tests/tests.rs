@@ -2687,4 +2687,44 @@ mod presets {
         ex.run(&g.build().unwrap());
         assert!(peak.load(SeqCst) > cores, "peak {}", peak.load(SeqCst));
     }
+
+    #[test]
+    fn a_resize_takes_effect_while_a_run_goes_on() {
+        let ex = Executor::builder().workers(1).max_workers(4).build();
+        assert_eq!((ex.workers(), ex.max_workers()), (1, 4));
+        let live = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        for i in 0..4 {
+            let (l, p, r) = (live.clone(), peak.clone(), release.clone());
+            g.task(format!("t{i}")).run((), move |_, ()| {
+                let n = l.fetch_add(1, SeqCst) + 1;
+                p.fetch_max(n, SeqCst);
+                let t0 = std::time::Instant::now();
+                // Hold the worker until released, or until all four run at once.
+                while !r.load(SeqCst) && p.load(SeqCst) < 4 {
+                    assert!(t0.elapsed() < LIMIT, "never released");
+                    std::thread::sleep(ms(1));
+                }
+                l.fetch_sub(1, SeqCst);
+                Ok::<_, TaskError>(())
+            });
+        }
+        let run = ex.start(&g.build().unwrap());
+        let t0 = std::time::Instant::now();
+        while live.load(SeqCst) < 1 {
+            assert!(t0.elapsed() < LIMIT);
+            std::thread::sleep(ms(1));
+        }
+        std::thread::sleep(ms(30));
+        assert_eq!(peak.load(SeqCst), 1, "one worker runs one task at a time");
+        assert_eq!(ex.resize(4), 4);
+        assert_eq!(ex.resize(99), 4, "clamped to the maximum");
+        assert_eq!(run.wait().counts().completed, 4);
+        assert_eq!(peak.load(SeqCst), 4, "the grown pool ran all four at once");
+        release.store(true, SeqCst);
+        assert_eq!(ex.resize(1), 1);
+        assert_eq!(ex.workers(), 1);
+    }
 }

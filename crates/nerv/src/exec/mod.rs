@@ -195,6 +195,7 @@ pub struct ExecutorBuilder {
     memo: Option<Arc<dyn MemoStore>>,
     io_threads: Option<usize>,
     container: Option<Container>,
+    max_workers: Option<usize>,
     breakers: Option<CircuitBreakers>,
     rate_limits: Option<RateLimits>,
 }
@@ -203,6 +204,13 @@ impl ExecutorBuilder {
     /// Number of worker threads for sync work (default: the available cores).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n.max(1));
+        self
+    }
+
+    /// The most workers [`Executor::resize`] can grow to (default: the larger of `workers`
+    /// and the available cores). Threads beyond the active count are started parked.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n.max(1));
         self
     }
 
@@ -320,7 +328,11 @@ impl ExecutorBuilder {
         }
         Executor {
             env: Arc::new(Env {
-                pool: Pool::new(workers, self.name.as_deref().unwrap_or("nerv")),
+                pool: Pool::with_max(
+                    workers,
+                    self.max_workers.unwrap_or_else(|| workers.max(cores())),
+                    self.name.as_deref().unwrap_or("nerv"),
+                ),
                 clock: quanta::Clock::new(),
                 bus: self.bus,
                 resources: self.resources,
@@ -401,6 +413,19 @@ impl Executor {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.env.pool.workers()
+    }
+
+    /// The most workers [`Executor::resize`] can set.
+    pub fn max_workers(&self) -> usize {
+        self.env.pool.max_workers()
+    }
+
+    /// Changes the number of workers taking sync work while runs go on (between 1 and
+    /// [`Executor::max_workers`]); returns the number set. Growing wakes parked workers at
+    /// once; a worker beyond a smaller count finishes its current task, then parks, and the
+    /// others take its queued tasks.
+    pub fn resize(&self, workers: usize) -> usize {
+        self.env.pool.set_workers(workers)
     }
 
     /// Starts running `graph`; returns at once.

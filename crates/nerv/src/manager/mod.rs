@@ -277,6 +277,13 @@ impl WorkflowManagerBuilder {
         self
     }
 
+    /// The most workers [`WorkflowManager::resize`] can grow to (see
+    /// [`ExecutorBuilder::max_workers`]).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.executor = self.executor.max_workers(n);
+        self
+    }
+
     /// Sizes the engine for a kind of work (see [`Workload`](crate::Workload)).
     pub fn preset(mut self, w: crate::exec::Workload) -> Self {
         self.executor = self.executor.preset(w);
@@ -709,6 +716,12 @@ impl WorkflowManager {
             execution: ex,
             task: task.to_string(),
         })
+    }
+
+    /// Changes the number of workers while executions go on (see [`Executor::resize`]);
+    /// returns the number set.
+    pub fn resize(&self, workers: usize) -> usize {
+        self.inner.executor.resize(workers)
     }
 
     /// The engine's state projector: the state of every execution, projected from the
