@@ -149,6 +149,11 @@ impl<'a> TaskContext<'a> {
         self.runner.scope()
     }
 
+    /// How many workers the executor has now.
+    pub(crate) fn workers(&self) -> usize {
+        self.runner.env.pool.workers()
+    }
+
     /// The executor's memo store.
     pub(crate) fn memo_store(&self) -> &dyn crate::memo::MemoStore {
         &*self.runner.env.memo

@@ -55,8 +55,8 @@ pub use exec::{
     RunStatus, StatusCounts, Timing, Workload, CIRCUIT_SIGNAL,
 };
 pub use graph::{
-    Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, TaskBuilder, TaskId,
-    TaskInfo, TriggerRule, UnknownTriggerRule,
+    BatchItems, Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional,
+    TaskBuilder, TaskId, TaskInfo, TriggerRule, UnknownTriggerRule,
 };
 pub use manager::{
     ExecutionId, ExecutionSummary, ManagerError, OwnedInputs, TaskDef, TaskInputs, WorkflowId,

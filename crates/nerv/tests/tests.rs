@@ -2728,3 +2728,115 @@ mod presets {
         assert_eq!(ex.workers(), 1);
     }
 }
+
+/// Batched maps over many small items.
+mod batching {
+    use super::*;
+
+    #[test]
+    fn a_batched_map_keeps_order_and_computes_each_item_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut g = Graph::builder();
+        let items = g.task("items").run((), |_, ()| {
+            Ok::<_, TaskError>((0..50_000u64).collect::<Vec<_>>())
+        });
+        let c = calls.clone();
+        let doubled = g.task("double").map_batched(items, move |x: &u64| {
+            c.fetch_add(1, SeqCst);
+            Ok(x * 2)
+        });
+        let report = Executor::builder()
+            .workers(2)
+            .build()
+            .run(&g.build().unwrap());
+        let out = report.output(doubled).expect("completed");
+        assert_eq!(out.len(), 50_000);
+        assert!(out.iter().enumerate().all(|(i, &v)| v == 2 * i as u64));
+        assert_eq!(calls.load(SeqCst), 50_000, "each item once");
+        // Tiny items run in chunks: far fewer tasks than items.
+        let chunks = report
+            .results()
+            .iter()
+            .filter(|r| r.id.starts_with("double/chunk"))
+            .count();
+        assert!((1..1_000).contains(&chunks), "{chunks} chunk tasks");
+    }
+
+    #[test]
+    fn slow_items_get_a_task_each_and_shared_items_are_not_copied() {
+        let mut g = Graph::builder();
+        let data = Arc::new((0..6u64).collect::<Vec<_>>());
+        let d = data.clone();
+        let items = g
+            .task("items")
+            .run((), move |_, ()| Ok::<_, TaskError>(d.clone()));
+        let out = g.task("slow").map_batched(items, |x: &u64| {
+            std::thread::sleep(ms(2));
+            Ok(x + 1)
+        });
+        let report = Executor::builder()
+            .workers(2)
+            .build()
+            .run(&g.build().unwrap());
+        assert_eq!(**report.output(out).unwrap(), vec![1, 2, 3, 4, 5, 6]);
+        let chunks = report
+            .results()
+            .iter()
+            .filter(|r| r.id.starts_with("slow/chunk"))
+            .count();
+        // The first items are measured inline; the rest run one per task.
+        assert!(chunks >= 1, "{chunks}");
+        assert!(report
+            .results()
+            .iter()
+            .filter(|r| r.id.starts_with("slow/chunk"))
+            .all(|r| r.status == TaskStatus::Completed));
+    }
+
+    #[test]
+    fn a_failing_item_fails_the_map_and_is_named() {
+        let mut g = Graph::builder();
+        let items = g.task("items").run((), |_, ()| {
+            Ok::<_, TaskError>((0..10_000u32).collect::<Vec<_>>())
+        });
+        let m = g.task("parse").map_batched(items, |x: &u32| {
+            if *x == 7_777 {
+                Err(TaskError::msg("bad record"))
+            } else {
+                Ok(*x)
+            }
+        });
+        let after = g.task("after").run(m, |_, v| Ok::<_, TaskError>(v.len()));
+        let report = Executor::builder()
+            .workers(2)
+            .build()
+            .run(&g.build().unwrap());
+        let r = report.task("parse").unwrap();
+        assert_eq!(r.status, TaskStatus::Failed);
+        let all: Vec<String> = report
+            .failures()
+            .iter()
+            .chain(report.results().iter())
+            .filter_map(|r| r.error.as_ref().map(|e| e.to_string()))
+            .collect();
+        assert!(
+            all.iter().any(|e| e.contains("item 7777: bad record")),
+            "{all:?}"
+        );
+        assert_eq!(report.result(after).status, TaskStatus::Skipped);
+    }
+
+    #[test]
+    fn an_empty_input_maps_to_an_empty_output() {
+        let mut g = Graph::builder();
+        let items = g
+            .task("items")
+            .run((), |_, ()| Ok::<_, TaskError>(Vec::<u8>::new()));
+        let m = g.task("m").map_batched(items, |x: &u8| Ok(*x));
+        let report = Executor::builder()
+            .workers(1)
+            .build()
+            .run(&g.build().unwrap());
+        assert!(report.output(m).unwrap().is_empty());
+    }
+}

@@ -13,11 +13,13 @@
 //! and cycles (with the whole cycle path), orders each task's successors by priority and
 //! critical path, and lays out the outputs.
 
+mod batch;
 mod body;
 mod error;
 mod flow;
 mod inputs;
 
+pub use batch::BatchItems;
 pub(crate) use body::Started;
 use body::{Body, BodyChunk, Chunk};
 pub use error::GraphError;
