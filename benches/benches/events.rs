@@ -23,7 +23,10 @@ fn task_event(id: &Arc<str>) -> Event {
                 subgraph: false,
             }),
         },
-        EventData::TaskCompleted { attempt: 1 },
+        EventData::TaskCompleted {
+            attempt: 1,
+            output: None,
+        },
     )
 }
 

@@ -81,7 +81,13 @@ impl RunEvents {
                 .map(|i| {
                     [
                         task(i, EventData::TaskStarted { attempt: 1 }),
-                        task(i, EventData::TaskCompleted { attempt: 1 }),
+                        task(
+                            i,
+                            EventData::TaskCompleted {
+                                attempt: 1,
+                                output: None,
+                            },
+                        ),
                     ]
                 })
                 .collect(),

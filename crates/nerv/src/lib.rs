@@ -51,11 +51,11 @@ pub use event::{
     MuteGuard, Payload, Progress, Signal, Source, SubscribeBuilder, Subscription, TaskRef,
 };
 pub use exec::{
-    Executor, ExecutorBuilder, FailurePolicy, ResourceError, Resources, Run, RunOptions, RunReport,
-    RunStatus, StatusCounts, Timing, Workload, CIRCUIT_SIGNAL,
+    Executor, ExecutorBuilder, FailurePolicy, ResourceError, Resources, Resume, Run, RunOptions,
+    RunReport, RunStatus, StatusCounts, Timing, Workload, CIRCUIT_SIGNAL,
 };
 pub use graph::{
-    BatchItems, Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional,
+    BatchItems, Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, Restore,
     TaskBuilder, TaskId, TaskInfo, TriggerRule, UnknownTriggerRule,
 };
 pub use manager::{

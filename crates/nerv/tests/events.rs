@@ -543,7 +543,7 @@ fn retries_and_progress_are_events() {
                 error,
                 delay,
             },
-            EventData::TaskCompleted { attempt: last },
+            EventData::TaskCompleted { attempt: last, .. },
         ) => {
             assert_eq!(*attempt, 1);
             assert_eq!(error.message(), "not yet");
@@ -660,4 +660,122 @@ fn subgraph_tasks_are_named_by_their_parent() {
     .map(|(a, b)| (a.to_string(), *b))
     .collect();
     assert_eq!(ids, want);
+}
+
+/// Persisted outputs in events, and runs resumed from them.
+mod resume {
+    use super::*;
+    use nerv::{Restore, TaskStatus};
+
+    /// a → b → c, each counting its runs; `a` and `b` persisted when `persist`.
+    fn chain(calls: &Arc<AtomicUsize>, persist: bool) -> (Graph, nerv::Handle<String>) {
+        let mut g = Graph::builder();
+        let (c1, c2, c3) = (calls.clone(), calls.clone(), calls.clone());
+        let a = g.task("a").run((), move |_, ()| {
+            c1.fetch_add(1, SeqCst);
+            Ok::<_, TaskError>(vec![1u32, 2, 3])
+        });
+        let b = g.task("b").run(a, move |_, v| {
+            c2.fetch_add(1, SeqCst);
+            Ok::<_, TaskError>(v.iter().sum::<u32>())
+        });
+        let c = g.task("c").run(b, move |_, s| {
+            c3.fetch_add(1, SeqCst);
+            Ok::<_, TaskError>(format!("sum={s}"))
+        });
+        if persist {
+            g.persist(a);
+            g.persist(b);
+        }
+        (g.build().unwrap(), c)
+    }
+
+    #[test]
+    fn persisted_outputs_ride_on_their_completion_events() {
+        let bus = EventBus::new();
+        let log = Log::default();
+        let _s = log.attach(&bus, EventFilter::kind(EventKind::TaskCompleted));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (graph, _) = chain(&calls, true);
+        assert!(graph.task(graph.find("a").unwrap()).is_persisted());
+        assert!(!graph.task(graph.find("c").unwrap()).is_persisted());
+        executor(&bus).run(&graph);
+        let outputs: HashMap<String, Option<Vec<u8>>> = log
+            .events()
+            .iter()
+            .map(|e| match &e.data {
+                EventData::TaskCompleted { output, .. } => (
+                    e.source.task_id().unwrap().to_string(),
+                    output.as_ref().map(|b| b.to_vec()),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let a: Vec<u32> = rmp_serde::from_slice(outputs["a"].as_ref().unwrap()).unwrap();
+        assert_eq!(a, [1, 2, 3]);
+        let b: u32 = rmp_serde::from_slice(outputs["b"].as_ref().unwrap()).unwrap();
+        assert_eq!(b, 6);
+        assert_eq!(outputs["c"], None, "not persisted");
+    }
+
+    #[test]
+    fn a_resumed_run_restores_persisted_tasks_and_runs_the_rest() {
+        let bus = EventBus::new();
+        let log = Log::default();
+        let _s = log.attach(
+            &bus,
+            EventFilter::kinds([EventKind::TaskCompleted, EventKind::WorkflowStarted]),
+        );
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (graph, c) = chain(&calls, true);
+        let mut restore = Restore::new();
+        restore
+            .insert("a", rmp_serde::to_vec(&vec![10u32, 20]).unwrap())
+            .insert("b", rmp_serde::to_vec(&30u32).unwrap());
+        let report =
+            executor(&bus).run_with(&graph, RunOptions::default().resume("run-7", restore));
+        assert_eq!(report.output(c).map(String::as_str), Some("sum=30"));
+        assert_eq!(calls.load(SeqCst), 1, "only c ran");
+        let a = report.task("a").unwrap();
+        assert_eq!((a.status, a.attempts), (TaskStatus::Completed, 0));
+        let events = log.events();
+        assert!(matches!(
+            &events[0].data,
+            EventData::WorkflowStarted { resumes: Some(k), .. } if &**k == "run-7"
+        ));
+        let attempts: Vec<(String, u32)> = events[1..]
+            .iter()
+            .map(|e| match &e.data {
+                EventData::TaskCompleted { attempt, .. } => {
+                    (e.source.task_id().unwrap().to_string(), *attempt)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            attempts,
+            [("a".into(), 0), ("b".into(), 0), ("c".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn tasks_that_are_not_persisted_or_do_not_decode_run_again() {
+        let bus = EventBus::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        // Not persisted: listed, but runs.
+        let (graph, c) = chain(&calls, false);
+        let restore: Restore = [("a", rmp_serde::to_vec(&vec![1u32]).unwrap())]
+            .into_iter()
+            .collect();
+        let r = executor(&bus).run_with(&graph, RunOptions::default().resume("x", restore));
+        assert_eq!(r.output(c).map(String::as_str), Some("sum=6"));
+        assert_eq!(calls.load(SeqCst), 3);
+        // Persisted, but the bytes are not a Vec<u32>: runs, and the run is right.
+        calls.store(0, SeqCst);
+        let (graph, c) = chain(&calls, true);
+        let restore: Restore = [("a", b"\xc1garbage".to_vec())].into_iter().collect();
+        let r = executor(&bus).run_with(&graph, RunOptions::default().resume("y", restore));
+        assert_eq!(r.output(c).map(String::as_str), Some("sum=6"));
+        assert_eq!(calls.load(SeqCst), 3);
+    }
 }

@@ -177,13 +177,27 @@ fn synthetic_run(run: u64) -> (Graph, Vec<Event>) {
                 tasks: 5,
             },
         ),
-        wf(run, 1, EventData::WorkflowStarted { graph: g.clone() }),
+        wf(
+            run,
+            1,
+            EventData::WorkflowStarted {
+                graph: g.clone(),
+                resumes: None,
+            },
+        ),
     ];
     ev.extend([
         t("a", 2, EventData::TaskStarted { attempt: 1 }),
         t("b", 2, EventData::TaskStarted { attempt: 1 }),
         t("d", 2, EventData::TaskStarted { attempt: 1 }),
-        t("a", 3, EventData::TaskCompleted { attempt: 1 }),
+        t(
+            "a",
+            3,
+            EventData::TaskCompleted {
+                attempt: 1,
+                output: None,
+            },
+        ),
         t(
             "d",
             3,
@@ -230,7 +244,14 @@ fn synthetic_run(run: u64) -> (Graph, Vec<Event>) {
         ),
         t("e", 8, EventData::TaskCancelled { attempt: 1 }),
         t("d", 8, EventData::TaskStarted { attempt: 3 }),
-        t("d", 9, EventData::TaskCompleted { attempt: 3 }),
+        t(
+            "d",
+            9,
+            EventData::TaskCompleted {
+                attempt: 3,
+                output: None,
+            },
+        ),
     ]);
     ev.push(wf(
         run,
@@ -448,7 +469,10 @@ fn concurrent_run(p: EngineProjector, tasks: u32) {
                             run,
                             i,
                             id,
-                            EventData::TaskCompleted { attempt },
+                            EventData::TaskCompleted {
+                                attempt,
+                                output: None,
+                            },
                         ));
                     }
                 })
@@ -516,7 +540,10 @@ fn a_run_created_on_one_thread_runs_on_another() {
                     run,
                     0,
                     &id,
-                    EventData::TaskCompleted { attempt: 1 },
+                    EventData::TaskCompleted {
+                        attempt: 1,
+                        output: None,
+                    },
                 ));
             }
         });
@@ -575,7 +602,10 @@ fn engine_projector_time_travel_and_exact_reads() {
         1,
         0,
         &id,
-        EventData::TaskCompleted { attempt: 1 },
+        EventData::TaskCompleted {
+            attempt: 1,
+            output: None,
+        },
     ));
     let v3 = p.get_state();
     assert_eq!(v2.version(), v1.version() + 1);
@@ -616,7 +646,10 @@ fn odd_events_do_not_panic() {
         9,
         1_000,
         &id,
-        EventData::TaskCompleted { attempt: 1 },
+        EventData::TaskCompleted {
+            attempt: 1,
+            output: None,
+        },
     ));
     p.handle(&task_event(
         9,

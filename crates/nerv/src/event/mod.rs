@@ -222,6 +222,9 @@ pub enum EventData {
     WorkflowStarted {
         /// The run's graph.
         graph: Graph,
+        /// The durable key of the earlier run this run resumes, if it resumes one (see
+        /// [`RunOptions::resume`](crate::RunOptions::resume)).
+        resumes: Option<Arc<str>>,
     },
     /// See [`EventKind::WorkflowCompleted`].
     WorkflowCompleted {
@@ -255,8 +258,11 @@ pub enum EventData {
     },
     /// See [`EventKind::TaskCompleted`].
     TaskCompleted {
-        /// The attempt that completed.
+        /// The attempt that completed (0: restored from a journal, not run).
         attempt: u32,
+        /// The output, serialized (MessagePack), if the task is persisted
+        /// ([`GraphBuilder::persist`](crate::GraphBuilder::persist)) and it serialized.
+        output: Option<Arc<[u8]>>,
     },
     /// See [`EventKind::TaskFailed`].
     TaskFailed {

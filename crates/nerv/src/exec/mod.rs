@@ -15,7 +15,7 @@ pub use resources::{ResourceError, Resources};
 
 use crate::container::Container;
 use crate::event::{Event, EventBus, EventData, EventKind, Payload, Source};
-use crate::graph::{Graph, TaskId};
+use crate::graph::{Graph, Restore, TaskId};
 use crate::memo::{InMemoryMemo, MemoStore};
 use crate::policy::circuit_breaker::{CircuitBreakerConfig, CircuitBreakers};
 use crate::policy::rate_limit::{RateLimit, RateLimits};
@@ -62,6 +62,19 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// The run's name, as its `WorkflowCreated` event reports it.
     pub name: Option<String>,
+    /// The earlier run this run resumes, and what it restores from it.
+    pub resume: Option<Resume>,
+}
+
+/// What a resumed run continues: the durable key of the earlier run (a journal's run id,
+/// reported in the `WorkflowStarted` event so that the journal appends to that run), and the
+/// outputs of its completed tasks.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The earlier run's durable key.
+    pub key: Arc<str>,
+    /// The completed tasks' outputs.
+    pub restore: Arc<Restore>,
 }
 
 impl RunOptions {
@@ -88,6 +101,16 @@ impl RunOptions {
     /// Names the run (in its events).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+    /// Resumes the earlier run `key` (e.g. a journal's run id): the tasks that `restore`
+    /// lists and that are persisted complete at once with their restored outputs, the others
+    /// run.
+    pub fn resume(mut self, key: impl Into<Arc<str>>, restore: Restore) -> Self {
+        self.resume = Some(Resume {
+            key: key.into(),
+            restore: Arc::new(restore),
+        });
         self
     }
     /// Whether to record per-task timestamps.

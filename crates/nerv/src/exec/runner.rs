@@ -129,6 +129,8 @@ pub(crate) struct Runner {
     /// The run's scope of the executor's container, opened when a task first resolves
     /// (subgraphs use their top run's).
     scope: OnceLock<Scope>,
+    /// What a resumed top run restores instead of running (never set for a subgraph).
+    restore: Option<Arc<crate::graph::Restore>>,
 }
 
 impl Runner {
@@ -165,6 +167,10 @@ impl Runner {
             obs,
             span,
             scope: OnceLock::new(),
+            restore: match &parent {
+                None => opts.resume.as_ref().map(|r| r.restore.clone()),
+                Some(_) => None,
+            },
             holding: Mutex::new(HashSet::new()),
             fallbacks: Mutex::new(Vec::new()),
             branch_skips: Mutex::new(Vec::new()),
@@ -193,6 +199,14 @@ impl Runner {
             Some(p) => p.handle.runner().scope(),
             None => self.scope.get_or_init(|| self.env.container.scope()),
         }
+    }
+
+    /// The serialized output of `node`, if it is persisted (for its `TaskCompleted` event).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn output_bytes(&self, node: u32) -> Option<Arc<[u8]>> {
+        let codec = self.graph.0.codecs.get(node as usize)?.as_ref()?;
+        codec.save(&self.arena).map(Arc::from)
     }
 
     /// The id of the top run this run belongs to.
@@ -295,6 +309,7 @@ impl Runner {
                 src,
                 EventData::WorkflowStarted {
                     graph: self.graph.clone(),
+                    resumes: self.opts.resume.as_ref().map(|r| r.key.clone()),
                 },
             ));
         }
@@ -656,7 +671,10 @@ impl Runner {
                 let attempt = cx.attempt;
                 self.emit_task(
                     node,
-                    || EventData::TaskCompleted { attempt },
+                    || EventData::TaskCompleted {
+                        attempt,
+                        output: self.output_bytes(node),
+                    },
                     EventKind::TaskCompleted,
                 );
                 Verdict::Completed
@@ -698,6 +716,38 @@ impl Runner {
             }
         }
         Gate::Go(permit)
+    }
+
+    /// Completes `node` with its output from the resumed run's [`Restore`](crate::Restore),
+    /// if it lists the node, the node is persisted and the bytes decode; returns whether it
+    /// did.
+    #[cold]
+    #[inline(never)]
+    fn restored(&self, node: u32) -> bool {
+        let (Some(r), Some(Some(codec))) = (&self.restore, self.graph.0.codecs.get(node as usize))
+        else {
+            return false;
+        };
+        if self.attempts[node as usize].load(Relaxed) != 0 {
+            return false;
+        }
+        let Some(bytes) = r.outputs.get(self.graph.0.ids.get(node as usize)) else {
+            return false;
+        };
+        if let Err(e) = codec.load(bytes, &self.arena) {
+            tracing::warn!(task = %self.full_id(node), error = %e, "restored output does not decode; running the task again");
+            return false;
+        }
+        self.stamp_end(node);
+        self.emit_task(
+            node,
+            || EventData::TaskCompleted {
+                attempt: 0,
+                output: None,
+            },
+            EventKind::TaskCompleted,
+        );
+        true
     }
 
     /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
@@ -752,7 +802,10 @@ impl Runner {
                     r.stamp_end(node);
                     r.emit_task(
                         node,
-                        || EventData::TaskCompleted { attempt },
+                        || EventData::TaskCompleted {
+                            attempt,
+                            output: r.output_bytes(node),
+                        },
                         EventKind::TaskCompleted,
                     );
                     Verdict::Completed
@@ -986,6 +1039,9 @@ impl Runner {
     fn run_node(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
         let node = ncx.node();
         let n = &self.graph.0.nodes[node as usize];
+        if self.restore.is_some() && self.restored(node) {
+            return Verdict::Completed;
+        }
         if let Some(e) = n.extra.as_ref().filter(|e| e.by_rule()) {
             if let Some(v) = self.by_rule(ncx, e.trigger) {
                 return v;
@@ -1082,7 +1138,10 @@ impl Runner {
                     self.stamp_end(node);
                     self.emit_task(
                         node,
-                        || EventData::TaskCompleted { attempt },
+                        || EventData::TaskCompleted {
+                            attempt,
+                            output: self.output_bytes(node),
+                        },
                         EventKind::TaskCompleted,
                     );
                     return Verdict::Completed;
@@ -1147,7 +1206,10 @@ impl Runner {
                 let attempt = parent.attempts[link.node as usize].load(Relaxed);
                 parent.emit_task(
                     link.node,
-                    || EventData::TaskCompleted { attempt },
+                    || EventData::TaskCompleted {
+                        attempt,
+                        output: parent.output_bytes(link.node),
+                    },
                     EventKind::TaskCompleted,
                 );
                 parent.settle(link.node);

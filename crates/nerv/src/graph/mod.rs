@@ -15,6 +15,7 @@
 
 mod batch;
 mod body;
+pub(crate) mod codec;
 mod error;
 mod flow;
 mod inputs;
@@ -22,6 +23,7 @@ mod inputs;
 pub use batch::BatchItems;
 pub(crate) use body::Started;
 use body::{Body, BodyChunk, Chunk};
+pub use codec::Restore;
 pub use error::GraphError;
 pub use flow::{Branch, TriggerRule, UnknownTriggerRule};
 pub use inputs::{Gather, Inputs, Optional};
@@ -201,6 +203,8 @@ pub struct GraphBuilder {
     problems: Vec<GraphError>,
     created: SystemTime,
     graph: u32,
+    /// Codecs of the persisted tasks.
+    codecs: Vec<(u32, Arc<dyn codec::Codec>)>,
 }
 
 impl Default for GraphBuilder {
@@ -234,7 +238,34 @@ impl GraphBuilder {
             problems: Vec::new(),
             created: SystemTime::now(),
             graph: NEXT_GRAPH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            codecs: Vec::new(),
         }
+    }
+
+    /// Marks the task of `h` as persisted: its output is serialized (MessagePack) into its
+    /// `TaskCompleted` event for journals, and a resumed run restores it from a
+    /// [`Restore`] instead of running the task again. Unmarked tasks run again on resume.
+    pub fn persist<T>(&mut self, h: Handle<T>) -> Handle<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        if h.graph != self.graph {
+            self.problems.push(GraphError::ForeignHandle {
+                task: "(persist)".to_string(),
+                handle: format!("{}#{}", h.graph, h.id().index()),
+            });
+            return h;
+        }
+        let node = h.id().index() as u32;
+        let codec: Arc<dyn codec::Codec> = Arc::new(codec::MsgPack {
+            slot: h.slot,
+            _t: PhantomData,
+        });
+        match self.codecs.iter_mut().find(|(n, _)| *n == node) {
+            Some(slot) => slot.1 = codec,
+            None => self.codecs.push((node, codec)),
+        }
+        h
     }
 
     /// Reserves room for `tasks` more tasks and `edges` more dependencies.
@@ -386,6 +417,7 @@ impl GraphBuilder {
             mut problems,
             created,
             graph,
+            codecs,
             ..
         } = self;
         if let Some(p) = problems.drain(..).next() {
@@ -477,6 +509,15 @@ impl GraphBuilder {
             created,
             graph,
             names: std::sync::OnceLock::new(),
+            codecs: if codecs.is_empty() {
+                Box::default()
+            } else {
+                let mut v: Vec<Option<Arc<dyn codec::Codec>>> = vec![None; n];
+                for (i, c) in codecs {
+                    v[i as usize] = Some(c);
+                }
+                v.into_boxed_slice()
+            },
         })))
     }
 }
@@ -856,6 +897,8 @@ pub(crate) struct GraphInner {
     /// The tasks' ids as shared strings for events; built when a run first publishes a task
     /// event, then shared by every run of the graph.
     pub(crate) names: std::sync::OnceLock<Box<[Arc<str>]>>,
+    /// Codecs of persisted tasks, by node (empty when none is persisted).
+    pub(crate) codecs: Box<[Option<Arc<dyn codec::Codec>>]>,
 }
 
 /// A validated task graph, ready to run any number of times (cloning shares it).
@@ -929,6 +972,13 @@ impl<'g> TaskInfo<'g> {
     /// Its duration estimate.
     pub fn estimate(&self) -> Option<Duration> {
         self.extra().and_then(|e| e.estimate)
+    }
+    /// Whether its output is persisted (see [`GraphBuilder::persist`]).
+    pub fn is_persisted(&self) -> bool {
+        self.g
+            .codecs
+            .get(self.index as usize)
+            .is_some_and(Option::is_some)
     }
     /// Its metadata (creation time defaults to the graph's).
     pub fn metadata(&self) -> TaskMetadata {

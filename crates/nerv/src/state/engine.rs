@@ -347,7 +347,7 @@ impl EngineState {
                 wf.created = ts;
                 wf.ensure_tasks(*tasks, &mut self.blank);
             }
-            EventData::WorkflowStarted { graph } => {
+            EventData::WorkflowStarted { graph, .. } => {
                 let wf = self
                     .runs
                     .entry(run)
@@ -530,7 +530,14 @@ mod tests {
             },
         ));
         s.apply(&ev(1, 0, EventData::TaskStarted { attempt: 1 }));
-        s.apply(&ev(1, 0, EventData::TaskCompleted { attempt: 1 }));
+        s.apply(&ev(
+            1,
+            0,
+            EventData::TaskCompleted {
+                attempt: 1,
+                output: None,
+            },
+        ));
         s.apply(&ev(1, 0, EventData::TaskStarted { attempt: 2 })); // after final: stays final
         s.apply(&ev(1, 1, EventData::TaskStarted { attempt: 1 }));
         let wf = s.workflow(1).unwrap();

@@ -48,7 +48,7 @@ impl Hot {
         Some(match *data {
             EventData::TaskPending => (Hot::Pending, 0),
             EventData::TaskStarted { attempt } => (Hot::Started, attempt),
-            EventData::TaskCompleted { attempt } => (Hot::Completed, attempt),
+            EventData::TaskCompleted { attempt, .. } => (Hot::Completed, attempt),
             EventData::TaskCancelled { attempt } => (Hot::Cancelled, attempt),
             EventData::MemoHit => (Hot::MemoHit, 0),
             EventData::MemoMiss => (Hot::MemoMiss, 0),
