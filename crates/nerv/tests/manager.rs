@@ -445,3 +445,37 @@ fn memoized_task_defs() {
         "task `x`: memoization is for sync work without a fallback"
     );
 }
+
+#[test]
+fn handlers_of_start_events_may_call_the_manager() {
+    // A `WorkflowStarted` handler runs on the thread that executes the workflow: the manager
+    // must hold no lock then, and must already know the execution.
+    let m = manager();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (m2, s) = (m.clone(), seen.clone());
+    let _sub = m.events().subscribe(
+        EventFilter::kinds([EventKind::WorkflowStarted, EventKind::TaskPending]),
+        move |e: &Event| {
+            let ex = nerv::ExecutionId(e.source.workflow.unwrap());
+            let status = m2.get_execution_status(ex).map(|r| r.status);
+            s.lock().unwrap().push((e.kind(), status.ok()));
+            let _ = m2.list_executions();
+        },
+    );
+    let wf = m.create_workflow("w", "");
+    m.add_task(wf, TaskDef::new("a", |_, _| Ok(json!(1))))
+        .unwrap();
+    let ex = m.execute_workflow(wf, json!({})).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m3 = m.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(m3.wait(ex).map(|r| r.status()));
+    });
+    assert_eq!(
+        rx.recv_timeout(LIMIT).expect("no deadlock").unwrap(),
+        nerv::RunStatus::Completed
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|(_, s)| s.is_some()), "{seen:?}");
+}

@@ -26,4 +26,4 @@ mod sync;
 pub use arena::{ArenaLayout, OnceArena, SlotKey};
 pub use dag::{Dag, DagError, BANDS};
 pub use pool::Pool;
-pub use run::{NodeCx, NodeRunner, NodeState, NotDeferred, RunHandle, Upstream, Verdict};
+pub use run::{NodeCx, NodeRunner, NodeState, NotDeferred, Prepared, RunHandle, Upstream, Verdict};

@@ -637,6 +637,13 @@ impl Pool {
     /// their outcome: the runner decides what an upstream failure means, see
     /// [`NodeCx::upstream`]).
     pub fn start<R: NodeRunner>(&self, dag: Arc<Dag>, runner: R) -> RunHandle<R> {
+        self.prepare(dag, runner).launch()
+    }
+
+    /// Sets up a run of `dag` without starting it: its handle exists (for a caller that
+    /// must record it before the run's first event), but no node is queued until
+    /// [`Prepared::launch`]. Dropping it unlaunched drops the run.
+    pub fn prepare<R: NodeRunner>(&self, dag: Arc<Dag>, runner: R) -> Prepared<R> {
         let n = dag.len();
         let counters = (0..n as u32)
             .map(|i| AtomicU32::new(dag.in_degree(i)))
@@ -660,17 +667,38 @@ impl Pool {
             rebanded: AtomicBool::new(false),
             bands: Mutex::new(None),
         });
-        let handle = RunHandle {
-            inner: inner.clone(),
-        };
-        if n == 0 {
+        Prepared {
+            handle: RunHandle { inner },
+        }
+    }
+}
+
+/// A run set up by [`Pool::prepare`] and not started yet.
+///
+/// Before launch every node is PENDING: [`RunHandle::complete`] and [`RunHandle::requeue`]
+/// refuse every node, so the handle can be shared but not misused.
+pub struct Prepared<R: NodeRunner> {
+    handle: RunHandle<R>,
+}
+
+impl<R: NodeRunner> Prepared<R> {
+    /// The run's handle (the run is not started yet).
+    pub fn handle(&self) -> &RunHandle<R> {
+        &self.handle
+    }
+
+    /// Starts the run: queues every root; returns the handle.
+    pub fn launch(self) -> RunHandle<R> {
+        let handle = self.handle;
+        let inner = &handle.inner;
+        if inner.dag.is_empty() {
             inner.finish();
             return handle;
         }
         // The pool's reference, given up by the retirement of the last node.
-        let run: &RunInner<R> = &inner;
+        let run: &RunInner<R> = inner;
         let _pool_ref = Arc::into_raw(inner.clone());
-        let shared = self.shared();
+        let shared = run.pool.shared();
         for &r in run.dag.roots() {
             shared.inject(run.job(r), run.band(r));
         }

@@ -465,6 +465,19 @@ impl Executor {
     /// publishes its own when the workflow is defined).
     pub(crate) fn start_inner(&self, graph: &Graph, opts: RunOptions, announce: bool) -> Run {
         let name = opts.name.clone().unwrap_or_default();
+        let prepared = self.prepare(graph, opts);
+        prepared
+            .handle()
+            .runner()
+            .publish_start(announce.then_some(name.as_str()));
+        Run {
+            handle: prepared.launch(),
+        }
+    }
+
+    /// Sets up a run without starting it (see [`Pool::prepare`]): the caller records its
+    /// [`Run`] first, then publishes its start and launches it.
+    pub(crate) fn prepare(&self, graph: &Graph, opts: RunOptions) -> nerv_pool::Prepared<Runner> {
         let runner = Runner::new(
             graph.clone(),
             self.env.clone(),
@@ -473,10 +486,7 @@ impl Executor {
             String::new(),
             None,
         );
-        runner.publish_start(announce.then_some(name.as_str()));
-        Run {
-            handle: self.env.pool.start(graph.0.dag.clone(), runner),
-        }
+        self.env.pool.prepare(graph.0.dag.clone(), runner)
     }
 
     /// Runs `graph` to the end and returns its report (blocks the calling thread).
@@ -492,7 +502,7 @@ impl Executor {
 
 /// A run in progress: wait for it (blocking or async), cancel it, or look at its tasks.
 pub struct Run {
-    handle: RunHandle<Runner>,
+    pub(crate) handle: RunHandle<Runner>,
 }
 
 impl std::fmt::Debug for Run {

@@ -532,27 +532,31 @@ impl WorkflowManager {
             name: Some(opts.name.clone().unwrap_or(name)),
             ..opts
         };
-        // The executions lock is held while starting, so that a status request never sees
-        // the run's id before the manager knows it.
-        let mut exs = self
-            .inner
+        // The run is recorded before its first event is published (so that a subscriber
+        // asking about it finds it), and no lock is held while the events are published (so
+        // that a subscriber may call the manager).
+        let prepared = self.inner.executor.prepare(&graph, opts);
+        let run = Run {
+            handle: prepared.handle().clone(),
+        };
+        let id = ExecutionId(run.id());
+        self.inner
             .executions
             .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let run = self.inner.executor.start_inner(&graph, opts, false);
-        let id = ExecutionId(run.id());
-        exs.insert(
-            id,
-            Execution {
-                workflow,
-                run,
-                outputs,
-            },
-        );
-        drop(exs);
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Execution {
+                    workflow,
+                    run,
+                    outputs,
+                },
+            );
         if let Some(def) = self.write_workflows().get_mut(&workflow) {
             def.executions.push(id);
         }
+        prepared.handle().runner().publish_start(None);
+        prepared.launch();
         Ok(id)
     }
 
@@ -609,20 +613,11 @@ impl WorkflowManager {
 
     /// Blocks until the execution ends; returns its report.
     pub fn wait(&self, ex: ExecutionId) -> Result<RunReport, ManagerError> {
-        // Not holding the lock while waiting: take what is needed and wait outside it.
-        let report = self.with_execution(ex, |e| e.run.report())?;
-        let done = self.with_execution(ex, |e| e.run.is_finished())?;
-        if done {
-            return Ok(report);
-        }
-        drop(report);
-        loop {
-            let finished =
-                self.with_execution(ex, |e| e.run.wait_timeout(Duration::from_millis(50)))?;
-            if finished {
-                return self.with_execution(ex, |e| e.run.report());
-            }
-        }
+        // A handle of the run, so that no lock is held while waiting.
+        let run = self.with_execution(ex, |e| Run {
+            handle: e.run.handle.clone(),
+        })?;
+        Ok(run.wait())
     }
 
     /// Cancels an execution (see [`Run::cancel`]).
