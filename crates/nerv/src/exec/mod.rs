@@ -301,7 +301,7 @@ impl ExecutorBuilder {
     /// ([`TaskBuilder::circuit_breaker`](crate::TaskBuilder::circuit_breaker)); default: a
     /// registry with [`CircuitBreakerConfig::default`]. Every transition of a circuit is
     /// published on the executor's bus as a [`EventKind::Custom`](crate::EventKind::Custom)
-    /// event named [`CIRCUIT_SIGNAL`] whose payload is the [`Transition`].
+    /// event named [`CIRCUIT_SIGNAL`] whose payload is the [`Transition`](crate::Transition).
     pub fn circuit_breakers(mut self, breakers: CircuitBreakers) -> Self {
         self.breakers = Some(breakers);
         self

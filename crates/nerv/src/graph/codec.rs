@@ -41,7 +41,7 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Codec for MsgPack<
 }
 
 /// The outputs of a run's completed tasks, by task id, to skip them when the run resumes
-/// (see [`RunOptions::restore`](crate::RunOptions::restore)). A journal builds it from what it
+/// (see [`RunOptions::resume`](crate::RunOptions::resume)). A journal builds it from what it
 /// recorded.
 ///
 /// A task listed here does not run again if it is persisted
