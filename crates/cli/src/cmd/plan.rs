@@ -1,0 +1,95 @@
+//! `nerv plan FILE`: levels, critical path, total work and lower bound, from the tasks'
+//! `estimate` keys (without them every task counts as one unit).
+
+use crate::args::{cpus, PlanArgs};
+use crate::exit::{CliError, Exit};
+use nerv::TaskError;
+use nerv_cli::workflow::{Command, Workflow};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Runs `nerv plan`.
+pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
+    let wf = Workflow::load(&args.file)?;
+    let graph = wf.graph_with(|b, _| {
+        b.run((), |_, ()| Ok::<(), TaskError>(()));
+    })?;
+    let plan = graph.plan();
+    let workers = args.jobs.map_or_else(cpus, |j| j as usize);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if args.json {
+        let tasks: Vec<Value> = wf
+            .tasks
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id, "name": t.name, "item": t.item, "needs": t.needs,
+                    "run": match &t.command { Command::Shell(s) => json!({"shell": s}), Command::Exec(a) => json!({"exec": a}) },
+                    "priority": t.priority.as_str(),
+                    "timeout_ms": t.timeout.map(ms),
+                    "attempts": t.retry.map_or(1, |r| r.attempts),
+                    "uses": t.uses, "env": t.env, "estimate_ms": t.estimate.map(ms),
+                    "description": t.description,
+                })
+            })
+            .collect();
+        let (unit, cp, work, lb) = if plan.is_timed() {
+            (
+                "ms",
+                json!(ms(plan.critical_path_length())),
+                json!(ms(plan.total_work())),
+                json!(ms(plan.lower_bound(workers))),
+            )
+        } else {
+            // Untimed: nerv counts one nanosecond per task.
+            let n = |d: Duration| json!(d.as_nanos() as u64);
+            (
+                "tasks",
+                n(plan.critical_path_length()),
+                n(plan.total_work()),
+                n(plan.lower_bound(workers)),
+            )
+        };
+        let v = json!({
+            "workflow": wf.name, "file": wf.path.display().to_string(), "tasks": tasks,
+            "levels": plan.levels(), "critical_path": plan.critical_path(),
+            "timed": plan.is_timed(), "unit": unit, "critical_path_length": cp,
+            "total_work": work, "lower_bound": lb, "workers": workers,
+            "max_parallelism": plan.max_parallelism(), "resources": wf.resources,
+        });
+        println!("{v}");
+        return Ok(Exit::Success);
+    }
+    let levels = plan.levels();
+    println!(
+        "plan: {} ({} tasks, {} levels, at most {} at once)",
+        wf.name,
+        wf.tasks.len(),
+        levels.len(),
+        plan.max_parallelism()
+    );
+    for (i, l) in levels.iter().enumerate() {
+        println!("  level {i}: {}", l.join(" "));
+    }
+    let path = plan.critical_path().join(" → ");
+    if plan.is_timed() {
+        let h = |d: Duration| humantime::format_duration(round_ms(d)).to_string();
+        println!("critical path: {path} ({})", h(plan.critical_path_length()));
+        println!("total work: {}", h(plan.total_work()));
+        println!(
+            "lower bound on {workers} workers: {} (max(critical path, total work / workers))",
+            h(plan.lower_bound(workers))
+        );
+    } else {
+        println!(
+            "critical path: {path} ({} tasks)",
+            plan.critical_path().len()
+        );
+        println!("(add `estimate = \"2s\"` to tasks for a critical path and lower bound in time)");
+    }
+    Ok(Exit::Success)
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

@@ -1,0 +1,628 @@
+//! Drives the built `nerv` binary on workflow files in temporary folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn nerv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nerv"))
+}
+
+/// Runs `nerv ARGS` in `dir`.
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    nerv()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run nerv")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+/// The only run folder's logs.
+fn logs_dir(dir: &Path) -> PathBuf {
+    let runs: Vec<_> = std::fs::read_dir(dir.join(".nerv/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].join("logs")
+}
+
+/// Waits (up to 20 s) for `path` to hold a pid.
+fn wait_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(p) = s.trim().parse() {
+                return p;
+            }
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` still runs (a zombie, already dead and waiting for its reaper, does not).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+    }
+}
+
+fn wait_exit(mut child: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "nerv did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn pipeline_runs_writes_logs_and_exits_0() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "p.toml",
+        r#"
+[tasks.fetch]
+run = "echo fetched > fetched.txt"
+[tasks.parse]
+run = ["sh", "-c", "cat fetched.txt; echo parsed"]
+needs = ["fetch"]
+[tasks.shout]
+run = "echo to-stderr >&2"
+"#,
+    );
+    let o = run_in(d.path(), &["run", "p.toml"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("3 completed, 0 failed, 0 skipped, 0 cancelled"),
+        "{out}"
+    );
+    assert!(out.contains("critical path:"), "{out}");
+    let logs = logs_dir(d.path());
+    assert_eq!(
+        std::fs::read_to_string(logs.join("parse.log")).unwrap(),
+        "fetched\nparsed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(logs.join("shout.log")).unwrap(),
+        "to-stderr\n"
+    );
+}
+
+#[test]
+fn failure_exits_1_shows_last_lines_and_skips_dependents() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "f.toml",
+        r#"
+[tasks.build]
+run = "for i in $(seq 1 30); do echo line$i; done; echo oops >&2; exit 3"
+[tasks.test]
+run = "echo should-not-run > ran.txt"
+needs = ["build"]
+[tasks.deploy]
+run = "echo should-not-run > ran.txt"
+needs = ["test"]
+[tasks.docs]
+run = "echo docs"
+"#,
+    );
+    let o = run_in(d.path(), &["run", "f.toml"]);
+    assert_eq!(code(&o), 1);
+    let out = stdout(&o);
+    assert!(out.contains("exit code 3"), "{out}");
+    assert!(out.contains("| oops"), "{out}");
+    assert!(out.contains("| line30"), "{out}");
+    assert!(!out.contains("| line1\n"), "only the last lines: {out}");
+    assert!(out.contains("skipped    test"), "{out}");
+    assert!(out.contains("skipped    deploy"), "{out}");
+    assert!(out.contains("1 completed, 1 failed, 2 skipped"), "{out}");
+    assert!(!d.path().join("ran.txt").exists());
+}
+
+fn assert_invalid(name: &str, text: &str, lines: &[usize], needle: &str) {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), name, text);
+    for cmd in ["validate", "run", "plan"] {
+        let o = run_in(d.path(), &[cmd, name]);
+        assert_eq!(code(&o), 2, "{cmd}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            lines.iter().any(|l| err.contains(&format!("{name}:{l}:"))),
+            "{cmd}: want {name}:{lines:?}: in\n{err}"
+        );
+        assert!(err.contains(needle), "{cmd}: want {needle:?} in\n{err}");
+    }
+    assert!(
+        !d.path().join(".nerv").exists(),
+        "an invalid file starts no run"
+    );
+}
+
+#[test]
+fn invalid_files_exit_2_with_file_and_line() {
+    assert_invalid(
+        "unknown.toml",
+        "[tasks.fetch]\nrun = \"true\"\n[tasks.parse]\nrun = \"true\"\nneeds = [\"fecth\"]\n",
+        &[5],
+        "did you mean `fetch`?",
+    );
+    assert_invalid(
+        "cycle.toml",
+        "[tasks.a]\nrun = \"true\"\nneeds = [\"c\"]\n[tasks.b]\nrun = \"true\"\nneeds = [\"a\"]\n[tasks.c]\nrun = \"true\"\nneeds = [\"b\"]\n",
+        &[3, 6, 9],
+        "cycle",
+    );
+    assert_invalid(
+        "key.toml",
+        "[tasks.a]\nrun = \"true\"\nretires = 3\n",
+        &[3],
+        "unknown field `retires`",
+    );
+    assert_invalid(
+        "dur.toml",
+        "[tasks.a]\nrun = \"true\"\ntimeout = \"3 parsecs\"\n",
+        &[3],
+        "invalid duration",
+    );
+    assert_invalid(
+        "prio.yaml",
+        "tasks:\n  a:\n    run: \"true\"\n    priority: urgent\n",
+        &[4],
+        "unknown priority",
+    );
+    assert_invalid(
+        "unknown.yml",
+        "tasks:\n  a:\n    run: \"true\"\n  b:\n    run: \"true\"\n    needs: [aa]\n",
+        &[6],
+        "which is not a task",
+    );
+    assert_invalid(
+        "dup.yaml",
+        "tasks:\n  a:\n    run: \"true\"\n  a:\n    run: \"true\"\n",
+        &[4],
+        "duplicate task `a`",
+    );
+    assert_invalid("empty.toml", "[tasks.a]\nrun = \"\"\n", &[2], "empty `run`");
+    assert_invalid(
+        "nonlist.toml",
+        "[tasks.a]\nrun = \"true\"\nfor_each = \"abc\"\n",
+        &[3],
+        "sequence",
+    );
+}
+
+#[test]
+fn for_each_expands_and_needs_waits_for_all() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "fe.toml",
+        r#"
+[tasks.make]
+for_each = ["a", "b c", "it's"]
+run = "echo {item} > \"out-$NERV_ITEM.txt\""
+[tasks.argv]
+for_each = ["x;rm -rf nothing"]
+run = ["sh", "-c", "printf '%s' \"$1\" > argv.txt", "sh", "{item}"]
+[tasks.gather]
+run = "ls out-*.txt | wc -l > count.txt; cat out-*.txt > all.txt"
+needs = ["make"]
+"#,
+    );
+    let o = run_in(d.path(), &["run", "fe.toml"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap();
+    assert_eq!(read("count.txt").trim(), "3");
+    let mut all: Vec<String> = read("all.txt").lines().map(str::to_owned).collect();
+    all.sort();
+    assert_eq!(all, ["a", "b c", "it's"]);
+    assert_eq!(read("argv.txt"), "x;rm -rf nothing");
+    let plan = run_in(d.path(), &["plan", "fe.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let gather = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "gather")
+        .unwrap();
+    assert_eq!(
+        gather["needs"],
+        serde_json::json!(["make[a]", "make[b c]", "make[it's]"])
+    );
+}
+
+#[test]
+fn yaml_gives_the_same_plan_as_toml() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "w.toml",
+        r#"
+name = "same"
+[defaults]
+retries = 1
+timeout = "10m"
+[resources]
+db = 2
+[tasks.fetch]
+run = "echo fetch"
+priority = "high"
+estimate = "2s"
+env = { LANG = "C" }
+uses = { db = 1 }
+[tasks.parse]
+run = ["echo", "parse"]
+needs = ["fetch"]
+retry = { attempts = 3, backoff = "2s", max_backoff = "1m" }
+[tasks.compress]
+for_each = ["a", "b"]
+run = ["gzip", "-k", "{item}.txt"]
+needs = ["parse"]
+estimate = "1s"
+"#,
+    );
+    write(
+        d.path(),
+        "w.yaml",
+        r#"
+name: same
+defaults:
+  retries: 1
+  timeout: 10m
+resources:
+  db: 2
+tasks:
+  fetch:
+    run: echo fetch
+    priority: high
+    estimate: 2s
+    env: { LANG: C }
+    uses: { db: 1 }
+  parse:
+    run: [echo, parse]
+    needs: [fetch]
+    retry: { attempts: 3, backoff: 2s, max_backoff: 1m }
+  compress:
+    for_each: [a, b]
+    run: [gzip, -k, "{item}.txt"]
+    needs: [parse]
+    estimate: 1s
+"#,
+    );
+    let plan = |f: &str| {
+        let o = run_in(d.path(), &["plan", f, "--json", "-j", "2"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("file");
+        v
+    };
+    let (t, y) = (plan("w.toml"), plan("w.yaml"));
+    assert_eq!(t, y);
+    assert_eq!(
+        t["critical_path"],
+        serde_json::json!(["fetch", "parse", "compress[a]"])
+    );
+    assert_eq!(t["timed"], true);
+    assert_eq!(t["levels"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn json_lines_parse() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "j.toml", "[tasks.a]\nrun = \"echo a\"\n[tasks.b]\nrun = \"exit 1\"\n[tasks.c]\nrun = \"true\"\nneeds = [\"b\"]\n");
+    let o = run_in(d.path(), &["run", "j.toml", "--json"]);
+    assert_eq!(code(&o), 1);
+    let events: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"run_started"));
+    assert_eq!(types.last(), Some(&"summary"));
+    assert!(
+        types.contains(&"task_completed")
+            && types.contains(&"task_failed")
+            && types.contains(&"task_skipped")
+    );
+    let failed = events.iter().find(|e| e["type"] == "task_failed").unwrap();
+    assert_eq!(failed["task"], "b");
+    assert_eq!(failed["attempt"], 1);
+    assert!(failed["error"].as_str().unwrap().contains("exit code 1"));
+    assert!(failed["time"].is_string());
+    assert_eq!(events.last().unwrap()["exit_code"], 1);
+}
+
+/// Max number of tasks between their "start" and "end" markers at once.
+fn max_concurrency(markers: &str) -> i32 {
+    let (mut cur, mut max) = (0, 0);
+    for l in markers.lines() {
+        match l.split_whitespace().next() {
+            Some("start") => cur += 1,
+            Some("end") => cur -= 1,
+            _ => panic!("bad marker {l}"),
+        }
+        max = max.max(cur);
+    }
+    assert_eq!(cur, 0);
+    max
+}
+
+#[test]
+fn resources_and_jobs_limit_concurrency() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "r.toml",
+        r#"
+[resources]
+db = 2
+[tasks.q]
+for_each = [1, 2, 3, 4, 5, 6]
+run = "echo start {item} >> db.txt; sleep 0.2; echo end {item} >> db.txt"
+uses = { db = 1 }
+[tasks.free]
+for_each = [1, 2, 3, 4]
+run = "echo start {item} >> free.txt; sleep 0.2; echo end {item} >> free.txt"
+"#,
+    );
+    let o = run_in(d.path(), &["run", "r.toml", "-j", "8"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let m = max_concurrency(&std::fs::read_to_string(d.path().join("db.txt")).unwrap());
+    assert!((1..=2).contains(&m), "db: {m} at once");
+    std::fs::remove_file(d.path().join("free.txt")).unwrap();
+    std::fs::remove_file(d.path().join("db.txt")).unwrap();
+    let o = run_in(d.path(), &["run", "r.toml", "-j", "1"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let m = max_concurrency(&std::fs::read_to_string(d.path().join("free.txt")).unwrap());
+    assert_eq!(m, 1, "-j 1");
+}
+
+#[test]
+fn sigint_cancels_and_kills_the_process_group() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "s.toml",
+        r#"
+[tasks.long]
+run = "(sleep 1000; echo never) & echo $! > pid.txt; wait"
+[tasks.stubborn]
+run = "trap '' TERM; sleep 1001 & echo $! > pid2.txt; wait; wait"
+[tasks.after]
+run = "echo after > after.txt"
+needs = ["long"]
+"#,
+    );
+    let child = nerv()
+        .args(["run", "s.toml", "--grace", "300ms"])
+        .current_dir(d.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = wait_pid(&d.path().join("pid.txt"));
+    let pid2 = wait_pid(&d.path().join("pid2.txt"));
+    assert!(running(pid) && running(pid2));
+    signal(child.id(), "-INT");
+    let o = wait_exit(child);
+    assert_eq!(code(&o), 130, "{}{}", stdout(&o), stderr(&o));
+    assert!(!running(pid), "sleep 1000 survived");
+    assert!(!running(pid2), "sleep 1001 (ignoring SIGTERM) survived");
+    assert!(!d.path().join("after.txt").exists());
+    let out = stdout(&o);
+    assert!(out.contains("interrupted"), "{out}");
+    assert!(out.contains("cancelled"), "{out}");
+}
+
+#[test]
+fn sigterm_to_nerv_also_cancels() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "t.toml",
+        "[tasks.long]\nrun = \"sleep 1002 & echo $! > pid.txt; wait\"\n",
+    );
+    let child = nerv()
+        .args(["run", "t.toml", "--json"])
+        .current_dir(d.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = wait_pid(&d.path().join("pid.txt"));
+    signal(child.id(), "-TERM");
+    let o = wait_exit(child);
+    assert_eq!(code(&o), 130);
+    assert!(!running(pid));
+    let last: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"], "interrupted");
+}
+
+#[test]
+fn timeout_kills_the_process_group() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "to.toml",
+        "[tasks.slow]\nrun = \"(sleep 1003) & echo $! > pid.txt; wait\"\ntimeout = \"300ms\"\n[tasks.next]\nrun = \"true\"\nneeds = [\"slow\"]\n",
+    );
+    let o = run_in(d.path(), &["run", "to.toml", "--grace", "200ms"]);
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let pid = wait_pid(&d.path().join("pid.txt"));
+    assert!(!running(pid), "the timed-out command survived");
+    let out = stdout(&o);
+    assert!(out.contains("timed out"), "{out}");
+    assert!(out.contains("skipped    next"), "{out}");
+}
+
+#[test]
+fn fail_fast_cancels_running_commands() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "ff.toml",
+        "[tasks.slow]\nrun = \"sleep 1004 & echo $! > pid.txt; wait\"\n[tasks.bad]\nrun = \"while [ ! -s pid.txt ]; do sleep 0.01; done; exit 4\"\n[tasks.later]\nrun = \"true\"\nneeds = [\"slow\"]\n",
+    );
+    let o = run_in(
+        d.path(),
+        &[
+            "run",
+            "ff.toml",
+            "--fail-fast",
+            "-j",
+            "2",
+            "--grace",
+            "200ms",
+        ],
+    );
+    assert_eq!(code(&o), 1, "{}", stdout(&o));
+    let pid = wait_pid(&d.path().join("pid.txt"));
+    assert!(!running(pid));
+    let out = stdout(&o);
+    assert!(out.contains("exit code 4"), "{out}");
+    assert!(out.contains("cancelled"), "{out}");
+}
+
+#[test]
+fn retries_run_again_then_succeed() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "re.toml",
+        "[tasks.flaky]\nrun = \"if [ -e seen ]; then echo second; else touch seen; echo first; exit 1; fi\"\nretry = { attempts = 2, backoff = \"10ms\" }\n",
+    );
+    let o = run_in(d.path(), &["run", "re.toml"]);
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(stdout(&o).contains("retrying   flaky"), "{}", stdout(&o));
+    let log = std::fs::read_to_string(logs_dir(d.path()).join("flaky.log")).unwrap();
+    assert_eq!(log, "first\n--- nerv: attempt 2 ---\nsecond\n");
+}
+
+#[test]
+fn env_cwd_and_direct_exec() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("sub")).unwrap();
+    write(
+        d.path(),
+        "e.toml",
+        "[defaults]\nenv = { A = \"1\" }\n[tasks.t]\nrun = \"echo $A $B $NERV_TASK > here.txt\"\ncwd = \"sub\"\nenv = { B = 2 }\n[tasks.missing]\nrun = \"no-such-program-nerv arg\"\n",
+    );
+    let o = run_in(d.path(), &["run", "e.toml"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("sub/here.txt")).unwrap(),
+        "1 2 t\n"
+    );
+    assert!(
+        stdout(&o).contains("cannot run `no-such-program-nerv`"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "g.toml", "[tasks.a]\nrun = \"true\"\n[tasks.b]\nfor_each = [1, 2]\nrun = \"true\"\nneeds = [\"a\"]\n");
+    let o = run_in(d.path(), &["graph", "g.toml", "--format", "dot"]);
+    assert_eq!(code(&o), 0);
+    let dot = stdout(&o);
+    assert!(dot.starts_with("digraph \"g\" {"), "{dot}");
+    assert!(
+        dot.contains("\"a\" -> \"b[1]\";") && dot.contains("\"a\" -> \"b[2]\";"),
+        "{dot}"
+    );
+    assert!(dot.trim_end().ends_with('}'));
+    let o = run_in(d.path(), &["graph", "g.toml", "--format", "mermaid"]);
+    let m = stdout(&o);
+    assert!(m.starts_with("flowchart LR\n"), "{m}");
+    assert!(
+        m.contains("t0[\"a\"]") && m.contains("t0 --> t1") && m.contains("t0 --> t2"),
+        "{m}"
+    );
+}
+
+#[test]
+fn plan_text_and_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.toml", "[tasks.a]\nrun = \"true\"\nestimate = \"2s\"\n[tasks.b]\nrun = \"true\"\nneeds = [\"a\"]\nestimate = \"1s\"\n[tasks.c]\nrun = \"true\"\nestimate = \"1s\"\n");
+    let o = run_in(d.path(), &["plan", "p.toml", "-j", "2"]);
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("level 0:") && out.contains("critical path: a → b (3s)"),
+        "{out}"
+    );
+    assert!(out.contains("lower bound on 2 workers: 3s"), "{out}");
+    assert_eq!(code(&run_in(d.path(), &["run"])), 2);
+    assert_eq!(
+        code(&run_in(
+            d.path(),
+            &["run", "p.toml", "--fail-fast", "--keep-going"]
+        )),
+        2
+    );
+    assert_eq!(code(&run_in(d.path(), &["run", "nope.toml"])), 2);
+    assert_eq!(code(&run_in(d.path(), &["validate", "p.toml"])), 0);
+}
+
+#[test]
+fn quickstart_example_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml");
+    std::fs::copy(src, d.path().join("quickstart.toml")).unwrap();
+    let o = run_in(d.path(), &["run", "quickstart.toml"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let report = std::fs::read_to_string(d.path().join("work/report.txt")).unwrap();
+    assert_eq!(report.trim(), "words: 6000");
+}
+
+#[test]
+fn fanout_yaml_example_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fanout.yaml");
+    std::fs::copy(src, d.path().join("fanout.yaml")).unwrap();
+    let o = run_in(d.path(), &["run", "fanout.yaml", "--json"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let sum = std::fs::read_to_string(d.path().join("shards/sum.txt")).unwrap();
+    assert_eq!(sum.trim(), "72180100"); // 1² + … + 600²
+}
