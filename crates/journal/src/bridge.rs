@@ -23,6 +23,7 @@ use crate::record::{RunId, RunRecord, RunStart, RunStatus, TaskRecord, TaskSpec,
 use crate::writer::Journal;
 use nerv::{Event, EventBus, EventData, EventFilter, EventKind, Restore, RunOptions, Subscription};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The kinds of events a [`Recorder`] reads.
@@ -81,6 +82,7 @@ pub struct Recorder {
     journal: Arc<Journal>,
     workflow: Arc<str>,
     runs: Arc<Mutex<Runs>>,
+    interrupted: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -99,7 +101,15 @@ impl Recorder {
             journal,
             workflow: workflow.into(),
             runs: Arc::default(),
+            interrupted: Arc::default(),
         }
+    }
+
+    /// Says that the process is being interrupted (Ctrl-C, SIGTERM): runs that end cancelled
+    /// from now on are recorded as [`RunStatus::Interrupted`], which a later run may resume,
+    /// rather than as cancelled on purpose.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
     }
 
     /// Subscribes to `bus` until the returned subscription is dropped.
@@ -165,6 +175,9 @@ impl Recorder {
                     EventData::WorkflowCompleted { .. } => (RunStatus::Completed, None),
                     EventData::WorkflowFailed { error, .. } => {
                         (RunStatus::Failed, Some(error.clone()))
+                    }
+                    _ if self.interrupted.load(Ordering::SeqCst) => {
+                        (RunStatus::Interrupted, Some("interrupted".to_string()))
                     }
                     _ => (RunStatus::Cancelled, None),
                 };

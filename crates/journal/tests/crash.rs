@@ -244,3 +244,42 @@ fn killed_at_many_points_resumes_without_losing_or_redoing_work() {
         "only {interrupted} of {seeds} kills interrupted the run"
     );
 }
+
+#[test]
+fn an_interrupted_run_is_resumable_and_a_cancelled_one_is_not() {
+    if std::env::var("NERV_CRASH_CHILD").is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open_in(dir.path()).unwrap());
+    let bus = EventBus::new();
+    let rec = Recorder::new(journal.clone(), "w");
+    let _sub = rec.attach(&bus);
+    let exec = Executor::builder().workers(1).events(bus).build();
+    let mut g = Graph::builder();
+    g.task("wait").run_async((), |ctx, ()| {
+        let stop = ctx.cancellation();
+        async move {
+            stop.cancelled().await;
+            Err::<(), _>(TaskError::cancelled())
+        }
+    });
+    let graph = g.build().unwrap();
+    let run = exec.start_with(&graph, RunOptions::default().name("w"));
+    run.cancel();
+    run.wait();
+    let store = journal.store();
+    assert_eq!(store.runs().unwrap()[0].status, RunStatus::Cancelled);
+    assert!(store.latest_resumable(Some("w")).unwrap().is_none());
+
+    rec.interrupt();
+    let run = exec.start_with(&graph, RunOptions::default().name("w"));
+    run.cancel();
+    run.wait();
+    let runs = store.runs().unwrap();
+    assert_eq!(runs[0].status, RunStatus::Interrupted);
+    assert_eq!(
+        store.latest_resumable(Some("w")).unwrap().map(|r| r.id),
+        Some(runs[0].id)
+    );
+}
