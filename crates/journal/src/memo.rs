@@ -102,7 +102,7 @@ impl SqliteMemo {
             .map_err(|e| self.err(e))?;
         let now = to_ns(now);
         match row {
-            Some((value, expires)) if expires.map_or(true, |e| now < e) => {
+            Some((value, expires)) if expires.is_none_or(|e| now < e) => {
                 // Best effort: a hit stays a hit if its last use cannot be written (a full
                 // disk); the error is kept for `take_error`.
                 let touched = conn

@@ -102,7 +102,7 @@ struct Stored {
 
 impl Stored {
     fn live(&self, now: SystemTime) -> bool {
-        self.expires.map_or(true, |e| now < e)
+        self.expires.is_none_or(|e| now < e)
     }
 }
 

@@ -525,7 +525,7 @@ fn expand(path: &Path, raw: RawFile, loc: &Locator<'_>) -> Result<Workflow, Work
                 return Err(err_key("run", format!("task `{key}` has an empty `run`"))
                     .with_hint("give the command to run"))
             }
-            RawRun::Argv(a) if a.first().map_or(true, |p| p.is_empty()) => {
+            RawRun::Argv(a) if a.first().is_none_or(|p| p.is_empty()) => {
                 return Err(
                     err_key("run", format!("task `{key}` has an empty `run` array"))
                         .with_hint("the first element is the program to run"),
