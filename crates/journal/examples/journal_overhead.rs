@@ -1,7 +1,7 @@
 //! What recording costs the engine: the fan-out/fan-in shape (1 → N → 1) of empty tasks with a
 //! `Recorder` attached to the executor's bus, against the same runs without it.
 //!
-//! `cargo run --release -p nerv-journal --example journal_overhead -- [--tasks N] [--runs R] [--persist]`
+//! `cargo run --release -p nerv-journal --example journal_overhead -- [--tasks N] [--runs R] [--persist] [--only-on]`
 //! prints one JSON line per mode, `{"journal": "off"|"on", "tasks": N, "ns_per_task": X}`
 //! (median of R runs, default 5; each "on" run in a fresh journal file, timed from start to
 //! the run's end, which includes the final flush: everything is durable when it returns),
@@ -40,13 +40,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (mut tasks, mut runs, mut persist) = (100_000usize, 5usize, false);
+    let (mut tasks, mut runs, mut persist, mut only_on) = (100_000usize, 5usize, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tasks" => tasks = args.next().and_then(|v| v.parse().ok()).expect("--tasks N"),
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs R"),
             "--persist" => persist = true,
+            // For instruction counts (`perf stat -e instructions`) of the recording alone.
+            "--only-on" => only_on = true,
             "--bench" => {}
             other => panic!("unknown option {other}"),
         }
@@ -59,9 +61,11 @@ fn main() {
     let on_exec = Executor::builder().workers(2).events(bus.clone()).build();
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        off_exec.run_with(&graph, opts());
-        off.push(t.elapsed().as_nanos() as f64 / n);
+        if !only_on {
+            let t = Instant::now();
+            off_exec.run_with(&graph, opts());
+            off.push(t.elapsed().as_nanos() as f64 / n);
+        }
 
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Arc::new(Journal::open_in(dir.path()).expect("journal"));
@@ -73,6 +77,13 @@ fn main() {
         assert_eq!(report.counts().completed, graph.len());
         let runs = nerv_journal::JournalStore::runs(&**journal.store()).expect("read");
         assert_eq!(runs[0].counts.completed, graph.len(), "all recorded");
+    }
+    if only_on {
+        println!(
+            r#"{{"journal": "on", "tasks": {tasks}, "ns_per_task": {:.0}}}"#,
+            median(on)
+        );
+        return;
     }
     let (a, b) = (median(off), median(on));
     println!(

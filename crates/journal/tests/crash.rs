@@ -149,15 +149,21 @@ fn killed_at_many_points_resumes_without_losing_or_redoing_work() {
         expected().to_string()
     );
 
-    let seeds = 30u32;
+    let seeds = 30usize;
     let mut interrupted = 0;
     for seed in 0..seeds {
         let dir = tempfile::tempdir().unwrap();
-        // From right after the start to past the end (some kills land during the final commit,
-        // a few after the run finished).
-        let at = span.mul_f64(f64::from(seed) / f64::from(seeds - 4));
+        // Kill once the child has run `seed / seeds` of the tasks (so that kills spread over
+        // the run however fast this machine is), plus 0-2 ms: some land between a task's end
+        // and its record's commit, some during a commit.
+        let target = seed * total_tasks / seeds;
         let mut c = child(dir.path(), false).spawn().unwrap();
-        std::thread::sleep(at);
+        let t0 = Instant::now();
+        while executions(dir.path()).len() < target && t0.elapsed() < span * 20 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(seed as u64 % 3));
+        let at = t0.elapsed();
         let _ = c.kill(); // SIGKILL
         let _ = c.wait();
 

@@ -66,8 +66,8 @@ pub const MIGRATIONS: &[Migration] = &[
                 task   TEXT NOT NULL,
                 at     INTEGER NOT NULL,
                 output BLOB,
-                UNIQUE (run, task)
-            );
+                PRIMARY KEY (run, task)
+            ) WITHOUT ROWID;
         ",
     },
     Migration {
