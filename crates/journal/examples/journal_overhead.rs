@@ -1,7 +1,7 @@
 //! What recording costs the engine: the fan-out/fan-in shape (1 → N → 1) of empty tasks with a
 //! `Recorder` attached to the executor's bus, against the same runs without it.
 //!
-//! `cargo run --release -p nerv-journal --example journal_overhead -- [--tasks N] [--runs R] [--persist] [--only-on]`
+//! `cargo run --release -p nerv-journal --example journal_overhead -- [--tasks N] [--runs R] [--persist] [--only-on] [--normal]`
 //! prints one JSON line per mode, `{"journal": "off"|"on", "tasks": N, "ns_per_task": X}`
 //! (median of R runs, default 5; each "on" run in a fresh journal file, timed from start to
 //! the run's end, which includes the final flush: everything is durable when it returns),
@@ -9,7 +9,7 @@
 //! completion carries 9 bytes to store.
 
 use nerv::{EventBus, Executor, Graph, RunOptions, TaskError, Timing};
-use nerv_journal::{Journal, Recorder};
+use nerv_journal::{Journal, Recorder, SqliteOptions, SqliteStore, Synchronous, DEFAULT_FILE_NAME};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,12 +41,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let (mut tasks, mut runs, mut persist, mut only_on) = (100_000usize, 5usize, false, false);
+    let mut sync = Synchronous::Full;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tasks" => tasks = args.next().and_then(|v| v.parse().ok()).expect("--tasks N"),
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs R"),
             "--persist" => persist = true,
+            "--normal" => sync = Synchronous::Normal,
             // For instruction counts (`perf stat -e instructions`) of the recording alone.
             "--only-on" => only_on = true,
             "--bench" => {}
@@ -68,7 +70,15 @@ fn main() {
         }
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let journal = Arc::new(Journal::open_in(dir.path()).expect("journal"));
+        let store = SqliteStore::open_with(
+            dir.path().join(DEFAULT_FILE_NAME),
+            SqliteOptions {
+                synchronous: sync,
+                ..SqliteOptions::default()
+            },
+        )
+        .expect("journal");
+        let journal = Arc::new(Journal::new(Arc::new(store)).expect("journal"));
         let sub = Recorder::new(journal.clone(), "fanout").attach(&bus);
         let t = Instant::now();
         let report = on_exec.run_with(&graph, opts());

@@ -6,6 +6,8 @@
 //!   declared tasks and their dependencies) and, for a resumed run, the journal id of the run
 //!   it resumes; `begin_run` is called synchronously there (on the thread starting the run,
 //!   before any task of it can start), so every later event of the run finds its journal id.
+//!   The tasks are declared through the writer ([`DeclareRecord`]), ahead of their
+//!   transitions.
 //!   Runs already going when the recorder was attached are not recorded.
 //! - Task transitions become [`TaskRecord`]s submitted to the journal's group-committing
 //!   writer: the publishing worker never waits for the disk. A completion carries the task's
@@ -19,7 +21,9 @@
 //!   thread that finished the run; other runs' workers are not held.)
 
 use crate::error::Result;
-use crate::record::{RunId, RunRecord, RunStart, RunStatus, TaskRecord, TaskSpec, TaskStatus};
+use crate::record::{
+    DeclareRecord, RunId, RunRecord, RunStart, RunStatus, TaskRecord, TaskSpec, TaskStatus,
+};
 use crate::writer::Journal;
 use nerv::{Event, EventBus, EventData, EventFilter, EventKind, Restore, RunOptions, Subscription};
 use std::collections::HashMap;
@@ -142,18 +146,25 @@ impl Recorder {
                     .as_deref()
                     .and_then(|k| k.parse::<i64>().ok())
                     .map(RunId);
+                // The run row now (its id is needed), its tasks through the writer: a large
+                // graph's declaration does not hold up the run's start, and each task's
+                // declaration folds with its first transitions into one row write.
                 let start = RunStart {
                     workflow: self.workflow.to_string(),
                     name,
-                    tasks: graph
-                        .tasks()
-                        .map(|t| TaskSpec::new(t.id(), t.dependencies()))
-                        .collect(),
+                    tasks: Vec::new(),
                     started: e.timestamp,
                     resumed_from,
                 };
                 match self.journal.begin_run(&start) {
                     Ok(id) => {
+                        self.journal.submit(DeclareRecord {
+                            run: id,
+                            tasks: graph
+                                .tasks()
+                                .map(|t| TaskSpec::new(t.id(), t.dependencies()))
+                                .collect(),
+                        });
                         let restore = match resumed_from {
                             Some(old) => self.restored_outputs(old),
                             None => None,

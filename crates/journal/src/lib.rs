@@ -54,8 +54,8 @@ pub use bridge::{restore_of, resume_options, Recorder};
 pub use error::{JournalError, LockOwner, Result};
 pub use memo::SqliteMemo;
 pub use record::{
-    Record, RunId, RunRecord, RunStart, RunStatus, RunSummary, TaskCounts, TaskRecord, TaskSpec,
-    TaskStatus, TaskSummary, UnknownStatus,
+    DeclareRecord, Record, RunId, RunRecord, RunStart, RunStatus, RunSummary, TaskCounts,
+    TaskRecord, TaskSpec, TaskStatus, TaskSummary, UnknownStatus,
 };
 pub use sqlite::schema::{Migration, APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, DEFAULT_FILE_NAME};

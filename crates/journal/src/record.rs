@@ -235,6 +235,19 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+/// Tasks of a run declared after [`begin_run`](crate::JournalStore::begin_run), through the
+/// writer: recorded pending (with their dependencies) unless a transition of theirs is
+/// recorded already. Submitted right after `begin_run` (with no tasks), it keeps the
+/// declaration of a large run off the thread that starts it, and lets the writer fold each
+/// task's declaration and first transitions into one row write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclareRecord {
+    /// The run.
+    pub run: RunId,
+    /// The tasks.
+    pub tasks: Vec<TaskSpec>,
+}
+
 /// One thing to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -242,6 +255,14 @@ pub enum Record {
     Task(TaskRecord),
     /// A run's transition.
     Run(RunRecord),
+    /// Tasks declared.
+    Declare(DeclareRecord),
+}
+
+impl From<DeclareRecord> for Record {
+    fn from(r: DeclareRecord) -> Self {
+        Record::Declare(r)
+    }
 }
 
 impl From<TaskRecord> for Record {

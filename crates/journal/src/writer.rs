@@ -20,7 +20,8 @@
 //!
 //! The writer thread, repeatedly:
 //! 1. wait for a record (or, while a failed batch waits, for a record or the backoff);
-//! 2. drain everything queued, up to `max_batch` records;
+//! 2. drain everything queued, up to `max_batch` records, and (unless a `flush` waits) keep
+//!    taking records until none has arrived for `linger`;
 //! 3. append the batch in ONE transaction ([`JournalStore::append`]);
 //! 4. on success: advance `committed` to the batch's last number, call `on_commit`, wake the
 //!    flushers; on failure: keep the error and the batch, wake the flushers waiting on it;
@@ -51,6 +52,8 @@ struct State {
     error: Option<JournalError>,
     /// The writer thread has exited.
     stopped: bool,
+    /// Threads waiting in `wait_for` (the writer does not linger while there are any).
+    waiters: usize,
 }
 
 struct Shared {
@@ -74,6 +77,7 @@ struct Submit {
 pub struct JournalBuilder {
     store: Arc<dyn JournalStore>,
     max_batch: usize,
+    linger: Duration,
     on_commit: Option<OnCommit>,
 }
 
@@ -90,6 +94,15 @@ impl JournalBuilder {
     /// At most `n` records per transaction (default 65 536; at least 1).
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
+        self
+    }
+
+    /// How long the writer waits for more records once the queue is empty before it commits
+    /// a batch, unless someone is flushing (default 1 ms; zero: commit at once). Records of
+    /// one task that arrive close together (its start and its end; a run's declaration and
+    /// its first tasks) then fold into one row write, and fewer commits mean fewer syncs.
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.linger = d;
         self
     }
 
@@ -114,6 +127,7 @@ impl JournalBuilder {
             shared: Arc::clone(&shared),
             rx,
             max_batch: self.max_batch,
+            linger: self.linger,
             on_commit: self.on_commit,
         };
         let thread = std::thread::Builder::new()
@@ -167,6 +181,7 @@ impl Journal {
         JournalBuilder {
             store,
             max_batch: 65_536,
+            linger: Duration::from_millis(1),
             on_commit: None,
         }
     }
@@ -250,9 +265,11 @@ impl Journal {
     /// Like [`flush`](Self::flush), for the records numbered up to `seq` only.
     pub fn wait_for(&self, seq: u64) -> Result<()> {
         let mut st = self.shared.lock();
+        st.waiters += 1;
         while st.committed < seq && !(st.error.is_some() && st.attempted >= seq) && !st.stopped {
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        st.waiters -= 1;
         if let Some(e) = st.error.take() {
             return Err(e);
         }
@@ -308,6 +325,7 @@ struct Writer {
     shared: Arc<Shared>,
     rx: Receiver<(u64, Record)>,
     max_batch: usize,
+    linger: Duration,
     on_commit: Option<OnCommit>,
 }
 
@@ -352,14 +370,27 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => closed = true,
                 }
             }
-            // 2. drain.
+            // 2. drain; then, unless someone is flushing, linger until the queue has been
+            // quiet for `linger`.
             while batch.len() < self.max_batch && !closed {
                 match self.rx.try_recv() {
                     Ok((seq, r)) => {
                         batch.push(r);
                         last = seq;
                     }
-                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Empty) => {
+                        if self.linger.is_zero() || self.shared.lock().waiters > 0 {
+                            break;
+                        }
+                        match self.rx.recv_timeout(self.linger) {
+                            Ok((seq, r)) => {
+                                batch.push(r);
+                                last = seq;
+                            }
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => closed = true,
+                        }
+                    }
                     Err(TryRecvError::Disconnected) => closed = true,
                 }
             }

@@ -14,11 +14,12 @@
 //!   machine loses power. Group commit makes FULL cheap (one sync per batch, not per record).
 //! - Times are stored as signed nanoseconds since the Unix epoch; statuses as their names;
 //!   dependencies as MessagePack arrays of strings (NULL: none).
-//! - `append` writes, per batch: one `completions` row per first completion (`INSERT OR
-//!   IGNORE` on `UNIQUE (run, task)`: exactly once); one `tasks` upsert per task, its
-//!   transitions in the batch folded first ([`Fold`]); one `history` row per run, a MessagePack
-//!   array of the batch's transitions of that run (duplicate completions left out). Statement
-//!   count per batch thus grows with tasks, not with transitions.
+//! - `append` writes, per batch: one `tasks` upsert per task, its transitions (and its
+//!   declaration) in the batch folded first ([`Fold`]), its output in the same row; the upsert
+//!   never changes a completed row, so completion (and its output) is recorded exactly once;
+//!   and one `history` row per run, a MessagePack array of the batch's transitions of that run
+//!   (duplicate completions left out). Statement count per batch thus grows with tasks, not
+//!   with transitions: a task that starts and completes within one batch costs one row write.
 //!
 //! Opening, in order (nothing is written before step 5):
 //! 1. refuse a path whose file or directory this process cannot write (`PermissionDenied`);
@@ -40,6 +41,7 @@ use crate::record::{
 };
 use crate::store::JournalStore;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -331,11 +333,15 @@ type HistoryEntry<'a> = (&'a str, &'a str, u32, i64, Option<&'a str>);
 /// start; `finished` and `error` are the latest transition's).
 #[derive(Default)]
 struct Fold<'a> {
+    /// The dependencies, if the batch declares the task.
+    deps: Option<&'a [String]>,
     status: Option<TaskStatus>,
     attempts: u32,
     started: Option<i64>,
     finished: Option<i64>,
     error: Option<&'a str>,
+    /// The output of the batch's (first) completion.
+    output: Option<&'a [u8]>,
 }
 
 impl<'a> Fold<'a> {
@@ -350,6 +356,9 @@ impl<'a> Fold<'a> {
         self.status = Some(r.status);
         self.finished = r.status.is_finished().then_some(at);
         self.error = r.error.as_deref();
+        if r.status == TaskStatus::Completed {
+            self.output = r.output.as_deref();
+        }
     }
 }
 
@@ -413,20 +422,16 @@ impl JournalStore for SqliteStore {
             .map_err(|e| self.err(e))?;
         {
             // Per run of the batch: `None` if the store does not hold it, else its
-            // transitions in this batch (one history row per run per batch).
-            let mut runs: HashMap<i64, Option<Vec<HistoryEntry<'_>>>> = HashMap::new();
+            // transitions in this batch, each with whether it is a completion (one history
+            // row per run per batch).
+            let mut runs: FxHashMap<i64, Option<Vec<(HistoryEntry<'_>, bool)>>> =
+                FxHashMap::default();
             let mut run_order: Vec<i64> = Vec::new();
             // Per task of the batch: its transitions folded (see `Fold`), in first-seen order.
-            let mut folds: HashMap<(i64, &str), Fold<'_>> = HashMap::new();
+            let mut folds: FxHashMap<(i64, &str), Fold<'_>> = FxHashMap::default();
             let mut order: Vec<(i64, &str)> = Vec::new();
             let mut exists = tx
                 .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")
-                .map_err(|e| self.err(e))?;
-            let mut complete = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO completions (run, task, at, output) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
                 .map_err(|e| self.err(e))?;
             let mut run = tx
                 .prepare_cached(
@@ -437,6 +442,7 @@ impl JournalStore for SqliteStore {
                 let run_id = match record {
                     Record::Task(t) => t.run.0,
                     Record::Run(r) => r.run.0,
+                    Record::Declare(d) => d.run.0,
                 };
                 let history = match runs.entry(run_id) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -452,29 +458,38 @@ impl JournalStore for SqliteStore {
                 match record {
                     Record::Task(r) => {
                         let at = to_ns(r.at);
-                        if r.status == TaskStatus::Completed {
-                            let inserted = complete
-                                .execute(params![run_id, r.task, at, r.output])
-                                .map_err(|e| self.err(e))?;
-                            if inserted == 0 {
-                                continue; // already completed in this run: exactly once
-                            }
-                        }
-                        history.push((
-                            &r.task,
-                            r.status.as_str(),
-                            r.attempt,
-                            at,
-                            r.error.as_deref(),
-                        ));
                         let key = (run_id, r.task.as_str());
-                        folds
-                            .entry(key)
-                            .or_insert_with(|| {
-                                order.push(key);
-                                Fold::default()
-                            })
-                            .apply(r, at);
+                        let fold = folds.entry(key).or_insert_with(|| {
+                            order.push(key);
+                            Fold::default()
+                        });
+                        let completion = r.status == TaskStatus::Completed;
+                        if completion && fold.status == Some(TaskStatus::Completed) {
+                            continue; // completed earlier in this batch: exactly once
+                        }
+                        fold.apply(r, at);
+                        history.push((
+                            (
+                                &r.task,
+                                r.status.as_str(),
+                                r.attempt,
+                                at,
+                                r.error.as_deref(),
+                            ),
+                            completion,
+                        ));
+                    }
+                    Record::Declare(d) => {
+                        for t in &d.tasks {
+                            let key = (run_id, t.id.as_str());
+                            folds
+                                .entry(key)
+                                .or_insert_with(|| {
+                                    order.push(key);
+                                    Fold::default()
+                                })
+                                .deps = Some(&t.deps);
+                        }
                     }
                     Record::Run(RunRecord {
                         run: _,
@@ -489,22 +504,61 @@ impl JournalStore for SqliteStore {
                 }
             }
             // One upsert per task of the batch, merging its fold into the stored row exactly
-            // as applying its transitions one by one would.
+            // as applying its transitions one by one would. A completed row is never changed:
+            // a fold that completes a task completed by an earlier batch changes nothing, and
+            // its completion is left out of the history (exactly once).
             let mut task = tx
                 .prepare_cached(
-                    "INSERT INTO tasks (run, task, status, attempts, started, finished, error) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                    "INSERT INTO tasks \
+                       (run, task, deps, status, attempts, started, finished, error, output) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                      ON CONFLICT (run, task) DO UPDATE SET \
-                       status = CASE WHEN tasks.status = 'completed' THEN tasks.status \
+                       deps = coalesce(excluded.deps, tasks.deps), \
+                       status = CASE WHEN excluded.status = 'pending' THEN tasks.status \
                                 ELSE excluded.status END, \
                        attempts = max(tasks.attempts, excluded.attempts), \
                        started = coalesce(tasks.started, excluded.started), \
-                       finished = CASE WHEN tasks.status = 'completed' THEN tasks.finished \
+                       finished = CASE WHEN excluded.status = 'pending' THEN tasks.finished \
                                   ELSE excluded.finished END, \
-                       error = CASE WHEN tasks.status = 'completed' THEN tasks.error \
-                               ELSE excluded.error END",
+                       error = CASE WHEN excluded.status = 'pending' THEN tasks.error \
+                               ELSE excluded.error END, \
+                       output = excluded.output \
+                     WHERE tasks.status != 'completed'",
                 )
                 .map_err(|e| self.err(e))?;
+            let mut refused: Vec<(i64, &str)> = Vec::new();
+            for key in &order {
+                let f = &folds[key];
+                let status = f.status.unwrap_or(TaskStatus::Pending);
+                let deps = match f.deps {
+                    Some(d) if !d.is_empty() => {
+                        Some(rmp_serde::to_vec(d).map_err(|e| JournalError::Sqlite {
+                            path: self.path.clone(),
+                            detail: format!(
+                                "cannot encode the dependencies of task {}: {e}",
+                                key.1
+                            ),
+                        })?)
+                    }
+                    _ => None,
+                };
+                let changed = task
+                    .execute(params![
+                        key.0,
+                        key.1,
+                        deps,
+                        status.as_str(),
+                        f.attempts,
+                        f.started,
+                        f.finished,
+                        f.error,
+                        f.output
+                    ])
+                    .map_err(|e| self.err(e))?;
+                if changed == 0 && status == TaskStatus::Completed {
+                    refused.push(*key);
+                }
+            }
             let mut history = tx
                 .prepare_cached(
                     "INSERT INTO history (run, batch, transitions) VALUES (?1, \
@@ -513,10 +567,15 @@ impl JournalStore for SqliteStore {
                 .map_err(|e| self.err(e))?;
             for id in &run_order {
                 if let Some(Some(entries)) = runs.get(id) {
-                    if entries.is_empty() {
+                    let kept: Vec<&HistoryEntry<'_>> = entries
+                        .iter()
+                        .filter(|(e, completion)| !(*completion && refused.contains(&(*id, e.0))))
+                        .map(|(e, _)| e)
+                        .collect();
+                    if kept.is_empty() {
                         continue;
                     }
-                    let blob = rmp_serde::to_vec(entries).map_err(|e| JournalError::Sqlite {
+                    let blob = rmp_serde::to_vec(&kept).map_err(|e| JournalError::Sqlite {
                         path: self.path.clone(),
                         detail: format!("cannot encode the history of run {id}: {e}"),
                     })?;
@@ -524,20 +583,6 @@ impl JournalStore for SqliteStore {
                         .execute(params![id, blob])
                         .map_err(|e| self.err(e))?;
                 }
-            }
-            for key in &order {
-                let f = &folds[key];
-                let status = f.status.unwrap_or(TaskStatus::Pending);
-                task.execute(params![
-                    key.0,
-                    key.1,
-                    status.as_str(),
-                    f.attempts,
-                    f.started,
-                    f.finished,
-                    f.error
-                ])
-                .map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))
@@ -559,10 +604,9 @@ impl JournalStore for SqliteStore {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT t.task, t.deps, t.status, t.attempts, t.started, t.finished, t.error, \
-                        c.output IS NOT NULL \
-                 FROM tasks t LEFT JOIN completions c ON c.run = t.run AND c.task = t.task \
-                 WHERE t.run = ?1 ORDER BY t.task",
+                "SELECT task, deps, status, attempts, started, finished, error, \
+                        output IS NOT NULL \
+                 FROM tasks WHERE run = ?1 ORDER BY task",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -640,7 +684,10 @@ impl JournalStore for SqliteStore {
     fn completed_outputs(&self, run: RunId) -> Result<Vec<(String, Option<Vec<u8>>)>> {
         let conn = self.reader();
         let mut stmt = conn
-            .prepare_cached("SELECT task, output FROM completions WHERE run = ?1 ORDER BY task")
+            .prepare_cached(
+                "SELECT task, output FROM tasks WHERE run = ?1 AND status = 'completed' \
+                 ORDER BY task",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![run.0], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -690,7 +737,7 @@ impl JournalStore for SqliteStore {
                 .map_err(|e| self.err(e))?
         };
         for id in &ids {
-            for table in ["history", "completions", "tasks"] {
+            for table in ["history", "tasks"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE run = ?1"), params![id])
                     .map_err(|e| self.err(e))?;
             }

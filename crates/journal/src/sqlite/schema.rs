@@ -32,7 +32,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
-        description: "runs, tasks (latest state), history (every transition) and completions",
+        description: "runs, tasks (latest state and output), history (every transition)",
         sql: "
             CREATE TABLE runs (
                 id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[Migration] = &[
                 started  INTEGER,
                 finished INTEGER,
                 error    TEXT,
+                output   BLOB,
                 PRIMARY KEY (run, task)
             ) WITHOUT ROWID;
             CREATE TABLE history (
@@ -61,13 +62,6 @@ pub const MIGRATIONS: &[Migration] = &[
                 transitions BLOB NOT NULL,
                 PRIMARY KEY (run, batch)
             );
-            CREATE TABLE completions (
-                run    INTEGER NOT NULL,
-                task   TEXT NOT NULL,
-                at     INTEGER NOT NULL,
-                output BLOB,
-                PRIMARY KEY (run, task)
-            ) WITHOUT ROWID;
         ",
     },
     Migration {
