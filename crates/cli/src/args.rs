@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "nerv", version, propagate_version = true)]
 #[command(
-    after_help = "Examples:\n  nerv run pipeline.toml -j 4\n  nerv plan pipeline.yaml --json\n  nerv graph pipeline.toml --format dot | dot -Tsvg > graph.svg"
+    after_help = "Examples:\n  nerv run pipeline.toml -j 4\n  nerv runs\n  nerv resume\n  nerv plan pipeline.yaml --json\n  nerv graph pipeline.toml --format dot | dot -Tsvg > graph.svg"
 )]
 pub struct Cli {
     /// The command.
@@ -25,10 +25,53 @@ pub enum Commands {
     ///
     /// Each task's stdout and stderr go to .nerv/runs/RUN-ID/logs/TASK.log beside the
     /// workflow file; commands run in the workflow file's folder unless `cwd` says otherwise.
+    /// Every run is recorded in the journal .nerv/nerv.db beside the workflow file (see
+    /// `nerv runs`, `nerv resume`); `nerv run` refuses to start when the journal cannot be
+    /// opened (another nerv is running in that folder, a full disk, ...), unless
+    /// `--no-journal` is given.
+    ///
+    /// A task with `cache = true` (or `cache = { ttl = "1d" }`) is not run again when an
+    /// earlier run completed it with the same key: its id, command, `env`, working directory
+    /// and the contents of the files listed in its `inputs` (see `nerv cache`).
     #[command(
-        after_help = "Examples:\n  nerv run pipeline.toml\n  nerv run pipeline.toml -j 8 --fail-fast\n  nerv run pipeline.yaml --json | jq -c 'select(.type == \"task_failed\")'\n\nExit codes: 0 all tasks completed, 1 a task failed, 2 invalid file, 130 interrupted."
+        after_help = "Examples:\n  nerv run pipeline.toml\n  nerv run pipeline.toml -j 8 --fail-fast\n  nerv run pipeline.yaml --json | jq -c 'select(.type == \"task_failed\")'\n\nExit codes: 0 all tasks completed, 1 a task failed (or the journal cannot be opened), 2 invalid file, 130 interrupted."
     )]
     Run(RunArgs),
+    /// Resume an interrupted or failed run: tasks that completed are not run again.
+    ///
+    /// Without RUN: the most recent interrupted or failed run recorded in this folder's
+    /// journal (.nerv/nerv.db) that no later run resumed. The workflow file is read again from
+    /// where the run found it: tasks no longer in it are ignored, new ones run.
+    #[command(
+        after_help = "Examples:\n  nerv resume\n  nerv resume 12 -j 4\n  nerv resume 20261129T022437Z-4f2a --json\n\nExit codes: as `nerv run`."
+    )]
+    Resume(ResumeArgs),
+    /// List recorded runs, newest first (or delete old ones: `nerv runs rm`).
+    #[command(
+        after_help = "Examples:\n  nerv runs\n  nerv runs --json | jq -r 'select(.status == \"failed\") | .id'\n  nerv runs rm --older-than 7d\n  nerv runs rm --keep 20"
+    )]
+    Runs(RunsArgs),
+    /// Show one run's tasks: status, attempts, times, errors.
+    #[command(after_help = "Examples:\n  nerv status 12\n  nerv status last --json")]
+    Status(StatusArgs),
+    /// Print a task's log (stdout and stderr of every attempt) from a run.
+    #[command(after_help = "Examples:\n  nerv logs 12 build\n  nerv logs last 'compress[a]'")]
+    Logs(LogsArgs),
+    /// Write a run's timeline as a Chrome trace-event JSON file (Perfetto, chrome://tracing).
+    ///
+    /// One "X" event per task attempt, one lane (thread) per worker. The journal does not
+    /// record which worker ran a task, so lanes are assigned from the recorded start and end
+    /// times by interval partitioning (each attempt takes the lowest free lane): this uses the
+    /// fewest lanes possible, which is the run's peak concurrency and never more than `-j`.
+    #[command(
+        after_help = "Examples:\n  nerv trace 12              # writes nerv-trace-12.json\n  nerv trace last -o run.json\n  nerv trace last -o - | jq '.traceEvents | length'\n\nOpen the file in https://ui.perfetto.dev or chrome://tracing."
+    )]
+    Trace(TraceArgs),
+    /// List or remove cached task results (tasks with `cache = true`).
+    #[command(
+        after_help = "Examples:\n  nerv cache ls\n  nerv cache rm fetch\n  nerv cache rm --all"
+    )]
+    Cache(CacheArgs),
     /// Check a workflow file: syntax, keys, values, dependencies, cycles.
     #[command(after_help = "Example:\n  nerv validate pipeline.toml && echo ok")]
     Validate(FileArgs),
@@ -56,6 +99,163 @@ pub struct FileArgs {
 pub struct RunArgs {
     /// The workflow file (.toml, .yaml or .yml).
     pub file: PathBuf,
+    /// How to run it.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Do not record the run in the journal (it cannot be resumed; `cache` is off).
+    #[arg(long)]
+    pub no_journal: bool,
+}
+
+/// The folder whose journal a command reads.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// The folder of the workflow files whose journal (DIR/.nerv/nerv.db) to use.
+    #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// `nerv resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run: its number in `nerv runs`, its run id, or `last` [default: the most recent
+    /// interrupted or failed run].
+    pub run: Option<String>,
+    /// How to run it.
+    #[command(flatten)]
+    pub exec: ExecArgs,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv runs`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RunsArgs {
+    /// Delete old runs instead of listing them.
+    #[command(subcommand)]
+    pub action: Option<RunsAction>,
+    /// Print one JSON object per run per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv runs rm`.
+#[derive(Debug, Subcommand)]
+pub enum RunsAction {
+    /// Delete finished runs (their records and log folders); a running run is never deleted.
+    #[command(
+        after_help = "Examples:\n  nerv runs rm --older-than 7d\n  nerv runs rm --keep 20\n  nerv runs rm --older-than 30d --keep 5   # both must hold"
+    )]
+    Rm(RunsRmArgs),
+}
+
+/// `nerv runs rm`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["older_than", "keep"])))]
+pub struct RunsRmArgs {
+    /// Delete runs that started longer ago than this ("7d", "12h").
+    #[arg(long, value_name = "AGE", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Keep the N newest runs, delete the rest.
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The run: its number in `nerv runs`, its run id, or `last`.
+    pub run: String,
+    /// Print one JSON object: the run and its tasks.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run: its number in `nerv runs`, its run id, or `last`.
+    pub run: String,
+    /// The task's id (`compress[a]` for an expansion of a `for_each` task).
+    pub task: String,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The run: its number in `nerv runs`, its run id, or `last`.
+    pub run: String,
+    /// The file to write (`-`: standard output) [default: nerv-trace-RUN.json].
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+/// `nerv cache ls | rm`.
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// List the cached task results: task, key, size, created, last used, expiry.
+    Ls(CacheLsArgs),
+    /// Remove the cached results of a task (all its `for_each` expansions, by its name), or
+    /// all of them.
+    #[command(
+        after_help = "Examples:\n  nerv cache rm fetch\n  nerv cache rm 'compress[a]'\n  nerv cache rm --all"
+    )]
+    Rm(CacheRmArgs),
+}
+
+/// `nerv cache ls`.
+#[derive(Debug, Args)]
+pub struct CacheLsArgs {
+    /// Print one JSON object per entry per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `nerv cache rm`.
+#[derive(Debug, Args)]
+pub struct CacheRmArgs {
+    /// The task whose entries to remove.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub task: Option<String>,
+    /// Remove every entry.
+    #[arg(long)]
+    pub all: bool,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// How a run goes (`nerv run` and `nerv resume`).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
     /// Run at most N commands at once [default: the number of CPUs].
     #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,

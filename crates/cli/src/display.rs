@@ -72,6 +72,8 @@ pub enum UiEvent {
         attempt: u32,
         at: SystemTime,
     },
+    /// A cached task's key was found: it completes without running (its `Completed` follows).
+    Cached { task: Arc<str> },
     /// nerv got SIGINT/SIGTERM.
     Interrupted { second: bool },
     /// The run ended: print the summary and stop.
@@ -153,6 +155,10 @@ pub struct Summary {
     pub interrupted: bool,
     /// The exit code nerv is about to return.
     pub exit_code: u8,
+    /// The run's number in the journal, if it was recorded.
+    pub journal_run: Option<i64>,
+    /// The journal run this run resumed, if any.
+    pub resumed_from: Option<i64>,
 }
 
 /// The display thread and its channel.
@@ -210,6 +216,9 @@ struct Renderer {
     mp: Option<MultiProgress>,
     main: Option<ProgressBar>,
     running: HashMap<Arc<str>, ProgressBar>,
+    cached: std::collections::HashSet<Arc<str>>,
+    n_cached: usize,
+    n_restored: usize,
 }
 
 fn secs(d: Duration) -> String {
@@ -278,6 +287,9 @@ impl Renderer {
             mp,
             main,
             running: HashMap::new(),
+            cached: std::collections::HashSet::new(),
+            n_cached: 0,
+            n_restored: 0,
         }
     }
 
@@ -407,12 +419,26 @@ impl Renderer {
             }
             UiEvent::Completed { task, attempt, at } => {
                 let el = self.elapsed_of(&task, at);
+                // Attempt 0: restored from the run being resumed, not run.
+                let how = if attempt == 0 {
+                    self.n_restored += 1;
+                    "restored"
+                } else if self.cached.remove(&task) {
+                    self.n_cached += 1;
+                    "cached"
+                } else {
+                    "completed"
+                };
                 match self.mode {
-                    Mode::Json => self.json(json!({"type": "task_completed", "task": &*task, "time": rfc3339(at), "elapsed_ms": since(at), "attempt": attempt, "duration_ms": el.as_millis() as u64})),
-                    Mode::Plain => self.line(&format!("{} completed  {task} ({})", self.stamp(), secs(el))),
+                    Mode::Json => self.json(json!({"type": "task_completed", "task": &*task, "time": rfc3339(at), "elapsed_ms": since(at), "attempt": attempt, "duration_ms": el.as_millis() as u64, "restored": attempt == 0, "cached": how == "cached"})),
+                    Mode::Plain if how == "completed" => self.line(&format!("{} completed  {task} ({})", self.stamp(), secs(el))),
+                    Mode::Plain => self.line(&format!("{} {how:<10} {task}", self.stamp())),
                     Mode::Live => {}
                 }
                 self.finish_task(&task);
+            }
+            UiEvent::Cached { task } => {
+                self.cached.insert(task);
             }
             UiEvent::Failed { task, attempt, at, error } => {
                 self.failed += 1;
@@ -514,6 +540,8 @@ impl Renderer {
                 "critical_path_ms": s.critical_length.as_millis() as u64,
                 "failures": s.failures.iter().map(|(t, e)| json!({"task": t, "error": e})).collect::<Vec<_>>(),
                 "logs": s.logs_dir.display().to_string(), "exit_code": s.exit_code,
+                "restored": self.n_restored, "cached": self.n_cached,
+                "journal_run": s.journal_run, "resumed_from": s.resumed_from,
             }));
             return;
         }
@@ -536,6 +564,20 @@ impl Renderer {
             s.cancelled,
             secs(s.wall)
         );
+        let mut not_run = Vec::new();
+        if self.n_restored > 0 {
+            let from = s
+                .resumed_from
+                .map(|r| format!(" from run {r}"))
+                .unwrap_or_default();
+            not_run.push(format!("{} restored{from}", self.n_restored));
+        }
+        if self.n_cached > 0 {
+            not_run.push(format!("{} cached", self.n_cached));
+        }
+        if !not_run.is_empty() {
+            let _ = writeln!(out, "not run: {}", not_run.join(", "));
+        }
         if !s.critical_path.is_empty() {
             let _ = writeln!(
                 out,
@@ -553,6 +595,18 @@ impl Renderer {
             let _ = writeln!(out, "failed: {t}: {e}{log}");
         }
         let _ = writeln!(out, "logs: {}", s.logs_dir.display());
+        if let Some(n) = s.journal_run {
+            let next = if s.interrupted || s.failed > 0 || s.cancelled > 0 {
+                format!("; `nerv resume {n}` continues it")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "recorded as run {n} ({}){next}; `nerv status {n}` shows its tasks",
+                s.run_id
+            );
+        }
         let _ = out.flush();
     }
 }

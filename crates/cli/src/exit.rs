@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0    | every task completed (or: the file is valid, for `validate`/`plan`/`graph`) |
-//! | 1    | a task failed (or nerv itself could not work: a log folder it cannot create) |
+//! | 1    | a task failed (or nerv itself could not work: a journal it cannot open, a log folder it cannot create, a run that does not exist) |
 //! | 2    | the workflow file is invalid, or the command line is wrong (clap's own code) |
 //! | 130  | interrupted (SIGINT/SIGTERM): the run was cancelled and its processes ended |
 

@@ -45,7 +45,9 @@ pub struct RunLayout {
 
 impl RunLayout {
     /// The layout of run `run_id` of a workflow in `base_dir`, with a log file name for each
-    /// of `task_ids` (ids are made file-safe: `compress[a]` logs to `compress.a.log`).
+    /// of `task_ids` (ids are made file-safe: `compress[a]` logs to `compress.a.log`; when two
+    /// ids give the same name, the later in sorted order gets `~2`, so the names depend only
+    /// on the set of ids, whatever their order: `nerv logs` rebuilds them from the journal).
     pub fn new<'a>(
         base_dir: &Path,
         run_id: &str,
@@ -55,7 +57,10 @@ impl RunLayout {
         let logs_dir = run_dir.join("logs");
         let mut used = HashSet::new();
         let mut names = HashMap::new();
-        for id in task_ids {
+        let mut ids: Vec<&str> = task_ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
             let base = file_safe(id);
             let mut name = base.clone();
             let mut n = 1;
@@ -83,6 +88,11 @@ impl RunLayout {
             }
         }
         Ok(())
+    }
+
+    /// The folder of run `run_id` of the workflows whose state folder is `state_dir`.
+    pub fn run_dir_in(state_dir: &Path, run_id: &str) -> PathBuf {
+        state_dir.join("runs").join(run_id)
     }
 
     /// The log file of task `id`.
@@ -118,11 +128,11 @@ mod tests {
         let l = RunLayout::new(Path::new("/w"), "r1", ["compress[a]", "compress.a", "x/y"]);
         assert_eq!(
             l.log_file("compress[a]"),
-            Path::new("/w/.nerv/runs/r1/logs/compress.a.log")
+            Path::new("/w/.nerv/runs/r1/logs/compress.a~2.log")
         );
         assert_eq!(
             l.log_file("compress.a"),
-            Path::new("/w/.nerv/runs/r1/logs/compress.a~2.log")
+            Path::new("/w/.nerv/runs/r1/logs/compress.a.log")
         );
         assert_eq!(
             l.log_file("x/y"),

@@ -8,5 +8,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod layout;
 pub mod workflow;

@@ -1,8 +1,9 @@
 //! `nerv`: runs workflow files of shell commands in parallel, as their dependencies allow.
 //!
-//! Glue over the `nerv` library and this package's library (`nerv_cli::workflow`): argument
-//! parsing (`args`), one file per command (`cmd/`), the display (`display`), processes and
-//! process groups (`process`), and exit codes decided in one place (`exit`).
+//! Glue over the `nerv` library, the journal (`nerv_journal`) and this package's library
+//! (`nerv_cli::workflow`, `nerv_cli::cache`): argument parsing (`args`), one file per command
+//! (`cmd/`), the display (`display`), processes and process groups (`process`), the journal
+//! as the commands use it (`history`), and exit codes decided in one place (`exit`).
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +11,7 @@ mod args;
 mod cmd;
 mod display;
 mod exit;
+mod history;
 mod process;
 
 use args::{Cli, Commands};
@@ -18,8 +20,17 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Errors reported inside the engine and the journal's recorder (a journal that cannot
+    // record a run, a cache entry that cannot be written) go to stderr; `NERV_LOG` overrides.
+    init_tracing();
     let result = match cli.command {
         Commands::Run(a) => cmd::run::run(a),
+        Commands::Resume(a) => cmd::resume::run(a),
+        Commands::Runs(a) => cmd::runs::run(a),
+        Commands::Status(a) => cmd::status::run(a),
+        Commands::Logs(a) => cmd::logs::run(a),
+        Commands::Trace(a) => cmd::trace::run(a),
+        Commands::Cache(a) => cmd::cache::run(a),
         Commands::Validate(a) => cmd::validate::run(a),
         Commands::Plan(a) => cmd::plan::run(a),
         Commands::Graph(a) => cmd::graph::run(a),
@@ -31,4 +42,24 @@ fn main() -> ExitCode {
             e.exit().into()
         }
     }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let level = match std::env::var("NERV_LOG").as_deref() {
+        Ok("warn") => tracing::Level::WARN,
+        Ok("info") => tracing::Level::INFO,
+        Ok("debug") => tracing::Level::DEBUG,
+        _ => tracing::Level::ERROR,
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time();
+    let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .try_init();
 }

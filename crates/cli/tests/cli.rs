@@ -626,3 +626,7 @@ fn fanout_yaml_example_runs() {
     let sum = std::fs::read_to_string(d.path().join("shards/sum.txt")).unwrap();
     assert_eq!(sum.trim(), "72180100"); // 1² + … + 600²
 }
+
+/// The journal commands: runs, resume, status, logs, trace, cache (tests/cli/journal.rs).
+#[path = "cli/journal.rs"]
+mod journal;

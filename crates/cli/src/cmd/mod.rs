@@ -4,7 +4,13 @@
 //! [`Exit`]: crate::exit::Exit
 //! [`CliError`]: crate::exit::CliError
 
+pub mod cache;
 pub mod graph;
+pub mod logs;
 pub mod plan;
+pub mod resume;
 pub mod run;
+pub mod runs;
+pub mod status;
+pub mod trace;
 pub mod validate;

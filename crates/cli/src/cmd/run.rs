@@ -1,53 +1,155 @@
 //! `nerv run FILE`: runs a workflow file's commands on nerv's executor.
 //!
 //! Steps:
-//! 1. Load and validate the file (exit 2 on error), create `.nerv/runs/<run-id>/logs`.
+//! 1. Load and validate the file (exit 2 on error); open the journal `.nerv/nerv.db` beside
+//!    it (exit 1 with the journal's message if it cannot be opened: locked by another live
+//!    nerv, disk full, corrupt, permission denied; `--no-journal` runs unrecorded); create
+//!    `.nerv/runs/<run-id>/logs`.
 //! 2. Build the graph: each task is an async nerv task that runs one process per attempt
 //!    (see `process.rs`) and uses one unit of the hidden resource `nerv:jobs` (capacity
 //!    `-j N`), so that at most N commands run at once; `[resources]` become nerv resources.
-//! 3. Start the run with an event bus whose handler feeds the display thread.
-//! 4. Wait for the run, a SIGINT or a SIGTERM. The first signal cancels the run (running
+//!    Its output, a [`ShellOutput`], is persisted, so that a resumed run restores it. A
+//!    cached task (`cache = true`) first looks its key up in the journal's memo store: a hit
+//!    completes it without running the command; a success stores the key.
+//! 3. Start the run (named with the CLI's run id; for `nerv resume`, with the options that
+//!    restore the earlier run's completed tasks) with an event bus whose handlers feed the
+//!    display thread and the journal's [`Recorder`].
+//! 4. Wait for the run, a SIGINT or a SIGTERM. The first signal tells the recorder the run is
+//!    interrupted (so it is recorded `interrupted`, resumable), then cancels the run (running
 //!    commands get SIGTERM, then SIGKILL after `--grace`); a second one kills them at once.
 //! 5. Wait until every process group has ended, print the summary, and exit
 //!    (0 / 1 / 130, see `exit.rs`).
 //!
-//! Extension point for the journal: the run id, the [`RunLayout`] and the event bus are
-//! made here; a journal subscribes to the same bus (and `resume` passes
-//! `RunOptions::resume`) without touching the display or the process code.
 
-use crate::args::{cpus, RunArgs};
+use crate::args::{cpus, ExecArgs, RunArgs};
 use crate::display::{Display, Mode, Summary, UiEvent};
 use crate::exit::{CliError, Exit};
+use crate::history::{self, Writer};
 use crate::process::{run_attempt, Attempt, Reaper};
-use nerv::{EventBus, EventFilter, EventKind, Executor, Planner, RunOptions};
+use nerv::{EventBus, EventFilter, EventKind, Executor, MemoStore, Planner, RunOptions, TaskError};
 use nerv_cli::layout::{new_run_id, RunLayout};
-use nerv_cli::workflow::Workflow;
+use nerv_cli::workflow::{TaskSpec, Workflow};
+use nerv_journal::{Recorder, RunId, SqliteMemo};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The hidden resource that bounds how many commands run at once (`-j`). Workflow resource
 /// names cannot contain `:`, so it never collides with one.
 const JOBS: &str = "nerv:jobs";
 
+/// What a shell task outputs: persisted in the journal (so that a resumed run restores the
+/// task instead of running it) and stored in the cache for `cache = true` tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellOutput {
+    /// The command's exit code (always 0: a task that exits otherwise fails).
+    pub exit_code: i32,
+    /// How long the command ran, in milliseconds.
+    pub duration_ms: u64,
+    /// Whether this output came from the cache rather than from running the command.
+    pub cached: bool,
+}
+
 /// Runs `nerv run`.
 pub fn run(args: RunArgs) -> Result<Exit, CliError> {
     let wf = Workflow::load(&args.file)?;
+    let workflow_id = workflow_id(&args.file)?;
+    let writer = if args.no_journal {
+        None
+    } else {
+        Some(history::open_writer(&wf.base_dir).map_err(|e| match e {
+            CliError::Other(m) => CliError::Other(format!(
+                "{m}\n(nothing was run; `nerv run --no-journal` runs without recording, and without resume or cache)"
+            )),
+            e => e,
+        })?)
+    };
+    execute(wf, workflow_id, &args.exec, writer, None)
+}
+
+/// The id a workflow is recorded under: its file's canonical path.
+pub fn workflow_id(file: &Path) -> Result<String, CliError> {
+    std::fs::canonicalize(file)
+        .map(|p| p.display().to_string())
+        .map_err(|e| CliError::Other(format!("cannot resolve {}: {e}", file.display())))
+}
+
+/// Runs `wf` (recorded in `writer`'s journal under `workflow_id`, if any; resuming journal
+/// run `resume`, if given) and returns how nerv exits.
+pub fn execute(
+    wf: Workflow,
+    workflow_id: String,
+    args: &ExecArgs,
+    writer: Option<Writer>,
+    resume: Option<RunId>,
+) -> Result<Exit, CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("nerv-io")
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(run_async(wf, args))
+    rt.block_on(run_async(wf, workflow_id, args, writer, resume))
 }
 
-async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
+/// What a cached task needs in its body.
+#[derive(Clone)]
+struct CacheCx {
+    memo: Arc<SqliteMemo>,
+    ui: Sender<UiEvent>,
+}
+
+/// Looks `spec`'s key up: `Some(output)` on a hit (the command is not run).
+fn cache_lookup(cx: &CacheCx, spec: &TaskSpec, key: &[u8], log: &Path) -> Option<ShellOutput> {
+    let bytes = cx.memo.get(key, SystemTime::now())?;
+    let out: ShellOutput = rmp_serde::from_slice(&bytes).ok()?;
+    let _ = cx.ui.send(UiEvent::Cached {
+        task: spec.id.as_str().into(),
+    });
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(
+            f,
+            "--- nerv: cached: not run (key {} stored by an earlier run; `nerv cache rm {}` forgets it) ---",
+            nerv_cli::cache::short_hex(key),
+            spec.id
+        );
+    }
+    Some(ShellOutput {
+        cached: true,
+        ..out
+    })
+}
+
+async fn run_async(
+    wf: Workflow,
+    workflow_id: String,
+    args: &ExecArgs,
+    writer: Option<Writer>,
+    resume: Option<RunId>,
+) -> Result<Exit, CliError> {
     let jobs = args.jobs.map_or_else(cpus, |j| j as usize);
     let run_id = new_run_id();
+    // Named with the CLI's run id, so that commands accept it as well as the journal's number.
+    let mut opts = RunOptions::default().name(run_id.clone());
+    opts = if args.fail_fast {
+        opts.fail_fast()
+    } else {
+        opts.keep_going()
+    };
+    if let (Some(old), Some(w)) = (resume, &writer) {
+        opts =
+            nerv_journal::resume_options(&w.journal, old, opts).map_err(history::journal_error)?;
+    }
     let layout = RunLayout::new(
         &wf.base_dir,
         &run_id,
@@ -73,26 +175,6 @@ async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
 
     let reaper = Reaper::new(args.grace);
     let run_id_arc: Arc<str> = run_id.clone().into();
-    let graph = {
-        let logs = logs.clone();
-        wf.graph_with(|b, spec| {
-            let spec = spec.clone();
-            let reaper = reaper.clone();
-            let run_id = run_id_arc.clone();
-            let log = logs[&spec.id].clone();
-            b.uses(JOBS, 1).run_async((), move |ctx, ()| {
-                let spec = spec.clone();
-                let reaper = reaper.clone();
-                let a = Attempt {
-                    run_id: run_id.clone(),
-                    log: log.clone(),
-                    attempt: ctx.attempt(),
-                };
-                async move { run_attempt(&spec, a, &reaper).await }
-            });
-        })?
-    };
-
     let mode = if args.json {
         Mode::Json
     } else if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
@@ -105,10 +187,68 @@ async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
         "file": wf.path.display().to_string(), "tasks": wf.tasks.len(),
         "jobs": jobs, "logs": layout.logs_dir.display().to_string(),
         "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "resumes": resume.map(|r| r.0),
     });
     let display = Display::start(mode, wf.tasks.len(), logs.clone(), header);
+    let cache = writer.as_ref().map(|w| CacheCx {
+        memo: w.memo.clone(),
+        ui: display.sender(),
+    });
+    if writer.is_none() && wf.tasks.iter().any(|t| t.cache.is_some()) {
+        eprintln!("nerv: warning: running without a journal: `cache` is off for this run");
+    }
+    let graph = {
+        let logs = logs.clone();
+        wf.persisted_graph_with(|b, spec| {
+            let spec = spec.clone();
+            let reaper = reaper.clone();
+            let run_id = run_id_arc.clone();
+            let log = logs[&spec.id].clone();
+            let cache = cache.clone().filter(|_| spec.cache.is_some());
+            b.uses(JOBS, 1).run_async((), move |ctx, ()| {
+                let spec = spec.clone();
+                let reaper = reaper.clone();
+                let cache = cache.clone();
+                let a = Attempt {
+                    run_id: run_id.clone(),
+                    log: log.clone(),
+                    attempt: ctx.attempt(),
+                };
+                async move {
+                    let key = match &cache {
+                        Some(_) => Some(nerv_cli::cache::key(&spec).map_err(TaskError::msg)?),
+                        None => None,
+                    };
+                    if let (Some(cx), Some(k)) = (&cache, &key) {
+                        if let Some(out) = cache_lookup(cx, &spec, k, &a.log) {
+                            return Ok(out);
+                        }
+                    }
+                    let started = Instant::now();
+                    run_attempt(&spec, a, &reaper).await?;
+                    let out = ShellOutput {
+                        exit_code: 0,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        cached: false,
+                    };
+                    if let (Some(cx), Some(k)) = (&cache, key) {
+                        let now = SystemTime::now();
+                        let expires = spec.cache.and_then(|c| c.ttl).map(|t| now + t);
+                        if let Ok(bytes) = rmp_serde::to_vec(&out) {
+                            cx.memo.put(&k, &spec.id, bytes, now, expires);
+                        }
+                    }
+                    Ok(out)
+                }
+            })
+        })?
+    };
 
     let bus = EventBus::new();
+    let recorder = writer
+        .as_ref()
+        .map(|w| Recorder::new(w.journal.clone(), workflow_id.as_str()));
+    let recording = recorder.as_ref().map(|r| r.attach(&bus));
     let tx = display.sender();
     let filter = EventFilter::kinds([
         EventKind::TaskStarted,
@@ -133,11 +273,13 @@ async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
         builder = builder.resource(name, *cap);
     }
     let exec = builder.build();
-    let mut opts = RunOptions::default().name(wf.name.clone());
-    opts = if args.fail_fast {
-        opts.fail_fast()
-    } else {
-        opts.keep_going()
+    let interrupt = {
+        let recorder = recorder.clone();
+        move || {
+            if let Some(r) = &recorder {
+                r.interrupt();
+            }
+        }
     };
 
     let ui = display.sender();
@@ -147,8 +289,8 @@ async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
     let report = loop {
         tokio::select! {
             report = &mut run => break report,
-            _ = sigint.recv() => on_signal(&mut interrupted, &reaper, &ui, || run.cancel()),
-            _ = sigterm.recv() => on_signal(&mut interrupted, &reaper, &ui, || run.cancel()),
+            _ = sigint.recv() => on_signal(&mut interrupted, &reaper, &ui, || { interrupt(); run.cancel() }),
+            _ = sigterm.recv() => on_signal(&mut interrupted, &reaper, &ui, || { interrupt(); run.cancel() }),
         }
     };
     // Every process group must be gone before the summary.
@@ -160,6 +302,37 @@ async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
         }
     }
     drop(subscription);
+    drop(recording);
+    // The recorder flushed the journal when the run ended; find the run's record.
+    let record = match &writer {
+        None => None,
+        Some(w) => {
+            let found = w
+                .journal
+                .flush()
+                .and_then(|()| w.journal.store().runs())
+                .map(|runs| runs.into_iter().find(|r| r.name == run_id));
+            match found {
+                Ok(Some(r)) => Some(r.id.0),
+                Ok(None) => {
+                    eprintln!(
+                        "nerv: warning: this run was not recorded in journal {} (see the error above); it cannot be resumed",
+                        w.journal.store().path().display()
+                    );
+                    None
+                }
+                Err(e) => {
+                    eprintln!("nerv: warning: the journal may have lost part of this run: {e}");
+                    None
+                }
+            }
+        }
+    };
+    if let Some(w) = &writer {
+        if let Some(e) = w.memo.take_error() {
+            eprintln!("nerv: warning: the cache could not be used: {e}");
+        }
+    }
 
     let durations: HashMap<String, Duration> = report
         .results()
@@ -192,6 +365,8 @@ async fn run_async(wf: Workflow, args: RunArgs) -> Result<Exit, CliError> {
             .collect(),
         interrupted,
         exit_code: exit.code(),
+        journal_run: record,
+        resumed_from: resume.map(|r| r.0),
     };
     display.finish(summary);
     Ok(exit)

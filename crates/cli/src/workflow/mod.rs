@@ -16,6 +16,8 @@
 //! cwd = "work"                       # relative to the workflow file's folder
 //! uses = { db = 1 }
 //! estimate = "2s"                    # for `nerv plan`
+//! cache = { ttl = "1d" }             # or `cache = true`: skip it when its key was stored
+//! inputs = ["page.html"]             # files whose contents are part of the cache key
 //! [tasks.compress]
 //! for_each = ["a", "b", "c"]         # compress[a], compress[b], compress[c]
 //! run = ["gzip", "-k", "{item}.txt"] # an array runs the program directly, no shell
@@ -33,7 +35,9 @@
 //!    string the item is inserted single-quoted unless it is made only of characters that
 //!    need no quoting, so that an item never reaches a shell unquoted. The item is also in
 //!    the environment as `NERV_ITEM`.
-//! 4. The graph has no cycle: checked by [`Workflow::graph_with`] (through
+//! 4. `inputs` is only allowed with `cache` (it only feeds the cache key); its paths are
+//!    relative to the task's working directory, with `{item}` replaced.
+//! 5. The graph has no cycle: checked by [`Workflow::graph_with`] (through
 //!    [`nerv::GraphBuilder::build`]), and by [`Workflow::load`].
 
 mod error;
@@ -42,8 +46,10 @@ mod raw;
 pub use error::{Location, WorkflowError};
 
 use error::{closest, Locator};
-use nerv::{Graph, GraphError, Priority, RetryPolicy, TaskBuilder, TaskError};
-use raw::{RawDefaults, RawFile, RawRetry, RawRun, RawTask};
+use nerv::{
+    Graph, GraphBuilder, GraphError, Handle, Priority, RetryPolicy, TaskBuilder, TaskError,
+};
+use raw::{RawCache, RawDefaults, RawFile, RawRetry, RawRun, RawTask};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -189,6 +195,17 @@ pub struct TaskSpec {
     pub needs: Vec<String>,
     /// `estimate`, for planning.
     pub estimate: Option<Duration>,
+    /// `cache`: `Some` when the task is cached (see [`crate::cache`]).
+    pub cache: Option<Cache>,
+    /// `inputs`: files (joined to [`cwd`](Self::cwd)) whose contents are part of the cache key.
+    pub inputs: Vec<PathBuf>,
+}
+
+/// A cached task's settings (`cache = true` or `cache = { ttl = "1d" }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cache {
+    /// How long an entry stays valid (`None`: until removed).
+    pub ttl: Option<Duration>,
 }
 
 /// A loaded, validated workflow file.
@@ -316,26 +333,24 @@ impl Workflow {
         let mut g = Graph::builder();
         for spec in &self.tasks {
             let spec = Arc::new(spec.clone());
-            let mut b = g.task(&spec.id).priority(spec.priority);
-            if let Some(d) = &spec.description {
-                b = b.description(d.clone());
-            }
-            if let Some(t) = spec.timeout {
-                b = b.timeout(t);
-            }
-            if let Some(r) = &spec.retry {
-                b = b.retry(r.policy());
-            }
-            if let Some(e) = spec.estimate {
-                b = b.estimate(e);
-            }
-            for (name, n) in &spec.uses {
-                b = b.uses(name, *n);
-            }
-            for n in &spec.needs {
-                b = b.depends_on(n);
-            }
-            attach(b, &spec);
+            attach(configure(&mut g, &spec), &spec);
+        }
+        g.build().map_err(|e| self.graph_error(e))
+    }
+
+    /// Like [`graph_with`](Self::graph_with), with every task's output persisted
+    /// ([`GraphBuilder::persist`]): `attach` sets the work and returns its handle. A journal
+    /// records these outputs, and a resumed run restores them instead of running the task.
+    pub fn persisted_graph_with<T, F>(&self, mut attach: F) -> Result<Graph, WorkflowError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+        F: FnMut(TaskBuilder<'_>, &Arc<TaskSpec>) -> Handle<T>,
+    {
+        let mut g = Graph::builder();
+        for spec in &self.tasks {
+            let spec = Arc::new(spec.clone());
+            let h = attach(configure(&mut g, &spec), &spec);
+            g.persist(h);
         }
         g.build().map_err(|e| self.graph_error(e))
     }
@@ -391,6 +406,30 @@ impl Workflow {
     }
 }
 
+/// A task of `g` for `spec`, with everything the file says set but its work.
+fn configure<'g>(g: &'g mut GraphBuilder, spec: &TaskSpec) -> TaskBuilder<'g> {
+    let mut b = g.task(&spec.id).priority(spec.priority);
+    if let Some(d) = &spec.description {
+        b = b.description(d.clone());
+    }
+    if let Some(t) = spec.timeout {
+        b = b.timeout(t);
+    }
+    if let Some(r) = &spec.retry {
+        b = b.retry(r.policy());
+    }
+    if let Some(e) = spec.estimate {
+        b = b.estimate(e);
+    }
+    for (name, n) in &spec.uses {
+        b = b.uses(name, *n);
+    }
+    for n in &spec.needs {
+        b = b.depends_on(n);
+    }
+    b
+}
+
 fn strip_yaml_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) if msg[i..].contains("column") => msg[..i].to_owned(),
@@ -403,7 +442,7 @@ fn hint_for(e: WorkflowError) -> WorkflowError {
     let m = e.message().to_owned();
     if m.contains("unknown field") {
         let h = if m.contains("`run`") || m.contains("`needs`") {
-            "a task accepts: run, needs, description, priority, timeout, retries, retry, env, cwd, uses, for_each, estimate"
+            "a task accepts: run, needs, description, priority, timeout, retries, retry, env, cwd, uses, for_each, estimate, cache, inputs"
         } else if m.contains("`tasks`") {
             "the top level accepts: name, defaults, resources, tasks"
         } else {
@@ -583,6 +622,24 @@ fn expand(path: &Path, raw: RawFile, loc: &Locator<'_>) -> Result<Workflow, Work
         }
         let defaults: &RawDefaults = &raw.defaults;
         let retry = pick_retry(t.retries, t.retry, defaults);
+        let cache = match t.cache {
+            None | Some(RawCache::Off) => None,
+            Some(RawCache::On { ttl }) => Some(Cache {
+                ttl: ttl.map(|d| d.0),
+            }),
+        };
+        if cache.is_none() && t.inputs.is_some() {
+            return Err(err_key(
+                "inputs",
+                format!("task `{key}` lists `inputs` but is not cached"),
+            )
+            .with_hint("`inputs` only feed the cache key: add `cache = true`, or remove them"));
+        }
+        if let Some(bad) = t.inputs.iter().flatten().find(|i| i.trim().is_empty()) {
+            return Err(loc
+                .error_at_value(path, key, "inputs", bad, "an empty input path")
+                .with_hint("list file paths, relative to the task's working directory"));
+        }
         for (id, item) in ids {
             if item.is_none() && uses_item(t) {
                 return Err(loc
@@ -646,6 +703,12 @@ fn expand(path: &Path, raw: RawFile, loc: &Locator<'_>) -> Result<Workflow, Work
                 }
             }
             needs.dedup();
+            let inputs = t
+                .inputs
+                .iter()
+                .flatten()
+                .map(|i| cwd.join(subst(i)))
+                .collect();
             tasks.push(TaskSpec {
                 id: id.clone(),
                 name: key.clone(),
@@ -663,6 +726,8 @@ fn expand(path: &Path, raw: RawFile, loc: &Locator<'_>) -> Result<Workflow, Work
                 uses: uses.clone(),
                 needs,
                 estimate: t.estimate.or(defaults.estimate).map(|d| d.0),
+                cache,
+                inputs,
             });
         }
     }

@@ -88,6 +88,46 @@ pub(crate) struct RawTask {
     pub needs: Option<Vec<String>>,
     pub for_each: Option<Vec<Scalar>>,
     pub estimate: Option<RawDuration>,
+    pub cache: Option<RawCache>,
+    pub inputs: Option<Vec<String>>,
+}
+
+/// `cache = true | false | { ttl = "1d" }`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RawCache {
+    /// `cache = false`.
+    Off,
+    /// `cache = true` or a table: with an optional time to live.
+    On { ttl: Option<RawDuration> },
+}
+
+impl<'de> Deserialize<'de> for RawCache {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            ttl: Option<RawDuration>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCache;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a table such as { ttl = \"1d\" }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawCache, E> {
+                Ok(if v {
+                    RawCache::On { ttl: None }
+                } else {
+                    RawCache::Off
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawCache, A::Error> {
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawCache::On { ttl: t.ttl })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `retry = { attempts = 3, backoff = "2s", max_backoff = "1m" }`.
