@@ -20,7 +20,7 @@
 //!   returns: when `Executor::run` returns, the whole run is durable. (The flush waits on the
 //!   thread that finished the run; other runs' workers are not held.)
 
-use crate::error::Result;
+use crate::error::{JournalError, Result};
 use crate::record::{
     DeclareRecord, RunId, RunRecord, RunStart, RunStatus, TaskRecord, TaskSpec, TaskStatus,
 };
@@ -87,6 +87,8 @@ pub struct Recorder {
     workflow: Arc<str>,
     runs: Arc<Mutex<Runs>>,
     interrupted: Arc<AtomicBool>,
+    /// The first error met since the last `take_error`.
+    error: Arc<Mutex<Option<JournalError>>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -106,6 +108,23 @@ impl Recorder {
             workflow: workflow.into(),
             runs: Arc::default(),
             interrupted: Arc::default(),
+            error: Arc::default(),
+        }
+    }
+
+    /// The first error the recorder met since the last call (a run it could not begin, a
+    /// flush that failed at a run's end), if any. They are also reported through `tracing`.
+    pub fn take_error(&self) -> Option<JournalError> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn keep(&self, e: JournalError) {
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(e);
         }
     }
 
@@ -173,6 +192,7 @@ impl Recorder {
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "the journal could not record a run; it runs unrecorded");
+                        self.keep(err);
                     }
                 }
             }
@@ -200,6 +220,7 @@ impl Recorder {
                 });
                 if let Err(err) = self.journal.flush() {
                     tracing::error!(error = %err, run = %live.id, "the journal could not make a run durable");
+                    self.keep(err);
                 }
             }
             data => {

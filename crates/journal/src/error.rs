@@ -54,8 +54,8 @@ impl fmt::Display for OwnerText<'_> {
 pub enum JournalError {
     /// Another live process has the journal open for writing.
     #[error(
-        "journal {} is locked by {}: wait for that run to finish or stop it, or give this run \
-         another journal path (lock file {})",
+        "journal {} is locked by {}: one process writes a journal at a time; wait for it to \
+         finish or stop it (lock file {})",
         path.display(), OwnerText(owner), lock_file.display()
     )]
     Locked {
