@@ -63,6 +63,16 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
         keep_last: Option<usize>,
     ) -> Result<usize>;
 
+    /// Duration estimates from history: for each task of `workflow` that completed by running
+    /// (not restored) in one of its `last_runs` most recent runs, the mean of those runs'
+    /// durations (a moving average over the window). The planner uses them for tasks that
+    /// have no estimate of their own.
+    fn task_durations(
+        &self,
+        workflow: &str,
+        last_runs: usize,
+    ) -> Result<std::collections::HashMap<String, std::time::Duration>>;
+
     /// Marks `run` interrupted at `at` if it is still running (its process was found dead);
     /// returns whether it was.
     fn mark_interrupted(&self, run: RunId, at: SystemTime) -> Result<bool>;

@@ -456,6 +456,13 @@ impl JournalStore for Flaky {
     ) -> nerv_journal::Result<Vec<(String, Option<Vec<u8>>)>> {
         self.inner.completed_outputs(run)
     }
+    fn task_durations(
+        &self,
+        w: &str,
+        n: usize,
+    ) -> nerv_journal::Result<std::collections::HashMap<String, Duration>> {
+        self.inner.task_durations(w, n)
+    }
     fn latest_resumable(
         &self,
         w: Option<&str>,
@@ -1089,4 +1096,36 @@ fn a_writer_that_died_is_reported() {
         "records submitted after its death are reported lost"
     );
     assert!(j.close().is_err());
+}
+
+#[test]
+fn duration_estimates_average_the_recent_runs_of_a_workflow() {
+    let (_dir, path) = scratch();
+    let j = journal(&path);
+    let run_with = |workflow: &str, secs: u64| {
+        let run = j.begin_run(&start(workflow, t(0), None)).unwrap();
+        j.submit(TaskRecord::new(run, "a", TaskStatus::Running, 1, t(10)));
+        j.submit(TaskRecord::new(
+            run,
+            "a",
+            TaskStatus::Completed,
+            1,
+            t(10 + secs),
+        ));
+        // Restored (never started in this run): not a measurement.
+        j.submit(TaskRecord::new(run, "b", TaskStatus::Completed, 0, t(50)));
+        run
+    };
+    run_with("w", 100); // oldest: out of a window of 2
+    run_with("w", 2);
+    run_with("w", 4);
+    run_with("other", 1000);
+    j.flush().unwrap();
+    let est = store(&j).task_durations("w", 2).unwrap();
+    assert_eq!(est.get("a"), Some(&Duration::from_secs(3)));
+    assert_eq!(est.get("b"), None, "restored tasks are not measured");
+    let all = store(&j).task_durations("w", 10).unwrap();
+    // (100 + 2 + 4) / 3 s.
+    assert_eq!(all["a"].as_millis(), 35_333);
+    assert!(store(&j).task_durations("nobody", 5).unwrap().is_empty());
 }

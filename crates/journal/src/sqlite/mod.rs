@@ -696,6 +696,36 @@ impl JournalStore for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    fn task_durations(
+        &self,
+        workflow: &str,
+        last_runs: usize,
+    ) -> Result<HashMap<String, Duration>> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT t.task, avg(t.finished - t.started) FROM tasks t \
+                 WHERE t.run IN (SELECT id FROM runs WHERE workflow = ?1 \
+                                 ORDER BY id DESC LIMIT ?2) \
+                   AND t.status = 'completed' \
+                   AND t.started IS NOT NULL AND t.finished IS NOT NULL \
+                 GROUP BY t.task",
+            )
+            .map_err(|e| self.err(e))?;
+        let window = i64::try_from(last_runs).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![workflow, window], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (task, ns) = row.map_err(|e| self.err(e))?;
+            out.insert(task, Duration::from_nanos(ns.max(0.0) as u64));
+        }
+        Ok(out)
+    }
+
     fn latest_resumable(&self, workflow: Option<&str>) -> Result<Option<RunSummary>> {
         let conn = self.reader();
         let sql = format!(
