@@ -2840,3 +2840,65 @@ mod batching {
         assert!(report.output(m).unwrap().is_empty());
     }
 }
+
+/// Graphs with duration estimates: a list schedule by priority, then remaining critical path.
+mod ranked {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn ready_tasks_run_longest_remaining_path_first_across_the_graph() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut g = Graph::builder();
+        let task = |g: &mut nerv::GraphBuilder, id: &str, est: u64, after: Option<TaskId>| {
+            let o = order.clone();
+            let me = id.to_string();
+            let mut tb = g.task(id).estimate(ms(est));
+            if let Some(a) = after {
+                tb = tb.after(a);
+            }
+            tb.run((), move |_, ()| {
+                o.lock().unwrap().push(me.clone());
+                Ok::<_, TaskError>(())
+            })
+            .id()
+        };
+        // Inserted worst first: insertion order must not matter.
+        task(&mut g, "c", 2, None);
+        task(&mut g, "b", 5, None);
+        let a = task(&mut g, "a", 1, None);
+        let a1 = task(&mut g, "a1", 10, Some(a));
+        task(&mut g, "a2", 10, Some(a1));
+        let report = Executor::builder()
+            .workers(1)
+            .build()
+            .run(&g.build().unwrap());
+        assert_eq!(report.counts().completed, 5);
+        assert_eq!(*order.lock().unwrap(), ["a", "a1", "a2", "b", "c"]);
+    }
+
+    #[test]
+    fn priority_goes_before_rank() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut g = Graph::builder();
+        for (id, est, p) in [
+            ("long", 50, Priority::Medium),
+            ("urgent", 1, Priority::Critical),
+            ("mid", 10, Priority::Medium),
+        ] {
+            let o = order.clone();
+            g.task(id)
+                .estimate(ms(est))
+                .priority(p)
+                .run((), move |_, ()| {
+                    o.lock().unwrap().push(id);
+                    Ok::<_, TaskError>(())
+                });
+        }
+        Executor::builder()
+            .workers(1)
+            .build()
+            .run(&g.build().unwrap());
+        assert_eq!(*order.lock().unwrap(), ["urgent", "long", "mid"]);
+    }
+}

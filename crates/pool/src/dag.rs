@@ -61,6 +61,8 @@ pub struct Dag {
     band: Box<[u8]>,
     uniform_band: u8,
     roots: Box<[u32]>,
+    /// Rank per node (the remaining critical path); empty when the graph is unranked.
+    rank: Box<[u64]>,
 }
 
 impl Dag {
@@ -100,6 +102,7 @@ impl Dag {
             band: Box::new([]),
             uniform_band: 0,
             roots,
+            rank: Box::new([]),
         };
         let topo = dag.topological_order();
         if topo.len() != nodes {
@@ -188,6 +191,28 @@ impl Dag {
         }
     }
 
+    /// Ranks the nodes (e.g. by remaining critical path): a ranked graph's ready nodes are
+    /// queued in the pool's shared ready heap, and every worker takes the highest (band, rank)
+    /// first — a global list schedule, for graphs of coarse tasks whose durations are known.
+    /// An unranked graph (the default) uses the lock-free deques only.
+    pub fn set_ranks(&mut self, ranks: impl IntoIterator<Item = u64>) {
+        let r: Vec<u64> = ranks.into_iter().collect();
+        assert_eq!(r.len(), self.len(), "one rank per node");
+        self.rank = r.into_boxed_slice();
+    }
+
+    /// The rank of `node`, if the graph is ranked.
+    #[inline]
+    pub fn rank(&self, node: u32) -> Option<u64> {
+        self.rank.get(node as usize).copied()
+    }
+
+    /// Whether the graph is ranked (see [`Dag::set_ranks`]).
+    #[inline]
+    pub fn is_ranked(&self) -> bool {
+        !self.rank.is_empty()
+    }
+
     /// Sets every node's priority band (values above `BANDS - 1` are clamped).
     pub fn set_bands(&mut self, bands: impl IntoIterator<Item = u8>) {
         let b: Vec<u8> = bands.into_iter().map(|b| b.min(BANDS as u8 - 1)).collect();
@@ -220,6 +245,7 @@ impl Dag {
             + self.pred.len()
             + self.roots.len())
             + self.band.len()
+            + 8 * self.rank.len()
     }
 }
 

@@ -1,8 +1,16 @@
 //! The work-stealing pool: `N` worker threads, each with one LIFO deque per priority band, a
 //! shared injector per band for work coming from outside, and the sleep protocol.
 //!
-//! A worker's order of search (habit 10): its own deques (highest band first) → the injector
-//! (highest band first) → the other workers' deques (random start) → a few spin rounds → sleep.
+//! A worker's order of search (habit 10): the shared ready heap of ranked runs → its own deques
+//! (highest band first) → the injector (highest band first) → the other workers' deques
+//! (random start) → a few spin rounds → sleep.
+//!
+//! Ranked runs (a DAG with [`Dag::set_ranks`](crate::Dag::set_ranks): graphs of coarse tasks
+//! with known durations) do not use the deques: their roots and every successor that becomes
+//! ready go to one shared heap ordered by (band, rank, first come), none runs inline, and every
+//! worker takes the best ready job of all — a global list schedule (critical path first) at
+//! the price of one short lock per task. Unranked runs never touch the heap's lock (an empty
+//! heap costs one relaxed load per search).
 //! Running a job may release successors: the first one runs inline on the same worker (no queue
 //! touched), the others go to the worker's own deques and one sleeper per pushed job is woken.
 //!
@@ -90,9 +98,86 @@ pub(crate) struct Shared {
     active: AtomicUsize,
     park: Mutex<()>,
     park_cv: Condvar,
+    /// Ready jobs of ranked runs, best (band, rank) first; FIFO among equals.
+    ready: Mutex<ReadyHeap>,
+    /// Jobs in `ready` (read without the lock to skip it when empty: a stale zero is
+    /// covered by the sleep protocol exactly as a stale `injected` bit is).
+    ready_len: AtomicUsize,
+}
+
+/// The shared ready heap of ranked runs.
+#[derive(Default)]
+pub(crate) struct ReadyHeap {
+    heap: std::collections::BinaryHeap<Ranked>,
+    seq: u64,
+}
+
+/// A job in the ready heap, ordered by band, then rank, then first come.
+struct Ranked {
+    band: u8,
+    rank: u64,
+    seq: std::cmp::Reverse<u64>,
+    job: Job,
+}
+
+impl Ranked {
+    fn key(&self) -> (u8, u64, std::cmp::Reverse<u64>) {
+        (self.band, self.rank, self.seq)
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 impl Shared {
+    /// Queues the ready jobs of a ranked run (`(job, band, rank)`) in the shared heap and
+    /// wakes as many sleepers.
+    pub(crate) fn push_ranked(&self, jobs: &[(Job, u8, u64)]) {
+        if jobs.is_empty() {
+            return;
+        }
+        {
+            let mut r = lock(&self.ready);
+            for &(job, band, rank) in jobs {
+                r.seq += 1;
+                let seq = std::cmp::Reverse(r.seq);
+                r.heap.push(Ranked {
+                    band,
+                    rank,
+                    seq,
+                    job,
+                });
+            }
+            self.ready_len.store(r.heap.len(), Release);
+        }
+        self.sleep.notify(jobs.len());
+    }
+
+    /// The best ready job of the ranked runs, if any.
+    #[inline]
+    fn pop_ranked(&self) -> Option<Job> {
+        if self.ready_len.load(Relaxed) == 0 {
+            return None;
+        }
+        let mut r = lock(&self.ready);
+        let j = r.heap.pop().map(|x| x.job);
+        self.ready_len.store(r.heap.len(), Release);
+        j
+    }
     /// Queues a job from outside the pool (or not on a worker's fast path) and wakes a sleeper.
     pub(crate) fn inject(&self, job: Job, band: u8) {
         self.injector[band as usize].push(job);
@@ -231,7 +316,10 @@ impl WorkerCtx<'_> {
     }
 
     fn find_work(&mut self) -> Option<Job> {
-        self.pop_local_or_injected().or_else(|| self.steal())
+        self.shared
+            .pop_ranked()
+            .or_else(|| self.pop_local_or_injected())
+            .or_else(|| self.steal())
     }
 
     fn run_job(&mut self, job: Job) {
@@ -378,6 +466,8 @@ impl Pool {
             active: AtomicUsize::new(active),
             park: Mutex::new(()),
             park_cv: Condvar::new(),
+            ready: Mutex::new(ReadyHeap::default()),
+            ready_len: AtomicUsize::new(0),
         });
         let mut threads = Vec::with_capacity(workers);
         for (i, l) in locals.into_iter().enumerate() {

@@ -323,6 +323,9 @@ impl<R: NodeRunner> RunInner<R> {
             }
             pushed += 1;
         }
+        if self.dag.is_ranked() {
+            return self.release_ranked(succ, cause, pushed, &sink);
+        }
         // Successors are sorted best first. Walking them backwards, each newly ready one
         // becomes the inline candidate and the previous candidate is queued: the best ready
         // successor runs inline, and the LIFO deque pops the others best first.
@@ -352,6 +355,39 @@ impl<R: NodeRunner> RunInner<R> {
             }
         }
         next
+    }
+
+    /// [`release`](Self::release) for a ranked run: every successor that became ready goes to
+    /// the pool's shared ready heap, and none runs inline, so that the next job of every
+    /// worker is the best ready one of all (a list schedule by band, then rank). Ranked graphs
+    /// are graphs of coarse tasks with known durations: one short lock per task is nothing
+    /// beside them, and a small `Vec` per release is allowed here.
+    #[cold]
+    #[inline(never)]
+    fn release_ranked(
+        &self,
+        succ: &[u32],
+        cause: u32,
+        pushed: usize,
+        sink: &Sink<'_, '_>,
+    ) -> Option<u32> {
+        let mut ready = Vec::new();
+        for &s in succ {
+            if cause != NO_CAUSE {
+                let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
+            }
+            let c = &self.counters[s as usize];
+            if c.load(Acquire) == 1 || c.fetch_sub(1, AcqRel) == 1 {
+                ready.push((self.job(s), self.band(s), self.dag.rank(s).unwrap_or(0)));
+            }
+        }
+        self.pool.shared().push_ranked(&ready);
+        if pushed > 0 {
+            if let Sink::Worker(w) = sink {
+                w.notify(pushed);
+            }
+        }
+        None
     }
 
     /// Finishes the run: tells the runner, wakes waiters. Called once, by whoever retired
@@ -699,8 +735,18 @@ impl<R: NodeRunner> Prepared<R> {
         let run: &RunInner<R> = inner;
         let _pool_ref = Arc::into_raw(inner.clone());
         let shared = run.pool.shared();
-        for &r in run.dag.roots() {
-            shared.inject(run.job(r), run.band(r));
+        if run.dag.is_ranked() {
+            let roots: Vec<(Job, u8, u64)> = run
+                .dag
+                .roots()
+                .iter()
+                .map(|&r| (run.job(r), run.band(r), run.dag.rank(r).unwrap_or(0)))
+                .collect();
+            shared.push_ranked(&roots);
+        } else {
+            for &r in run.dag.roots() {
+                shared.inject(run.job(r), run.band(r));
+            }
         }
         handle
     }

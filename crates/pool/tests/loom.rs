@@ -190,6 +190,34 @@ fn loom_diamond() {
     });
 }
 
+/// The diamond of a ranked graph on two workers: ready nodes go through the shared ready heap
+/// (no inline successor); every node runs once, after its predecessors, and no wake-up is lost
+/// between a push to the heap and a worker going to sleep.
+#[test]
+fn loom_ranked_diamond() {
+    model(2, || {
+        let pool = Pool::new(2, "loom");
+        let seen = Seen::new(4);
+        let mut d = Dag::new(4, &[(0, 1), (0, 2), (1, 3), (2, 3)]).expect("valid");
+        d.set_ranks([3, 2, 1, 0]);
+        let h = pool.start(
+            Arc::new(d),
+            Probe {
+                seen: seen.clone(),
+                plan: complete_all,
+            },
+        );
+        h.wait();
+        for n in 0..4 {
+            assert_eq!(seen.runs(n), 1, "node {n} ran once");
+            assert_eq!(h.state(n), NodeState::Completed);
+        }
+        assert_eq!(seen.bad.load(Relaxed), 0, "a node ran before a predecessor");
+        drop(h);
+        pool.shutdown_and_join();
+    });
+}
+
 /// The sleep protocol: the only worker runs node 0, which defers, and goes to sleep; the test
 /// thread completes node 0, which injects node 1 and must wake the worker (a lost wake-up
 /// leaves the worker asleep and `wait` blocked: loom reports a deadlock).

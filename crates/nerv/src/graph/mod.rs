@@ -492,7 +492,17 @@ impl GraphBuilder {
         let est = |i: u32| estimate_units(&nodes[i as usize]);
         let rank = crate::plan::upward_rank(&dag, est);
         dag.sort_successors_by_key(|s| (nodes[s as usize].priority(), rank[s as usize]));
-        drop(rank);
+        // With durations known (any estimate), ready tasks are taken from one shared heap in
+        // (priority, rank) order by every worker: a list schedule for coarse tasks. Without,
+        // the lock-free deques (release order above) serve fine-grained tasks best.
+        if nodes
+            .iter()
+            .any(|n| n.extra.as_ref().is_some_and(|e| e.estimate.is_some()))
+        {
+            dag.set_ranks(rank);
+        } else {
+            drop(rank);
+        }
         // Bands are the priorities themselves, so that runs of different graphs sharing the
         // workers are ordered too (a uniform band costs no memory).
         dag.set_bands(nodes.iter().map(|n| n.priority() as u8));
