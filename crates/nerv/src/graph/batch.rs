@@ -8,7 +8,9 @@
 //!
 //! Protocol, when the map task runs:
 //! 1. Measure: compute items inline, from the first, until [`SAMPLE_TIME`] has passed (at least
-//!    [`SAMPLE_MIN`] items, at most [`SAMPLE_MAX`]); their mean time is the per-item estimate.
+//!    [`SAMPLE_MIN`] items, at most [`SAMPLE_MAX`]), timed in groups of four; the median
+//!    group's time per item is the estimate (a preemption while measuring spoils one group,
+//!    not the estimate).
 //! 2. Choose the chunk size: as many items as fit in [`CHUNK_TIME`] at that estimate, but no
 //!    more than an eighth of the rest per worker (so that every worker gets several chunks and a
 //!    slow chunk does not leave the others idle), and at least one.
@@ -29,6 +31,8 @@ pub const SAMPLE_TIME: Duration = Duration::from_micros(20);
 pub const SAMPLE_MIN: usize = 4;
 /// The most items measured.
 pub const SAMPLE_MAX: usize = 4096;
+/// Items per timed group while measuring.
+const SAMPLE_GROUP: usize = 4;
 /// The time one chunk should take at the measured per-item time: long enough that the cost of
 /// scheduling it (well under a microsecond) is lost in it.
 pub const CHUNK_TIME: Duration = Duration::from_micros(200);
@@ -111,18 +115,32 @@ where
     F: Fn(&S::Item) -> Result<U, TaskError> + Send + Sync + 'static,
 {
     let all = items.items();
+    // Items are timed in groups of SAMPLE_GROUP; the estimate is the median group's time per
+    // item, so that one preemption of the sampling thread does not make the chunks tiny.
     let t0 = Instant::now();
     let mut head = Vec::new();
+    let mut groups: Vec<Duration> = Vec::new();
+    let mut g0 = t0;
     while head.len() < all.len()
         && head.len() < SAMPLE_MAX
         && (head.len() < SAMPLE_MIN || t0.elapsed() < SAMPLE_TIME)
     {
         let i = head.len();
         head.push(f(&all[i]).map_err(|e| item_error(i, e))?);
+        if head.len() % SAMPLE_GROUP == 0 {
+            let now = Instant::now();
+            groups.push(now - g0);
+            g0 = now;
+        }
     }
     let measured = head.len();
     let rest = all.len() - measured;
-    let per_item = t0.elapsed() / measured.max(1) as u32;
+    let per_item = if groups.is_empty() {
+        t0.elapsed() / measured.max(1) as u32
+    } else {
+        groups.sort();
+        groups[groups.len() / 2] / SAMPLE_GROUP as u32
+    };
     let chunk = chunk_size(per_item, rest, workers);
     let chunks = rest.div_ceil(chunk);
 
