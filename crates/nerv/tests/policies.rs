@@ -457,7 +457,7 @@ mod circuit_breaker {
                             2..=5 => b.record(key, CallOutcome::Failure),
                             _ => {
                                 if let Ok(p) = b.check(key) {
-                                    if rng % 3 == 0 {
+                                    if rng.is_multiple_of(3) {
                                         p.failure();
                                     } else {
                                         p.success();

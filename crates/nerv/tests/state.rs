@@ -401,7 +401,7 @@ fn concurrent_run(p: EngineProjector, tasks: u32) {
         },
     ));
     let ids: Vec<Arc<str>> = (0..tasks).map(|i| Arc::from(format!("t{i}"))).collect();
-    let retried = |i: u32| i % 7 == 0;
+    let retried = |i: u32| i.is_multiple_of(7);
     let done = AtomicBool::new(false);
     let reads = AtomicUsize::new(0);
     let barrier = Barrier::new(THREADS as usize);
