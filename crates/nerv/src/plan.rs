@@ -132,6 +132,8 @@ impl Planner {
             critical_weight: cp,
             total_weight: total,
             timed: known,
+            weight,
+            rank,
         }
     }
 }
@@ -145,6 +147,9 @@ pub struct Plan {
     critical_weight: u64,
     total_weight: u64,
     timed: bool,
+    /// Each task's weight (its estimate in ns, or 1 when untimed) and upward rank.
+    weight: Vec<u64>,
+    rank: Vec<u64>,
 }
 
 impl fmt::Debug for Plan {
@@ -196,6 +201,49 @@ impl Plan {
     pub fn lower_bound(&self, workers: usize) -> Duration {
         let per = self.total_weight / workers.max(1) as u64;
         Duration::from_nanos(self.critical_weight.max(per))
+    }
+
+    /// The makespan of nerv's own order on `workers` workers, if every task took exactly its
+    /// estimate and scheduling cost nothing: a list schedule that starts, whenever a worker is
+    /// free, the ready task of highest priority, then longest remaining critical path (see
+    /// [`Plan::critical_path_length`] for units). Compare it with [`Plan::lower_bound`].
+    pub fn estimated_makespan(&self, workers: usize) -> Duration {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let dag = &self.graph.0.dag;
+        let n = dag.len();
+        let prio = |i: u32| self.graph.0.nodes[i as usize].priority();
+        let mut indeg: Vec<u32> = (0..n as u32).map(|i| dag.in_degree(i)).collect();
+        let mut ready: BinaryHeap<(crate::task::Priority, u64, Reverse<u32>)> = dag
+            .roots()
+            .iter()
+            .map(|&r| (prio(r), self.rank[r as usize], Reverse(r)))
+            .collect();
+        // Running tasks by finish time.
+        let mut running: BinaryHeap<Reverse<(u64, u32)>> = BinaryHeap::new();
+        let (mut now, mut end) = (0u64, 0u64);
+        let workers = workers.max(1);
+        loop {
+            while running.len() < workers {
+                let Some((_, _, Reverse(u))) = ready.pop() else {
+                    break;
+                };
+                let done = now.saturating_add(self.weight[u as usize]);
+                end = end.max(done);
+                running.push(Reverse((done, u)));
+            }
+            let Some(Reverse((t, u))) = running.pop() else {
+                break;
+            };
+            now = t;
+            for &s in dag.successors(u) {
+                indeg[s as usize] -= 1;
+                if indeg[s as usize] == 0 {
+                    ready.push((prio(s), self.rank[s as usize], Reverse(s)));
+                }
+            }
+        }
+        Duration::from_nanos(end)
     }
 
     /// The widest level's size (the most tasks that can ever run at once by levels).

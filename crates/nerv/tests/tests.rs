@@ -2902,3 +2902,47 @@ mod ranked {
         assert_eq!(*order.lock().unwrap(), ["urgent", "long", "mid"]);
     }
 }
+
+/// The planner's estimate of nerv's own schedule.
+mod estimated_makespan {
+    use super::*;
+
+    #[test]
+    fn a_list_schedule_of_the_estimates_between_the_bound_and_the_sum() {
+        let mut g = Graph::builder();
+        for (id, est) in [("a", 3), ("b", 2), ("c", 2)] {
+            g.task(id)
+                .estimate(ms(est))
+                .run((), |_, ()| Ok::<_, TaskError>(()));
+        }
+        let plan = g.build().unwrap().plan();
+        // a and b start; c starts when b ends at 2 ms and ends at 4 ms.
+        assert_eq!(plan.estimated_makespan(2), ms(4));
+        assert_eq!(plan.lower_bound(2), std::time::Duration::from_micros(3500));
+        assert_eq!(plan.estimated_makespan(1), ms(7));
+        assert_eq!(plan.estimated_makespan(3), ms(3));
+    }
+
+    #[test]
+    fn the_critical_path_starts_first() {
+        // r1 (1 ms) → x (10 ms); r2 (5 ms), r3 (5 ms) alone. On 2 workers, starting r1 first
+        // gives 11 ms; starting the two 5 ms roots first would give 16 ms.
+        let mut g = Graph::builder();
+        let r1 = g
+            .task("r1")
+            .estimate(ms(1))
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+        g.task("x")
+            .estimate(ms(10))
+            .after(r1)
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+        for id in ["r2", "r3"] {
+            g.task(id)
+                .estimate(ms(5))
+                .run((), |_, ()| Ok::<_, TaskError>(()));
+        }
+        let plan = g.build().unwrap().plan();
+        assert_eq!(plan.estimated_makespan(2), ms(11));
+        assert_eq!(plan.lower_bound(2), ms(11));
+    }
+}
