@@ -24,7 +24,8 @@ pub enum Commands {
     /// Run a workflow file.
     ///
     /// Each task's stdout and stderr go to .nerv/runs/RUN-ID/logs/TASK.log beside the
-    /// workflow file; commands run in the workflow file's folder unless `cwd` says otherwise.
+    /// workflow file (created at the task's first output: a silent task has none); commands
+    /// run in the workflow file's folder unless `cwd` says otherwise.
     /// Every run is recorded in the journal .nerv/nerv.db beside the workflow file (see
     /// `nerv runs`, `nerv resume`); `nerv run` refuses to start when the journal cannot be
     /// opened (another nerv is running in that folder, a full disk, ...), unless
@@ -85,6 +86,36 @@ pub enum Commands {
         after_help = "Examples:\n  nerv graph pipeline.toml | dot -Tsvg > graph.svg\n  nerv graph pipeline.toml --format mermaid"
     )]
     Graph(GraphArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    ///
+    /// The script goes to standard output; install it where your shell looks for
+    /// completions (see below), then open a new shell.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+}
+
+/// How to install each shell's completion script (`nerv completions --help`).
+const COMPLETIONS_HELP: &str = "\
+Examples (install for your user, then open a new shell):
+  bash:        mkdir -p ~/.local/share/bash-completion/completions
+               nerv completions bash > ~/.local/share/bash-completion/completions/nerv
+               (needs the bash-completion package; or add to ~/.bashrc:
+                source <(nerv completions bash))
+  zsh:         mkdir -p ~/.zfunc && nerv completions zsh > ~/.zfunc/_nerv
+               and in ~/.zshrc, before compinit:
+                fpath=(~/.zfunc $fpath); autoload -Uz compinit && compinit
+  fish:        nerv completions fish > ~/.config/fish/completions/nerv.fish
+  elvish:      add to ~/.config/elvish/rc.elv:
+                eval (nerv completions elvish | slurp)
+  powershell:  nerv completions powershell | Out-String | Invoke-Expression
+               (add that line to the file named by $PROFILE to keep it)";
+
+/// `nerv completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to print the completion script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// A workflow file.
@@ -219,6 +250,9 @@ pub struct CacheArgs {
 #[derive(Debug, Subcommand)]
 pub enum CacheAction {
     /// List the cached task results: task, key, size, created, last used, expiry.
+    #[command(
+        after_help = "Examples:\n  nerv cache ls\n  nerv cache ls -C examples --json | jq -r .task"
+    )]
     Ls(CacheLsArgs),
     /// Remove the cached results of a task (all its `for_each` expansions, by its name), or
     /// all of them.
@@ -312,4 +346,33 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The number of CPUs (at least 1).
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every command and subcommand (but clap's own `help`) shows examples in its `--help`.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains("Example") || !help.contains("nerv ") {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "nerv", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help of: {missing:?}");
+    }
 }

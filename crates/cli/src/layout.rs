@@ -4,6 +4,7 @@
 //! ```text
 //! <workflow file's folder>/.nerv/            (with a .gitignore of `*`)
 //!     runs/<run-id>/logs/<task>.log          stdout and stderr of every attempt of <task>
+//!                                            (created at its first output)
 //! ```
 //!
 //! Run ids sort by start time: `20261129T022437Z-4f2a` (UTC start, then four hex digits of

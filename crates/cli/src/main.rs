@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Commands::Validate(a) => cmd::validate::run(a),
         Commands::Plan(a) => cmd::plan::run(a),
         Commands::Graph(a) => cmd::graph::run(a),
+        Commands::Completions(a) => cmd::completions::run(a),
     };
     match result {
         Ok(exit) => exit.into(),

@@ -3,7 +3,9 @@
 //!
 //! Protocol:
 //! 1. Each attempt's command starts in a new process group (`process_group(0)`: its pgid is
-//!    its pid), with stdin from /dev/null and stdout and stderr appended to the task's log.
+//!    its pid), with stdin from /dev/null and stdout and stderr on one pipe, which a copier
+//!    task appends to the task's log (see [`copy_to_log`]: the file is created at the first
+//!    byte, so a task that prints nothing costs no file).
 //! 2. The group is registered with the [`Reaper`] before anything can cancel the attempt.
 //! 3. When the command exits, any process it left behind in its group gets the same
 //!    treatment as in step 4 (tasks do not leave daemons behind).
@@ -18,14 +20,18 @@ use nerv::TaskError;
 use nerv_cli::workflow::TaskSpec;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe::{pipe, Receiver};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
@@ -170,17 +176,119 @@ pub struct Attempt {
     pub attempt: u32,
 }
 
+/// How long an attempt waits, once its command exited, for the rest of its output (the end
+/// of the pipe): anything written later (by a process that left the group and kept the
+/// pipe) is still appended to the log by the copier, in the background.
+const DRAIN: Duration = Duration::from_millis(200);
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Appends everything read from `rx` (the command's stdout and stderr) to the log file
+/// `path`, until every writer closed the pipe. The file is opened (created) at the first
+/// byte, unless `log` is already open: creating one empty file per silent task was most of
+/// nerv's own system time on graphs of small commands (see benches/cli_vs_make.sh).
+async fn copy_to_log(mut rx: Receiver, path: PathBuf, mut log: Option<File>) {
+    let mut buf = [0u8; 8192];
+    let mut failed = false;
+    loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("cannot read the output for log {}: {e}", path.display());
+                return;
+            }
+        };
+        if log.is_none() && !failed {
+            match open_log(&path) {
+                Ok(f) => log = Some(f),
+                Err(e) => {
+                    // Keep draining, so that the command is not blocked on a full pipe.
+                    failed = true;
+                    tracing::error!("cannot open log {}: {e}", path.display());
+                }
+            }
+        }
+        if let Some(f) = log.as_mut() {
+            if let Err(e) = f.write_all(&buf[..n]) {
+                tracing::error!("cannot write log {}: {e}", path.display());
+                log = None;
+                failed = true;
+            }
+        }
+    }
+}
+
+/// Where `program` is on `path` (the command's PATH), found once per run by nerv rather than
+/// by every child: a child looking it up itself tries `execve` in each PATH entry in turn,
+/// all but one failing (8 failed calls per command with a PATH of 9 entries). `None`:
+/// leave the search to the child (a name with a `/`, no PATH, a relative PATH entry, not
+/// found). A cached answer is checked again (one `stat`) before it is used.
+fn resolve(program: &str, path: Option<&OsStr>) -> Option<PathBuf> {
+    type Cache = Mutex<HashMap<(String, OsString), PathBuf>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    let path = path
+        .map(OsStr::to_os_string)
+        .or_else(|| std::env::var_os("PATH"))?;
+    let key = (program.to_owned(), path);
+    let cache = CACHE.get_or_init(Cache::default);
+    let hit = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(p) = hit.filter(|p| is_executable(p)) {
+        return Some(p);
+    }
+    let dirs: Vec<PathBuf> = std::env::split_paths(&key.1).collect();
+    if dirs.iter().any(|d| !d.is_absolute()) {
+        return None; // "" or "." or "bin": relative to the command's cwd
+    }
+    let found = dirs
+        .iter()
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))?;
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, found.clone());
+    Some(found)
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Runs one attempt of `spec`: Ok if the command exited 0.
 pub async fn run_attempt(spec: &TaskSpec, a: Attempt, reaper: &Reaper) -> Result<(), TaskError> {
     let io_err = |what: &str, e: std::io::Error| TaskError::msg(format!("{what}: {e}"));
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&a.log)
-        .map_err(|e| io_err(&format!("cannot open log {}", a.log.display()), e))?;
-    if a.attempt > 1 {
-        let _ = writeln!(log, "--- nerv: attempt {} ---", a.attempt);
-    }
+    // A later attempt writes its header now (the file exists from the first attempt, or is
+    // created here); the first attempt's file is created at its first byte of output.
+    let log = if a.attempt > 1 {
+        let mut f = open_log(&a.log)
+            .map_err(|e| io_err(&format!("cannot open log {}", a.log.display()), e))?;
+        let _ = writeln!(f, "--- nerv: attempt {} ---", a.attempt);
+        Some(f)
+    } else {
+        None
+    };
+    // One pipe for stdout and stderr (their relative order is kept, as with one file). Both
+    // ends are close-on-exec: the child gets its own copies as fds 1 and 2, so no other
+    // command spawned meanwhile holds the write end (which would delay the end of output).
+    let (tx, rx) = pipe().map_err(|e| io_err("cannot create a pipe", e))?;
+    let out = tx
+        .into_blocking_fd()
+        .map_err(|e| io_err("cannot create a pipe", e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| io_err("cannot share a pipe", e))?;
     let (program, args): (String, Vec<String>) = match spec.command.direct_argv() {
         Some(mut argv) => {
             let p = argv.remove(0);
@@ -188,7 +296,15 @@ pub async fn run_attempt(spec: &TaskSpec, a: Attempt, reaper: &Reaper) -> Result
         }
         None => ("sh".into(), vec!["-c".into(), spec.command.display_line()]),
     };
-    let mut cmd = Command::new(&program);
+    // The program's path found by nerv (the child still sees `program` as its argv[0]).
+    let mut cmd = match resolve(&program, spec.env.get("PATH").map(OsStr::new)) {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.arg0(&program);
+            c
+        }
+        None => Command::new(&program),
+    };
     cmd.args(&args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
@@ -196,8 +312,8 @@ pub async fn run_attempt(spec: &TaskSpec, a: Attempt, reaper: &Reaper) -> Result
         .env("NERV_RUN_ID", &*a.run_id)
         .env("NERV_ATTEMPT", a.attempt.to_string())
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| io_err("cannot share log", e))?)
-        .stderr(log)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
         .process_group(0);
     if let Some(item) = &spec.item {
         cmd.env("NERV_ITEM", item);
@@ -210,6 +326,10 @@ pub async fn run_attempt(spec: &TaskSpec, a: Attempt, reaper: &Reaper) -> Result
         };
         TaskError::msg(format!("cannot run `{program}`: {e}{wd}"))
     })?;
+    // The command keeps the parent's copies of the write end until it is dropped: without
+    // them, the pipe ends when the command (and whatever it started) closed its own.
+    drop(cmd);
+    let mut copier = tokio::spawn(copy_to_log(rx, a.log.clone(), log));
     // Never 0 (that would signal nerv's own group): the child was not waited for yet.
     let pgid = match child.id().and_then(|p| i32::try_from(p).ok()) {
         Some(p) if p > 0 => p,
@@ -235,6 +355,9 @@ pub async fn run_attempt(spec: &TaskSpec, a: Attempt, reaper: &Reaper) -> Result
     } else {
         reaper.remove(pgid);
     }
+    // The log is complete (for the summary's last lines) when the pipe has ended; a process
+    // that outlived its group and kept the pipe does not hold the task up.
+    let _ = tokio::time::timeout(DRAIN, &mut copier).await;
     let status = status.map_err(|e| io_err("waiting for the command", e))?;
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),

@@ -126,6 +126,53 @@ run = "echo to-stderr >&2"
     );
 }
 
+/// Output goes through a pipe to the log, created at the first byte: big outputs arrive whole,
+/// stdout and stderr interleave in order, a silent task has no file (and `nerv logs` prints
+/// nothing for it), and a process left behind outside the task's group that keeps the pipe
+/// does not hold the task up.
+#[test]
+fn logs_are_complete_ordered_and_created_at_the_first_byte() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "p.toml",
+        r#"
+[tasks.big]
+run = "seq 1 300000"
+[tasks.mixed]
+run = "echo one; echo two >&2; echo three; echo four >&2"
+[tasks.silent]
+run = ["true"]
+[tasks.late]
+run = "echo early; setsid sh -c 'sleep 0.5; echo late' &"
+"#,
+    );
+    let o = run_in(d.path(), &["run", "p.toml"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let logs = logs_dir(d.path());
+    let big = std::fs::read_to_string(logs.join("big.log")).unwrap();
+    assert_eq!(big.lines().count(), 300_000);
+    assert!(big.ends_with("\n299999\n300000\n"));
+    assert_eq!(
+        std::fs::read_to_string(logs.join("mixed.log")).unwrap(),
+        "one\ntwo\nthree\nfour\n"
+    );
+    assert!(!logs.join("silent.log").exists());
+    let o = run_in(d.path(), &["logs", "last", "silent"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("printed nothing"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&run_in(d.path(), &["logs", "last", "mixed"])),
+        "one\ntwo\nthree\nfour\n"
+    );
+    // `late` finished while its setsid child still held the pipe: nerv did not wait for it
+    // (the test would be slower otherwise), and nerv's exit closed the pipe, so the child's
+    // line is lost or arrives: either way `early` is there.
+    let late = std::fs::read_to_string(logs.join("late.log")).unwrap();
+    assert!(late.starts_with("early\n"), "{late}");
+}
+
 #[test]
 fn failure_exits_1_shows_last_lines_and_skips_dependents() {
     let d = tempfile::tempdir().unwrap();
@@ -559,6 +606,70 @@ fn env_cwd_and_direct_exec() {
     );
 }
 
+/// nerv finds a direct command's program on PATH itself (the task's `env` PATH if it sets
+/// one, relative entries left to the child) and keeps its name as argv[0].
+#[test]
+fn direct_exec_finds_programs_on_the_tasks_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    for dir in ["bin1", "bin2", "sub/rel"] {
+        std::fs::create_dir_all(d.path().join(dir)).unwrap();
+    }
+    for (dir, text) in [("bin1", "one"), ("bin2", "two"), ("sub/rel", "rel")] {
+        let p = write(
+            &d.path().join(dir),
+            "hello-nerv",
+            &format!("#!/bin/sh\necho {text} \"$0\" \"$@\" >> \"$OUT\"\n"),
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let base = d.path().display();
+    let sys = std::env::var("PATH").unwrap();
+    write(
+        d.path(),
+        "p.toml",
+        &format!(
+            r#"
+[defaults]
+env = {{ OUT = "{base}/out.txt" }}
+[tasks.first]
+run = "hello-nerv a"
+env = {{ PATH = "{base}/bin2:{base}/bin1:{sys}" }}
+[tasks.second]
+run = ["hello-nerv", "b"]
+env = {{ PATH = "{base}/bin1:{sys}" }}
+needs = ["first"]
+[tasks.relative]
+run = "hello-nerv c"
+cwd = "sub"
+env = {{ PATH = "rel:{sys}" }}
+needs = ["second"]
+[tasks.argv0]
+run = ["cat", "/proc/self/cmdline"]
+"#
+        ),
+    );
+    let o = run_in(d.path(), &["run", "p.toml"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let out = std::fs::read_to_string(d.path().join("out.txt")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("two ") && lines[0].ends_with("hello-nerv a"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("one ") && lines[1].ends_with("hello-nerv b"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("rel ") && lines[2].ends_with("hello-nerv c"),
+        "{out}"
+    );
+    let cmdline = std::fs::read(logs_dir(d.path()).join("argv0.log")).unwrap();
+    assert_eq!(cmdline, b"cat\0/proc/self/cmdline\0");
+}
+
 #[test]
 fn graph_prints_dot_and_mermaid() {
     let d = tempfile::tempdir().unwrap();
@@ -625,6 +736,60 @@ fn fanout_yaml_example_runs() {
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let sum = std::fs::read_to_string(d.path().join("shards/sum.txt")).unwrap();
     assert_eq!(sum.trim(), "72180100"); // 1² + … + 600²
+}
+
+#[test]
+fn pipeline_example_runs_and_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pipeline.toml");
+    std::fs::copy(src, d.path().join("pipeline.toml")).unwrap();
+    let o = run_in(d.path(), &["run", "pipeline.toml"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    // 4000 records, every 97th malformed (41 dropped); sums checked independently.
+    let expected = "\
+region   records   units   revenue
+south        989    6921    364627
+east         990    6930    360899
+north        990    6921    358783
+west         990    6945    357440
+total       3959   27717   1441749
+raw lines: 4001, clean records: 3959
+clean data cksum: 3960214766 53263
+";
+    let report = std::fs::read_to_string(d.path().join("data/report.txt")).unwrap();
+    assert_eq!(report, expected);
+    for region in ["north", "south", "east", "west"] {
+        let part = std::fs::read_to_string(d.path().join(format!("data/regions/{region}.csv")));
+        let part = part.unwrap();
+        assert!(
+            part.lines().all(|l| l.split(',').nth(1) == Some(region)),
+            "{region}"
+        );
+    }
+}
+
+#[test]
+fn completions_print_a_script() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run_in(d.path(), &["completions", "bash"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let script = stdout(&o);
+    assert!(script.contains("nerv"), "{script}");
+    assert!(
+        script.contains("resume") && script.contains("validate"),
+        "{script}"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let o = run_in(d.path(), &["completions", shell]);
+        assert_eq!(code(&o), 0, "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains("nerv"), "{shell}");
+    }
+    let help = stdout(&run_in(d.path(), &["completions", "--help"]));
+    assert!(
+        help.contains("bash-completion") && help.contains("$PROFILE"),
+        "{help}"
+    );
+    assert_eq!(code(&run_in(d.path(), &["completions", "tcsh"])), 2);
 }
 
 /// The journal commands: runs, resume, status, logs, trace, cache (tests/cli/journal.rs).

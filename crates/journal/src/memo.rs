@@ -158,27 +158,7 @@ impl SqliteMemo {
     /// [`MemoStore::entries`], with its error (expired entries are deleted first).
     pub fn try_entries(&self, now: SystemTime) -> Result<Vec<MemoEntry>> {
         self.purge_expired(now)?;
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT key, task, length(value), created, last_used, expires FROM memo \
-                 ORDER BY created, key",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(MemoEntry {
-                    key: r.get(0)?,
-                    task: r.get(1)?,
-                    size: r.get::<_, i64>(2)? as usize,
-                    created: from_ns(r.get(3)?),
-                    last_used: from_ns(r.get(4)?),
-                    expires: r.get::<_, Option<i64>>(5)?.map(from_ns),
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        entries_on(&self.conn(), &self.path, now)
     }
 
     /// [`MemoStore::remove`], with its error.
@@ -245,4 +225,33 @@ impl MemoStore for SqliteMemo {
         let r = self.try_clear();
         self.keep(r, 0);
     }
+}
+
+/// The memo entries not expired at `now`, read on `conn` (a read-only connection will do:
+/// nothing is purged), oldest first.
+pub(crate) fn entries_on(
+    conn: &Connection,
+    path: &Path,
+    now: SystemTime,
+) -> Result<Vec<MemoEntry>> {
+    let err = |e: rusqlite::Error| JournalError::sqlite(path, &e);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT key, task, length(value), created, last_used, expires FROM memo \
+             WHERE expires IS NULL OR expires > ?1 ORDER BY created, key",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([crate::sqlite::to_ns(now)], |r| {
+            Ok(MemoEntry {
+                key: r.get(0)?,
+                task: r.get(1)?,
+                size: r.get::<_, i64>(2)? as usize,
+                created: from_ns(r.get(3)?),
+                last_used: from_ns(r.get(4)?),
+                expires: r.get::<_, Option<i64>>(5)?.map(from_ns),
+            })
+        })
+        .map_err(err)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(err)
 }

@@ -1,6 +1,7 @@
 //! `nerv logs RUN TASK`: prints a task's log file (stdout and stderr of all its attempts).
 //!
-//! The log is `.nerv/runs/<run-id>/logs/<task>.log` (see `nerv_cli::layout`). A task that a
+//! The log is `.nerv/runs/<run-id>/logs/<task>.log` (see `nerv_cli::layout`), created at the
+//! command's first byte of output: a task that printed nothing has none. A task that a
 //! resumed run restored did not run in that run: its log is the one of the run it was
 //! restored from (followed back through the runs resumed).
 
@@ -59,6 +60,14 @@ pub fn run(args: LogsArgs) -> Result<Exit, CliError> {
                             args.task
                         ))
                     })?;
+            }
+            _ if task.attempts > 0 && layout.logs_dir.is_dir() => {
+                // The log file is created at a command's first byte of output.
+                eprintln!(
+                    "nerv: `{}` printed nothing in run {} ({})",
+                    task.task, run.id, run.name
+                );
+                return Ok(Exit::Success);
             }
             _ => {
                 let why = if task.attempts == 0 {

@@ -5,6 +5,7 @@
 //! [`CliError`]: crate::exit::CliError
 
 pub mod cache;
+pub mod completions;
 pub mod graph;
 pub mod logs;
 pub mod plan;

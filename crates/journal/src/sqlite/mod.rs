@@ -228,6 +228,12 @@ impl SqliteStore {
         ))
     }
 
+    /// The memo entries not expired at `now`, oldest first — also on a store opened
+    /// read-only, e.g. to list the cache while a run holds the journal.
+    pub fn memo_entries(&self, now: SystemTime) -> Result<Vec<nerv::MemoEntry>> {
+        crate::memo::entries_on(&self.reader(), &self.path, now)
+    }
+
     fn err(&self, e: rusqlite::Error) -> JournalError {
         JournalError::sqlite(&self.path, &e)
     }
