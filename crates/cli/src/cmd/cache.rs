@@ -1,6 +1,7 @@
 //! `nerv cache ls` / `nerv cache rm [TASK|--all]`: the durable cache of `cache = true` tasks,
-//! kept in the journal's memo table (`.nerv/nerv.db`). Both take the journal's writer lock
-//! (the memo store has no read-only mode), so they fail while a run goes on in the folder.
+//! kept in the journal's memo table (`.nerv/nerv.db`). `ls` reads the journal read-only (it
+//! works while a run goes on); `rm` takes the writer lock, so it waits for no run: it fails
+//! while one goes on in the folder.
 
 use crate::args::{CacheAction, CacheArgs, CacheLsArgs, CacheRmArgs};
 use crate::cmd::runs::print_table;
@@ -23,8 +24,10 @@ fn entries(memo: &nerv_journal::SqliteMemo) -> Result<Vec<MemoEntry>, CliError> 
 }
 
 fn ls(args: CacheLsArgs) -> Result<Exit, CliError> {
-    let w = history::open_writer(&args.journal.dir)?;
-    let entries = entries(&w.memo)?;
+    let store = history::open_reader(&args.journal.dir)?;
+    let entries = store
+        .memo_entries(SystemTime::now())
+        .map_err(journal_error)?;
     if args.json {
         for e in &entries {
             println!(
@@ -42,7 +45,7 @@ fn ls(args: CacheLsArgs) -> Result<Exit, CliError> {
     if entries.is_empty() {
         println!(
             "the cache is empty ({}); tasks with `cache = true` fill it",
-            w.journal.store().path().display()
+            nerv_journal::JournalStore::path(&store).display()
         );
         return Ok(Exit::Success);
     }
