@@ -86,6 +86,17 @@ pub enum Commands {
         after_help = "Examples:\n  nerv graph pipeline.toml | dot -Tsvg > graph.svg\n  nerv graph pipeline.toml --format mermaid"
     )]
     Graph(GraphArgs),
+    /// Convert a WfCommons trace (WfFormat JSON, schema 1.4 to 1.6) into a workflow file.
+    ///
+    /// Each task becomes a command (`sleep` for its recorded runtime times --scale, unless
+    /// --command names another program), its parents its `needs`, its runtime its `estimate`.
+    #[command(
+        after_help = "Examples:\n  nerv import montage.json -o montage.toml --scale 0.01\n  nerv import trace.json --command 'my-sim --seconds' --memory-limit 8000000000 > wf.toml"
+    )]
+    Import(ImportArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     ///
     /// The script goes to standard output; install it where your shell looks for
@@ -118,6 +129,62 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// `nerv import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The WfFormat trace (.json).
+    pub file: PathBuf,
+    /// Where to write the workflow file (default: standard output; `-` too).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Runtimes are multiplied by this.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// The program (and leading arguments) each task runs, given its scaled runtime in
+    /// seconds as the last argument (default `sleep`).
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// A memory budget in bytes: `[resources] memory` and, per task, `uses = { memory = … }`
+    /// from its recorded memory, so that tasks wait until they fit.
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
+}
+
+/// `nerv bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Replay WfCommons traces (sleeping their runtimes x scale on -j workers) and report each
+    /// makespan against the lower bound max(critical path, work / P) and first-come-first-served
+    /// order.
+    #[command(
+        after_help = "Examples:\n  nerv bench replay traces/ -j 4\n  nerv bench replay traces/ --scale 0.001 -j 4 --json"
+    )]
+    Replay(BenchReplayArgs),
+}
+
+/// `nerv bench replay`.
+#[derive(Debug, Args)]
+pub struct BenchReplayArgs {
+    /// Traces (.json), or folders of them.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Workers P.
+    #[arg(short = 'j', long = "jobs", default_value_t = 4)]
+    pub jobs: usize,
+    /// Runtimes are multiplied by this (default: the scale at which the bound is --target).
+    #[arg(long)]
+    pub scale: Option<f64>,
+    /// Seconds the lower bound should take when --scale is not given.
+    #[arg(long, default_value_t = 2.0)]
+    pub target: f64,
+    /// A memory budget in bytes (tasks wait until their recorded memory fits).
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
+    /// One JSON object per trace.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A workflow file.
 #[derive(Debug, Args)]
 pub struct FileArgs {
@@ -136,6 +203,21 @@ pub struct RunArgs {
     /// Do not record the run in the journal (it cannot be resumed; `cache` is off).
     #[arg(long)]
     pub no_journal: bool,
+    /// FILE is a WfCommons trace (WfFormat JSON): replay it in this process (each task sleeps
+    /// its runtime x --scale on -j workers, default 4) and report the makespan against the
+    /// lower bound and first-come-first-served order.
+    #[arg(long)]
+    pub replay: bool,
+    /// With --replay: runtimes are multiplied by this (default: the scale at which the lower
+    /// bound is --target seconds).
+    #[arg(long, requires = "replay")]
+    pub scale: Option<f64>,
+    /// With --replay: seconds the lower bound should take when --scale is not given.
+    #[arg(long, default_value_t = 2.0, requires = "replay")]
+    pub target: f64,
+    /// With --replay: a memory budget in bytes (tasks wait until their recorded memory fits).
+    #[arg(long, value_name = "BYTES", requires = "replay")]
+    pub memory_limit: Option<u64>,
 }
 
 /// The folder whose journal a command reads.

@@ -14,7 +14,7 @@ mod exit;
 mod history;
 mod process;
 
-use args::{Cli, Commands};
+use args::{BenchCommand, Cli, Commands};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     // record a run, a cache entry that cannot be written) go to stderr; `NERV_LOG` overrides.
     init_tracing();
     let result = match cli.command {
+        Commands::Run(a) if a.replay => cmd::replay::run(&a),
         Commands::Run(a) => cmd::run::run(a),
+        Commands::Import(a) => cmd::import::run(a),
+        Commands::Bench(BenchCommand::Replay(a)) => cmd::replay::bench(a),
         Commands::Resume(a) => cmd::resume::run(a),
         Commands::Runs(a) => cmd::runs::run(a),
         Commands::Status(a) => cmd::status::run(a),

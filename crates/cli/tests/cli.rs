@@ -795,3 +795,93 @@ fn completions_print_a_script() {
 /// The journal commands: runs, resume, status, logs, trace, cache (tests/cli/journal.rs).
 #[path = "cli/journal.rs"]
 mod journal;
+
+/// A small WfFormat 1.5 trace: a → (b, c) → d, runtimes 10/40/20/10 s.
+const TRACE: &str = r#"{
+  "name": "tiny", "schemaVersion": "1.5",
+  "workflow": {
+    "specification": { "tasks": [
+      {"name": "a", "id": "a", "parents": [], "children": ["b", "c"]},
+      {"name": "b", "id": "b", "parents": ["a"], "children": ["d"]},
+      {"name": "c", "id": "c", "parents": ["a"], "children": ["d"]},
+      {"name": "d", "id": "d", "parents": ["b", "c"], "children": []}
+    ]},
+    "execution": { "tasks": [
+      {"id": "a", "runtimeInSeconds": 10}, {"id": "b", "runtimeInSeconds": 40},
+      {"id": "c", "runtimeInSeconds": 20}, {"id": "d", "runtimeInSeconds": 10}
+    ]}
+  }
+}"#;
+
+#[test]
+fn a_trace_imports_plans_runs_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = write(dir.path(), "tiny.json", TRACE);
+    let o = run_in(
+        dir.path(),
+        &[
+            "import",
+            trace.to_str().unwrap(),
+            "--scale",
+            "0.001",
+            "-o",
+            "wf.toml",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let toml: toml::Value = std::fs::read_to_string(dir.path().join("wf.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        toml["tasks"]["d"]["needs"].as_array().unwrap().len(),
+        2,
+        "{toml}"
+    );
+    // Plan: critical path a → b → d = 60 ms at scale 0.001; nerv's order reaches it on 2.
+    let o = run_in(dir.path(), &["plan", "wf.toml", "-j", "2", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(plan["critical_path"], serde_json::json!(["a", "b", "d"]));
+    assert_eq!(plan["lower_bound"].as_f64(), Some(60.0));
+    assert_eq!(plan["estimated_makespan"].as_f64(), Some(60.0));
+    let o = run_in(dir.path(), &["run", "wf.toml", "-j", "2", "--no-journal"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Replay in process, and the bench over a folder, as JSON.
+    let o = run_in(
+        dir.path(),
+        &[
+            "bench",
+            "replay",
+            dir.path().to_str().unwrap(),
+            "-j",
+            "2",
+            "--target",
+            "0.05",
+            "--json",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rec: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(rec["trace"], "tiny");
+    assert_eq!(rec["tasks"], 4);
+    assert!(rec["ratio"].as_f64().unwrap() >= 0.99, "{rec}");
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "--replay",
+            trace.to_str().unwrap(),
+            "-j",
+            "2",
+            "--scale",
+            "0.0005",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("makespan"), "{}", stdout(&o));
+    // Not a trace: a clear error naming the file.
+    let o = run_in(dir.path(), &["import", "wf.toml"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("wf.toml"), "{}", stderr(&o));
+}

@@ -7,8 +7,10 @@
 pub mod cache;
 pub mod completions;
 pub mod graph;
+pub mod import;
 pub mod logs;
 pub mod plan;
+pub mod replay;
 pub mod resume;
 pub mod run;
 pub mod runs;

@@ -55,6 +55,11 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
             "levels": plan.levels(), "critical_path": plan.critical_path(),
             "timed": plan.is_timed(), "unit": unit, "critical_path_length": cp,
             "total_work": work, "lower_bound": lb, "workers": workers,
+            "estimated_makespan": if plan.is_timed() {
+                json!(ms(plan.estimated_makespan(workers)))
+            } else {
+                json!(plan.estimated_makespan(workers).as_nanos() as u64)
+            },
             "max_parallelism": plan.max_parallelism(), "resources": wf.resources,
         });
         println!("{v}");
@@ -79,6 +84,10 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
         println!(
             "lower bound on {workers} workers: {} (max(critical path, total work / workers))",
             h(plan.lower_bound(workers))
+        );
+        println!(
+            "estimated makespan on {workers} workers: {} (nerv's order: priority, then longest remaining path)",
+            h(plan.estimated_makespan(workers))
         );
     } else {
         println!(
