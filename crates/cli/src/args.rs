@@ -86,6 +86,15 @@ pub enum Commands {
         after_help = "Examples:\n  nerv graph pipeline.toml | dot -Tsvg > graph.svg\n  nerv graph pipeline.toml --format mermaid"
     )]
     Graph(GraphArgs),
+    /// Run tasks of workflows submitted to PostgreSQL (`nerv run FILE --db URL`) until
+    /// Ctrl-C; start as many as you like, on as many machines.
+    #[command(
+        after_help = "Examples:\n  nerv worker --db postgres://nerv@db.example/nerv -j 8\n  NERV_DB=postgres://postgres@127.0.0.1/test nerv worker --tags gpu"
+    )]
+    Worker(WorkerArgs),
+    /// Cancel a run on PostgreSQL (its running commands are stopped by their workers).
+    #[command(after_help = "Example:\n  nerv cancel 42 --db postgres://postgres@127.0.0.1/test")]
+    Cancel(CancelArgs),
     /// Convert a WfCommons trace (WfFormat JSON, schema 1.4 to 1.6) into a workflow file.
     ///
     /// Each task becomes a command (`sleep` for its recorded runtime times --scale, unless
@@ -127,6 +136,30 @@ pub struct CompletionsArgs {
     /// The shell to print the completion script for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+/// `nerv worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The PostgreSQL server (postgres://USER@HOST:PORT/DB).
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: String,
+    /// Tasks run at once by this worker.
+    #[arg(short = 'j', long = "jobs", default_value_t = 4)]
+    pub jobs: usize,
+    /// Tags of this worker (tasks that require tags run only on workers that have them).
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+}
+
+/// `nerv cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run's number on the server.
+    pub run: String,
+    /// The PostgreSQL server.
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: String,
 }
 
 /// `nerv import`.
@@ -203,6 +236,14 @@ pub struct RunArgs {
     /// Do not record the run in the journal (it cannot be resumed; `cache` is off).
     #[arg(long)]
     pub no_journal: bool,
+    /// Run on PostgreSQL instead of this machine alone (postgres://USER@HOST:PORT/DB): the
+    /// workflow is submitted, `nerv worker --db URL` processes on any machine run its tasks,
+    /// and this command watches it (Ctrl-C cancels it).
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
+    /// With --db: submit, print the run id and return (the run goes on).
+    #[arg(long, requires = "db")]
+    pub detach: bool,
     /// FILE is a WfCommons trace (WfFormat JSON): replay it in this process (each task sleeps
     /// its runtime x --scale on -j workers, default 4) and report the makespan against the
     /// lower bound and first-come-first-served order.
@@ -252,6 +293,9 @@ pub struct RunsArgs {
     /// Print one JSON object per run per line.
     #[arg(long)]
     pub json: bool,
+    /// List the runs on this PostgreSQL server instead of the local journal.
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,
@@ -290,6 +334,9 @@ pub struct StatusArgs {
     /// Print one JSON object: the run and its tasks.
     #[arg(long)]
     pub json: bool,
+    /// The run is on this PostgreSQL server (its number there).
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,

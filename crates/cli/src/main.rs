@@ -25,6 +25,18 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Commands::Run(a) if a.replay => cmd::replay::run(&a),
+        Commands::Run(a) if a.db.is_some() => {
+            let url = a.db.clone().unwrap_or_default();
+            cmd::db::submit(&a.file, &url, a.detach, a.exec.json)
+        }
+        Commands::Runs(a) if a.db.is_some() && a.action.is_none() => {
+            cmd::db::runs(a.db.as_deref().unwrap_or_default(), a.json)
+        }
+        Commands::Status(a) if a.db.is_some() => {
+            cmd::db::status(a.db.as_deref().unwrap_or_default(), &a.run, a.json)
+        }
+        Commands::Worker(a) => cmd::db::worker(&a.db, a.jobs, &a.tags),
+        Commands::Cancel(a) => cmd::db::cancel(&a.db, &a.run),
         Commands::Run(a) => cmd::run::run(a),
         Commands::Import(a) => cmd::import::run(a),
         Commands::Bench(BenchCommand::Replay(a)) => cmd::replay::bench(a),

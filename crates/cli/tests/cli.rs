@@ -885,3 +885,107 @@ fn a_trace_imports_plans_runs_and_replays() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("wf.toml"), "{}", stderr(&o));
 }
+
+/// The distributed mode: a workflow file submitted to PostgreSQL, run by a `nerv worker`
+/// process, watched to the end; then listed, inspected and (a second run) cancelled.
+#[test]
+fn a_workflow_runs_on_postgres_through_a_worker() {
+    let url = std::env::var("NERV_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    if std::net::TcpStream::connect("127.0.0.1:5432").is_err() {
+        println!("skipped: no PostgreSQL at {url}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "wf.toml",
+        r#"
+[tasks.a]
+run = "echo a > a.txt"
+[tasks.b]
+run = ["sh", "-c", "cat a.txt > b.txt; echo $GREETING >> b.txt"]
+needs = ["a"]
+env = { GREETING = "hi" }
+[tasks.c]
+for_each = ["x", "y"]
+run = "echo {item} > c_{item}.txt"
+needs = ["a"]
+[tasks.d]
+run = "cat b.txt c_x.txt c_y.txt > d.txt"
+needs = ["b", "c"]
+"#,
+    );
+    /// Kills the worker if the test fails before stopping it (no orphan claims tasks later).
+    struct Reap(Option<Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut worker = Reap(Some(
+        nerv()
+            .args(["worker", "--db", &url, "-j", "2"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let o = run_in(dir.path(), &["run", "wf.toml", "--db", &url]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("d.txt")).unwrap(),
+        "a\nhi\nx\ny\n"
+    );
+    assert!(stdout(&o).contains("run_succeeded"), "{}", stdout(&o));
+    let run = stderr(&o)
+        .split("as run ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let o = run_in(dir.path(), &["status", &run, "--db", &url, "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(st["tasks"].as_array().unwrap().len(), 5);
+    let o = run_in(dir.path(), &["runs", "--db", &url, "--json"]);
+    assert!(
+        stdout(&o).contains(&format!("\"id\":{run}")),
+        "{}",
+        stdout(&o)
+    );
+    // A detached run that waits on a file never created, then cancelled from here.
+    write(
+        dir.path(),
+        "slow.toml",
+        "[tasks.wait]\nrun = \"while [ ! -e never ]; do sleep 0.05; done\"\n",
+    );
+    let o = run_in(dir.path(), &["run", "slow.toml", "--db", &url, "--detach"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let slow = stdout(&o).trim().to_string();
+    let o = run_in(dir.path(), &["cancel", &slow, "--db", &url]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run_in(dir.path(), &["status", &slow, "--db", &url, "--json"]);
+    let st: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(st["run"]["state"], "cancelled", "{st}");
+    let w = worker.0.take().unwrap();
+    signal(w.id(), "-INT");
+    let out = wait_exit(w);
+    assert_eq!(code(&out), 0);
+    // A server that is not there: a clear error naming it, quickly.
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "wf.toml",
+            "--db",
+            "postgres://postgres@127.0.0.1:1/test",
+        ],
+    );
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("127.0.0.1:1"), "{}", stderr(&o));
+}

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod completions;
+pub mod db;
 pub mod graph;
 pub mod import;
 pub mod logs;
