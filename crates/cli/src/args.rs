@@ -103,8 +103,11 @@ pub enum Commands {
         after_help = "Examples:\n  nerv import montage.json -o montage.toml --scale 0.01\n  nerv import trace.json --command 'my-sim --seconds' --memory-limit 8000000000 > wf.toml"
     )]
     Import(ImportArgs),
-    /// Benchmarks.
-    #[command(subcommand)]
+    /// Benchmarks: `nerv bench replay` replays WfCommons traces against the lower bound.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  nerv bench replay traces/ -j 4\n  nerv bench replay trace.json --scale 0.001 --json"
+    )]
     Bench(BenchCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     ///
