@@ -989,3 +989,26 @@ needs = ["b", "c"]
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("127.0.0.1:1"), "{}", stderr(&o));
 }
+
+#[test]
+fn plans_estimate_tasks_from_the_history_of_earlier_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "wf.toml",
+        "[tasks.a]\nrun = \"sleep 0.05\"\n[tasks.b]\nrun = \"true\"\nneeds = [\"a\"]\n",
+    );
+    // No history yet: untimed.
+    let o = run_in(dir.path(), &["plan", "wf.toml", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(plan["timed"], false);
+    assert_eq!(code(&run_in(dir.path(), &["run", "wf.toml"])), 0);
+    let o = run_in(dir.path(), &["plan", "wf.toml", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(plan["timed"], true, "{plan}");
+    // `a` slept 50 ms: at least that much of the critical path.
+    assert!(
+        plan["critical_path_length"].as_f64().unwrap() >= 50.0,
+        "{plan}"
+    );
+}

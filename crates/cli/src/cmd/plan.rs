@@ -1,5 +1,6 @@
 //! `nerv plan FILE`: levels, critical path, total work and lower bound, from the tasks'
-//! `estimate` keys (without them every task counts as one unit).
+//! `estimate` keys, else from the journal's history of the workflow's runs (a moving average
+//! over the last 10), else every task counts as one unit.
 
 use crate::args::{cpus, PlanArgs};
 use crate::exit::{CliError, Exit};
@@ -14,7 +15,18 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
     let graph = wf.graph_with(|b, _| {
         b.run((), |_, ()| Ok::<(), TaskError>(()));
     })?;
-    let plan = graph.plan();
+    // Tasks without an `estimate` are estimated from the journal's history of this workflow
+    // (a moving average over its last 10 runs), when there is one.
+    let history = crate::cmd::run::workflow_id(&args.file)
+        .ok()
+        .and_then(|id| {
+            let store = crate::history::open_reader(&wf.base_dir).ok()?;
+            nerv_journal::JournalStore::task_durations(&store, &id, 10).ok()
+        })
+        .unwrap_or_default();
+    let plan = nerv::Planner::new()
+        .estimate_with(move |t| t.estimate().or_else(|| history.get(t.id()).copied()))
+        .plan(&graph);
     let workers = args.jobs.map_or_else(cpus, |j| j as usize);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if args.json {

@@ -197,9 +197,20 @@ async fn run_async(
     if writer.is_none() && wf.tasks.iter().any(|t| t.cache.is_some()) {
         eprintln!("nerv: warning: running without a journal: `cache` is off for this run");
     }
+    // Tasks without an `estimate` get one from the history of this workflow's recent runs
+    // (a moving average over the last 10): the planner and the scheduler then know durations
+    // (a graph with estimates is scheduled by remaining critical path).
+    let history: std::collections::HashMap<String, Duration> = writer
+        .as_ref()
+        .and_then(|w| w.journal.store().task_durations(&workflow_id, 10).ok())
+        .unwrap_or_default();
     let graph = {
         let logs = logs.clone();
         wf.persisted_graph_with(|b, spec| {
+            let b = match (spec.estimate, history.get(&spec.id)) {
+                (None, Some(d)) => b.estimate(*d),
+                _ => b,
+            };
             let spec = spec.clone();
             let reaper = reaper.clone();
             let run_id = run_id_arc.clone();
