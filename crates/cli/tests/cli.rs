@@ -896,6 +896,22 @@ fn a_workflow_runs_on_postgres_through_a_worker() {
         println!("skipped: no PostgreSQL at {url}");
         return;
     }
+    // A schema of this test's own (every nerv command below gets it through the environment):
+    // other runs on the same server (another checkout's tests) are other queues.
+    let schema = format!("nerv_cli_test_{}", std::process::id());
+    std::env::set_var("NERV_DB_SCHEMA", &schema);
+    struct DropSchema(String);
+    impl Drop for DropSchema {
+        fn drop(&mut self) {
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
+                .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _drop_schema = DropSchema(schema);
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -941,7 +957,9 @@ needs = ["b", "c"]
         std::fs::read_to_string(dir.path().join("d.txt")).unwrap(),
         "a\nhi\nx\ny\n"
     );
-    assert!(stdout(&o).contains("run_succeeded"), "{}", stdout(&o));
+    // The same display as a local run: a line per task event, then the summary.
+    assert!(stdout(&o).contains("completed  d"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("5 completed"), "{}", stdout(&o));
     let run = stderr(&o)
         .split("as run ")
         .nth(1)

@@ -1,6 +1,6 @@
 //! The distributed mode's commands, on PostgreSQL (crate nerv-postgres): `nerv run FILE --db
-//! URL` submits a workflow file and watches it (Ctrl-C cancels it, `--detach` leaves it
-//! running), `nerv worker --db URL` runs tasks, `nerv runs|status|cancel --db URL` read and
+//! URL` submits a workflow file and watches it with the same display as a local run (Ctrl-C
+//! cancels it, `--detach` leaves it running), `nerv worker --db URL` runs tasks, `nerv runs|status|cancel --db URL` read and
 //! steer runs from any machine.
 //!
 //! A workflow file's task becomes a PostgreSQL task with the same id, dependencies, priority,
@@ -9,12 +9,59 @@
 //! must see the same paths, e.g. a shared file system) with its `env`, through
 //! `env -C DIR K=V … PROGRAM` (so that workers need nothing but coreutils).
 
+use crate::display::{Display, Mode, Summary, UiEvent};
 use crate::exit::{CliError, Exit};
 use nerv_cli::workflow::{Command, Workflow};
-use nerv_postgres::{Engine, Priority as PgPriority, Retry, RunState, TaskSpec, Work, Worker};
+use nerv_postgres::{
+    ConnectOptions, Engine, Priority as PgPriority, Retry, RunState, TaskSpec, TaskState, Work,
+    Worker,
+};
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// The display's view of a server event (`None` for those it does not show).
+fn ui_event(ev: &nerv_postgres::Event) -> Option<UiEvent> {
+    let task: Arc<str> = ev.task.as_deref()?.into();
+    let at = SystemTime::now();
+    let attempt = ev.attempt.unwrap_or(0).max(0) as u32;
+    let error = || {
+        ev.data
+            .as_ref()
+            .and_then(|d| d.get("error"))
+            .and_then(|e| e.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(match ev.kind.as_str() {
+        "task_started" => UiEvent::Started { task, attempt, at },
+        "task_succeeded" => UiEvent::Completed { task, attempt, at },
+        "task_failed" => UiEvent::Failed {
+            task,
+            attempt,
+            at,
+            error: error(),
+        },
+        "task_retrying" => UiEvent::Retrying {
+            task,
+            attempt,
+            at,
+            error: error(),
+            delay: Duration::ZERO,
+        },
+        "task_skipped" => UiEvent::Skipped {
+            task,
+            at,
+            cause: None,
+        },
+        "task_cancelled" => UiEvent::Cancelled { task, attempt, at },
+        _ => return None,
+    })
+}
 
 fn pg(e: nerv_postgres::Error) -> CliError {
     CliError::Other(e.to_string())
@@ -28,9 +75,28 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Other(format!("cannot start the runtime: {e}")))
 }
 
+/// The schema the commands use: `NERV_DB_SCHEMA`, else nerv-postgres's default (`nerv`).
+/// Separate schemas are separate queues (e.g. one per team, or per test).
+fn schema() -> Option<String> {
+    std::env::var("NERV_DB_SCHEMA")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+async fn connect(url: &str) -> Result<Engine, CliError> {
+    let mut opts = ConnectOptions::new(url).map_err(pg)?;
+    if let Some(s) = schema() {
+        opts = opts.schema(s);
+    }
+    Engine::connect_with(opts).await.map_err(pg)
+}
+
 /// The PostgreSQL workflow of a workflow file.
 pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
     let mut out = nerv_postgres::Workflow::new(wf.name.clone());
+    // Working directories are made absolute here: a worker elsewhere must not resolve them
+    // against its own current directory.
+    let base = std::fs::canonicalize(&wf.base_dir).unwrap_or_else(|_| wf.base_dir.clone());
     for (k, v) in &wf.resources {
         out.resources.insert(k.clone(), *v as i64);
     }
@@ -38,7 +104,7 @@ pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
         let cwd = if t.cwd.is_absolute() {
             t.cwd.clone()
         } else {
-            wf.base_dir.join(&t.cwd)
+            base.join(&t.cwd)
         };
         let mut argv: Vec<String> = vec!["env".into(), "-C".into(), cwd.display().to_string()];
         argv.push(format!("NERV_TASK={}", t.id));
@@ -84,7 +150,7 @@ pub fn submit(file: &Path, url: &str, detach: bool, json: bool) -> Result<Exit, 
     let pgwf = to_pg(&wf);
     let rt = runtime()?;
     rt.block_on(async move {
-        let engine = Engine::connect(url).await.map_err(pg)?;
+        let engine = connect(url).await?;
         let run = engine.submit(&pgwf).await.map_err(pg)?;
         eprintln!(
             "nerv: submitted {} ({} tasks) as run {run} on {}",
@@ -97,6 +163,21 @@ pub fn submit(file: &Path, url: &str, detach: bool, json: bool) -> Result<Exit, 
             return Ok(Exit::Success);
         }
         let t0 = Instant::now();
+        let mode = if json {
+            Mode::Json
+        } else if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
+            Mode::Live
+        } else {
+            Mode::Plain
+        };
+        let header = serde_json::json!({
+            "type": "run_started", "run_id": run.to_string(), "workflow": wf.name,
+            "file": wf.path.display().to_string(), "tasks": pgwf.tasks.len(),
+            "logs": "(on the workers)", "server": engine.options().host(),
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        });
+        let display = Display::start(mode, pgwf.tasks.len(), HashMap::new(), header);
+        let ui = display.sender();
         let mut watch = engine.watch(run);
         let mut interrupted = false;
         let ctrl_c = tokio::signal::ctrl_c();
@@ -105,21 +186,8 @@ pub fn submit(file: &Path, url: &str, detach: bool, json: bool) -> Result<Exit, 
             tokio::select! {
                 ev = watch.next() => match ev {
                     Some(Ok(ev)) => {
-                        if json {
-                            println!("{}", serde_json::to_string(&ev).unwrap_or_default());
-                        } else if ev.kind != "task_ready" {
-                            println!(
-                                "[{:>8.2}s] {:<16} {}{}{}",
-                                t0.elapsed().as_secs_f64(),
-                                ev.kind,
-                                ev.task.as_deref().unwrap_or(""),
-                                ev.worker.as_deref().map(|w| format!(" on {w}")).unwrap_or_default(),
-                                ev.data
-                                    .as_ref()
-                                    .filter(|_| ev.kind == "task_failed" || ev.kind == "task_retrying")
-                                    .map(|d| format!(": {d}"))
-                                    .unwrap_or_default(),
-                            );
+                        if let Some(u) = ui_event(&ev) {
+                            let _ = ui.send(u);
                         }
                         if ev.ends_run() {
                             break;
@@ -130,26 +198,40 @@ pub fn submit(file: &Path, url: &str, detach: bool, json: bool) -> Result<Exit, 
                 },
                 _ = &mut ctrl_c, if !interrupted => {
                     interrupted = true;
-                    eprintln!("nerv: interrupted: cancelling run {run}");
+                    let _ = ui.send(UiEvent::Interrupted { second: false });
                     engine.cancel(run).await.map_err(pg)?;
                 }
             }
         }
         let status = engine.status(run).await.map_err(pg)?;
-        eprintln!(
-            "nerv: run {run} {:?}: {} succeeded, {} failed, {} skipped, {} cancelled in {:.2}s",
-            status.run.state,
-            status.count(nerv_postgres::TaskState::Succeeded),
-            status.count(nerv_postgres::TaskState::Failed),
-            status.count(nerv_postgres::TaskState::Skipped),
-            status.count(nerv_postgres::TaskState::Cancelled),
-            t0.elapsed().as_secs_f64()
-        );
-        Ok(match (interrupted, status.run.state) {
+        let exit = match (interrupted, status.run.state) {
             (true, _) => Exit::Interrupted,
             (_, RunState::Succeeded) => Exit::Success,
             _ => Exit::TaskFailed,
-        })
+        };
+        let failures = status
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Failed)
+            .map(|t| (t.id.clone(), t.error.clone().unwrap_or_default()))
+            .collect();
+        display.finish(Summary {
+            run_id: run.to_string(),
+            completed: status.count(TaskState::Succeeded),
+            failed: status.count(TaskState::Failed),
+            skipped: status.count(TaskState::Skipped),
+            cancelled: status.count(TaskState::Cancelled),
+            wall: t0.elapsed(),
+            critical_path: Vec::new(),
+            critical_length: Duration::ZERO,
+            logs_dir: "(on the workers)".into(),
+            failures,
+            interrupted,
+            exit_code: exit.code(),
+            journal_run: None,
+            resumed_from: None,
+        });
+        Ok(exit)
     })
 }
 
@@ -157,7 +239,11 @@ pub fn submit(file: &Path, url: &str, detach: bool, json: bool) -> Result<Exit, 
 pub fn worker(url: &str, jobs: usize, tags: &[String]) -> Result<Exit, CliError> {
     let rt = runtime()?;
     rt.block_on(async move {
-        let w = Worker::builder(url)
+        let mut b = Worker::builder(url);
+        if let Some(s) = schema() {
+            b = b.schema(s);
+        }
+        let w = b
             .concurrency(jobs.max(1))
             .tags(tags.iter().cloned())
             .build()
@@ -179,7 +265,7 @@ pub fn worker(url: &str, jobs: usize, tags: &[String]) -> Result<Exit, CliError>
 /// `nerv runs --db URL [--json]`.
 pub fn runs(url: &str, json: bool) -> Result<Exit, CliError> {
     runtime()?.block_on(async move {
-        let engine = Engine::connect(url).await.map_err(pg)?;
+        let engine = connect(url).await?;
         for r in engine.runs().await.map_err(pg)? {
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -204,7 +290,7 @@ pub fn status(url: &str, run: &str, json: bool) -> Result<Exit, CliError> {
         .parse()
         .map_err(|_| CliError::Other(format!("run `{run}`: a run id on the server is a number")))?;
     runtime()?.block_on(async move {
-        let engine = Engine::connect(url).await.map_err(pg)?;
+        let engine = connect(url).await?;
         let st = engine.status(id).await.map_err(pg)?;
         if json {
             println!("{}", serde_json::to_string(&st).unwrap_or_default());
@@ -237,7 +323,7 @@ pub fn cancel(url: &str, run: &str) -> Result<Exit, CliError> {
         .parse()
         .map_err(|_| CliError::Other(format!("run `{run}`: a run id on the server is a number")))?;
     runtime()?.block_on(async move {
-        let engine = Engine::connect(url).await.map_err(pg)?;
+        let engine = connect(url).await?;
         if engine.cancel(id).await.map_err(pg)? {
             eprintln!("nerv: run {id} cancelled");
         } else {
