@@ -63,6 +63,12 @@ fn ui_event(ev: &nerv_postgres::Event) -> Option<UiEvent> {
     })
 }
 
+/// A run's id on the server (a number, as `nerv runs --db` lists it).
+fn server_run(run: &str) -> Result<i64, CliError> {
+    run.parse()
+        .map_err(|_| CliError::Other(format!("run `{run}`: a run id on the server is a number")))
+}
+
 fn pg(e: nerv_postgres::Error) -> CliError {
     CliError::Other(e.to_string())
 }
@@ -286,9 +292,7 @@ pub fn runs(url: &str, json: bool) -> Result<Exit, CliError> {
 
 /// `nerv status RUN --db URL [--json]`.
 pub fn status(url: &str, run: &str, json: bool) -> Result<Exit, CliError> {
-    let id: i64 = run
-        .parse()
-        .map_err(|_| CliError::Other(format!("run `{run}`: a run id on the server is a number")))?;
+    let id = server_run(run)?;
     runtime()?.block_on(async move {
         let engine = connect(url).await?;
         let st = engine.status(id).await.map_err(pg)?;
@@ -319,9 +323,7 @@ pub fn status(url: &str, run: &str, json: bool) -> Result<Exit, CliError> {
 
 /// `nerv cancel RUN --db URL`.
 pub fn cancel(url: &str, run: &str) -> Result<Exit, CliError> {
-    let id: i64 = run
-        .parse()
-        .map_err(|_| CliError::Other(format!("run `{run}`: a run id on the server is a number")))?;
+    let id = server_run(run)?;
     runtime()?.block_on(async move {
         let engine = connect(url).await?;
         if engine.cancel(id).await.map_err(pg)? {
