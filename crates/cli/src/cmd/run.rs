@@ -5,9 +5,9 @@
 //!    it (exit 1 with the journal's message if it cannot be opened: locked by another live
 //!    nerv, disk full, corrupt, permission denied; `--no-journal` runs unrecorded); create
 //!    `.nerv/runs/<run-id>/logs`.
-//! 2. Build the graph: each task is an async nerv task that runs one process per attempt
-//!    (see `process.rs`) and uses one unit of the hidden resource `nerv:jobs` (capacity
-//!    `-j N`), so that at most N commands run at once; `[resources]` become nerv resources.
+//! 2. Build the graph: each task is a sync nerv task that runs one process per attempt and
+//!    waits for it on its engine worker (see `process.rs`); the executor has `-j N` workers,
+//!    so that at most N commands run at once; `[resources]` become nerv resources.
 //!    Its output, a [`ShellOutput`], is persisted, so that a resumed run restores it. A
 //!    cached task (`cache = true`) first looks its key up in the journal's memo store: a hit
 //!    completes it without running the command; a success stores the key.
@@ -39,10 +39,6 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
-
-/// The hidden resource that bounds how many commands run at once (`-j`). Workflow resource
-/// names cannot contain `:`, so it never collides with one.
-const JOBS: &str = "nerv:jobs";
 
 /// What a shell task outputs: persisted in the journal (so that a resumed run restores the
 /// task instead of running it) and stored in the cache for `cache = true` tasks.
@@ -216,41 +212,38 @@ async fn run_async(
             let run_id = run_id_arc.clone();
             let log = logs[&spec.id].clone();
             let cache = cache.clone().filter(|_| spec.cache.is_some());
-            b.uses(JOBS, 1).run_async((), move |ctx, ()| {
-                let spec = spec.clone();
-                let reaper = reaper.clone();
-                let cache = cache.clone();
+            // A sync task: the engine worker that starts it runs the command and waits for
+            // it (`process.rs`), so `-j N` is N workers, as make's job slots.
+            b.run((), move |ctx, ()| {
                 let a = Attempt {
                     run_id: run_id.clone(),
                     log: log.clone(),
                     attempt: ctx.attempt(),
                 };
-                async move {
-                    let key = match &cache {
-                        Some(_) => Some(nerv_cli::cache::key(&spec).map_err(TaskError::msg)?),
-                        None => None,
-                    };
-                    if let (Some(cx), Some(k)) = (&cache, &key) {
-                        if let Some(out) = cache_lookup(cx, &spec, k, &a.log) {
-                            return Ok(out);
-                        }
+                let key = match &cache {
+                    Some(_) => Some(nerv_cli::cache::key(&spec).map_err(TaskError::msg)?),
+                    None => None,
+                };
+                if let (Some(cx), Some(k)) = (&cache, &key) {
+                    if let Some(out) = cache_lookup(cx, &spec, k, &a.log) {
+                        return Ok(out);
                     }
-                    let started = Instant::now();
-                    run_attempt(&spec, a, &reaper).await?;
-                    let out = ShellOutput {
-                        exit_code: 0,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        cached: false,
-                    };
-                    if let (Some(cx), Some(k)) = (&cache, key) {
-                        let now = SystemTime::now();
-                        let expires = spec.cache.and_then(|c| c.ttl).map(|t| now + t);
-                        if let Ok(bytes) = rmp_serde::to_vec(&out) {
-                            cx.memo.put(&k, &spec.id, bytes, now, expires);
-                        }
-                    }
-                    Ok(out)
                 }
+                let started = Instant::now();
+                run_attempt(&spec, a, &reaper, || ctx.is_cancelled())?;
+                let out = ShellOutput {
+                    exit_code: 0,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    cached: false,
+                };
+                if let (Some(cx), Some(k)) = (&cache, key) {
+                    let now = SystemTime::now();
+                    let expires = spec.cache.and_then(|c| c.ttl).map(|t| now + t);
+                    if let Ok(bytes) = rmp_serde::to_vec(&out) {
+                        cx.memo.put(&k, &spec.id, bytes, now, expires);
+                    }
+                }
+                Ok(out)
             })
         })?
     };
@@ -276,10 +269,9 @@ async fn run_async(
     });
 
     let mut builder = Executor::builder()
-        .workers(2)
+        .workers(jobs)
         .current_tokio()
-        .events(bus)
-        .resource(JOBS, jobs as u64);
+        .events(bus);
     for (name, cap) in &wf.resources {
         builder = builder.resource(name, *cap);
     }
