@@ -15,7 +15,8 @@
 //!    waiting worker appends to the task's log (the file is created at the first byte, so a
 //!    task that prints nothing costs no file).
 //! 2. The group is registered with the [`Reaper`] before anything can cancel the attempt.
-//! 3. While it waits, the worker checks every [`SLICE`] whether the attempt should stop (the
+//! 3. While it waits, the worker checks now and then (after 10 ms, then less and less often,
+//!    at least every [`SLICE`]) whether the attempt should stop (the
 //!    run was cancelled, failed fast, or the task's timeout passed): then the group gets
 //!    SIGTERM, and SIGKILL after the grace period, while the worker keeps copying output; the
 //!    attempt ends when the command has exited.
@@ -42,8 +43,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How often a waiting attempt checks whether it should stop.
-const SLICE: Duration = Duration::from_millis(20);
+/// The longest a waiting attempt goes without checking whether it should stop: how late a
+/// cancellation (Ctrl-C, fail-fast) can reach a long command. It starts checking after 10 ms
+/// and doubles the interval up to this, so that a thousand long commands cost no more than a
+/// few wake-ups a second each. (A timeout is waited for exactly: the wait ends at it.)
+const SLICE: Duration = Duration::from_millis(160);
 
 /// How long an attempt waits, once its command exited, for the rest of its output (the end
 /// of the pipe): anything written later (by a process that left the group and kept the
@@ -303,7 +307,7 @@ fn wait_for(rx: Option<&PipeReader>, pidfd: Option<&OwnedFd>, wait: Duration) ->
 }
 
 /// Runs one attempt of `spec` on the calling thread: Ok if the command exited 0. `stop` is
-/// asked every [`SLICE`] while the command runs; when it turns true the command's group is
+/// asked at least every [`SLICE`] while the command runs; when it turns true the command's group is
 /// ended (step 3 of the protocol) and the attempt fails as cancelled (the engine reports a
 /// timeout instead when the task's timeout is what passed).
 pub fn run_attempt(
@@ -397,11 +401,17 @@ pub fn run_attempt(
     let mut buf = [0u8; 8192];
     let mut stopped = false;
     let mut kill_at: Option<Instant> = None;
+    let mut slice = Duration::from_millis(10);
     let status: std::io::Result<ExitStatus> = loop {
         let now = Instant::now();
-        let mut wait = SLICE;
+        let mut wait = slice;
+        slice = (slice * 2).min(SLICE);
         for t in [kill_at, deadline].into_iter().flatten() {
             wait = wait.min(t.saturating_duration_since(now));
+        }
+        if pidfd.is_none() && rx.is_none() {
+            // Nothing reports the exit: look often (kernels without pidfd only).
+            wait = wait.min(Duration::from_millis(2));
         }
         let (readable, exited) = wait_for(rx.as_ref(), pidfd.as_ref(), wait);
         if readable {
