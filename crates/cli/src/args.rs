@@ -309,7 +309,7 @@ pub struct RunsArgs {
 pub enum RunsAction {
     /// Delete finished runs (their records and log folders); a running run is never deleted.
     #[command(
-        after_help = "Examples:\n  nerv runs rm --older-than 7d\n  nerv runs rm --keep 20\n  nerv runs rm --older-than 30d --keep 5   # both must hold"
+        after_help = "Examples:\n  nerv runs rm --older-than 7d\n  nerv runs rm --keep 20\n  nerv runs rm --older-than 30d --keep 5   # both must hold\n  nerv runs rm --keep 100 --db postgres://postgres@127.0.0.1/test"
     )]
     Rm(RunsRmArgs),
 }
@@ -324,6 +324,10 @@ pub struct RunsRmArgs {
     /// Keep the N newest runs, delete the rest.
     #[arg(long, value_name = "N")]
     pub keep: Option<usize>,
+    /// Delete the runs on this PostgreSQL server (with their events) instead of the local
+    /// journal's.
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,
@@ -383,13 +387,13 @@ pub struct CacheArgs {
 pub enum CacheAction {
     /// List the cached task results: task, key, size, created, last used, expiry.
     #[command(
-        after_help = "Examples:\n  nerv cache ls\n  nerv cache ls -C examples --json | jq -r .task"
+        after_help = "Examples:\n  nerv cache ls\n  nerv cache ls -C examples --json | jq -r .task\n  nerv cache ls --db postgres://postgres@127.0.0.1/test"
     )]
     Ls(CacheLsArgs),
     /// Remove the cached results of a task (all its `for_each` expansions, by its name), or
     /// all of them.
     #[command(
-        after_help = "Examples:\n  nerv cache rm fetch\n  nerv cache rm 'compress[a]'\n  nerv cache rm --all"
+        after_help = "Examples:\n  nerv cache rm fetch\n  nerv cache rm 'compress[a]'\n  nerv cache rm --all\n  nerv cache rm --all --db postgres://postgres@127.0.0.1/test"
     )]
     Rm(CacheRmArgs),
 }
@@ -400,6 +404,10 @@ pub struct CacheLsArgs {
     /// Print one JSON object per entry per line.
     #[arg(long)]
     pub json: bool,
+    /// List the cache shared by the workers on this PostgreSQL server instead of the local
+    /// journal's.
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,
@@ -414,6 +422,10 @@ pub struct CacheRmArgs {
     /// Remove every entry.
     #[arg(long)]
     pub all: bool,
+    /// Remove from the cache shared by the workers on this PostgreSQL server instead of the
+    /// local journal's.
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,

@@ -14,94 +14,85 @@
 //!    output may change between Rust releases).
 //! 4. The key is computed before the command runs: a command that rewrites its own inputs
 //!    stores the entry under the inputs it started from.
+//! 5. The recipe itself lives in nerv-postgres ([`nerv_postgres::CommandKey`]): a workflow
+//!    file's task run with `nerv run --db` is keyed by the worker that claims it (where its
+//!    inputs are, possibly produced by upstream tasks on that machine or a shared file system),
+//!    and the worker must compute the very bytes a local run computes. nerv-postgres cannot
+//!    depend on this crate, and a hook passed by `nerv worker` would leave plain
+//!    `nerv-pg-worker`s (and library workers) unable to run cached tasks correctly; so the
+//!    recipe moved there, described by data ([`command_key`]) that travels with the task.
 
 use crate::workflow::{Command, TaskSpec};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::io::Read;
-use std::path::Path;
+use nerv_postgres::{CommandKey, KeyCommand};
 
-/// The version of the key format: bumped when what goes into a key changes, so that old
-/// entries are never hits.
-pub const KEY_VERSION: u32 = 1;
+pub use nerv_postgres::{file_digest, short_hex, KEY_VERSION};
 
-#[derive(Serialize)]
-struct Key<'a> {
-    version: u32,
-    task: &'a str,
-    command: (&'static str, Vec<&'a str>),
-    env: Vec<(&'a str, &'a str)>,
-    cwd: String,
-    inputs: Vec<(String, Option<Vec<u8>>)>,
-}
-
-/// The SHA-256 of a file's contents (`None` if it does not exist).
-pub fn file_digest(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+/// What `spec`'s key is made of: its id, command, `env`, working directory and `inputs`
+/// (relative to the working directory when they are inside it, as written in the file).
+pub fn command_key(spec: &TaskSpec) -> CommandKey {
+    CommandKey {
+        task: spec.id.clone(),
+        command: match &spec.command {
+            Command::Shell(s) => KeyCommand::Shell(s.clone()),
+            Command::Exec(argv) => KeyCommand::Exec(argv.clone()),
+        },
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        inputs: spec
+            .inputs
+            .iter()
+            .map(|p| p.strip_prefix(&spec.cwd).unwrap_or(p).to_path_buf())
+            .collect(),
     }
-    Ok(Some(h.finalize().to_vec()))
 }
 
 /// The cache key of `spec` (see the module's invariants). Fails, naming the file, when an
 /// input exists but cannot be read.
 pub fn key(spec: &TaskSpec) -> Result<Vec<u8>, String> {
-    let command = match &spec.command {
-        Command::Shell(s) => ("shell", vec![s.as_str()]),
-        Command::Exec(argv) => ("exec", argv.iter().map(String::as_str).collect()),
-    };
-    let mut inputs = Vec::with_capacity(spec.inputs.len());
-    for p in &spec.inputs {
-        let digest = file_digest(p)
-            .map_err(|e| format!("cannot read input {} of `{}`: {e}", p.display(), spec.id))?;
-        // As written (relative to the working directory), so that the key does not depend on
-        // how the workflow file was named on the command line.
-        let shown = p.strip_prefix(&spec.cwd).unwrap_or(p);
-        inputs.push((shown.display().to_string(), digest));
-    }
-    let k = Key {
-        version: KEY_VERSION,
-        task: &spec.id,
-        command,
-        env: spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
-        cwd: spec
-            .cwd
-            .canonicalize()
-            .unwrap_or_else(|_| spec.cwd.clone())
-            .display()
-            .to_string(),
-        inputs,
-    };
-    rmp_serde::to_vec(&k).map_err(|e| format!("cannot build the cache key of `{}`: {e}", spec.id))
-}
-
-/// A key as short hex, for listings (the first 6 bytes of its SHA-256).
-pub fn short_hex(key: &[u8]) -> String {
-    Sha256::digest(key)[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    command_key(spec).compute()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::workflow::{Format, Workflow};
+    use std::path::Path;
+
+    /// The bytes the recipe produced before it moved to nerv-postgres: entries stored by
+    /// earlier runs must stay hits.
+    #[test]
+    fn keys_are_unchanged_by_the_move() {
+        #[derive(serde::Serialize)]
+        struct Key<'a> {
+            version: u32,
+            task: &'a str,
+            command: (&'static str, Vec<&'a str>),
+            env: Vec<(&'a str, &'a str)>,
+            cwd: String,
+            inputs: Vec<(String, Option<Vec<u8>>)>,
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("in.txt"), "x").unwrap();
+        let s = spec(
+            d.path(),
+            "[tasks.t]\ncache = true\ninputs = [\"in.txt\", \"gone\"]\nrun = \"cat in.txt\"\nenv = { B = \"2\", A = \"1\" }\n",
+        );
+        let old = Key {
+            version: 1,
+            task: "t",
+            command: ("shell", vec!["cat in.txt"]),
+            env: vec![("A", "1"), ("B", "2")],
+            cwd: s.cwd.canonicalize().unwrap().display().to_string(),
+            inputs: vec![
+                (
+                    "in.txt".into(),
+                    file_digest(&d.path().join("in.txt")).unwrap(),
+                ),
+                ("gone".into(), None),
+            ],
+        };
+        assert_eq!(key(&s).unwrap(), rmp_serde::to_vec(&old).unwrap());
+    }
 
     fn spec(dir: &Path, toml: &str) -> TaskSpec {
         let path = dir.join("w.toml");

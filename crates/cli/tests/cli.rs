@@ -796,6 +796,9 @@ fn completions_print_a_script() {
 #[path = "cli/journal.rs"]
 mod journal;
 
+#[path = "cli/db_cache.rs"]
+mod db_cache;
+
 /// A small WfFormat 1.5 trace: a → (b, c) → d, runtimes 10/40/20/10 s.
 const TRACE: &str = r#"{
   "name": "tiny", "schemaVersion": "1.5",

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release -p nerv-postgres --bins --examples
 //! target/release/examples/pg_bench [--url URL] [--tasks N] [--jobs J] [--samples S] [--processes]
+//!     [--shape independent|dag] [--workers W]
 //! ```
 //! Workers run in this process (each with its own three connections), as `Worker` instances
 //! registering a `noop` function, or with `--processes` as `nerv-pg-worker` processes. The
@@ -22,6 +23,10 @@ struct Args {
     jobs: usize,
     samples: usize,
     processes: bool,
+    /// Only this shape (`independent` or `dag`).
+    shape: Option<String>,
+    /// Only this many workers.
+    workers: Option<usize>,
 }
 
 fn args() -> Args {
@@ -32,6 +37,8 @@ fn args() -> Args {
         jobs: 64,
         samples: 200,
         processes: false,
+        shape: None,
+        workers: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -45,6 +52,8 @@ fn args() -> Args {
             "--tasks" => a.tasks = v.parse().expect("--tasks N"),
             "--jobs" => a.jobs = v.parse().expect("--jobs J"),
             "--samples" => a.samples = v.parse().expect("--samples S"),
+            "--shape" => a.shape = Some(v),
+            "--workers" => a.workers = Some(v.parse().expect("--workers W")),
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -219,13 +228,23 @@ async fn main() {
         a.tasks, a.jobs, a.url
     );
     for (layered, shape) in [(false, "independent"), (true, "layered DAG, 2 deps each")] {
+        let name = if layered { "dag" } else { "independent" };
+        if a.shape.as_deref().is_some_and(|s| s != name) {
+            continue;
+        }
         for w in [1, 2, 4] {
+            if a.workers.is_some_and(|n| n != w) {
+                continue;
+            }
             let (exec, total) = throughput(&a, w, layered).await;
             println!(
                 "throughput, {shape}, {w} worker(s): {exec:>8.0} tasks/s (from commit of submit), \
                  {total:>8.0} tasks/s including submit"
             );
         }
+    }
+    if a.samples == 0 {
+        return;
     }
     let l = latency(&a).await;
     let p = |q: f64| l[((l.len() as f64 - 1.0) * q) as usize];

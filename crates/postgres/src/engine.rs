@@ -25,6 +25,7 @@ use tokio_postgres::Client;
 
 use crate::conn::{Backoff, ConnectOptions};
 use crate::error::{Error, Result};
+use crate::memo::{self, MemoEntry};
 use crate::model::{
     Event, RunId, RunState, RunStatus, RunSummary, TaskState, TaskStatus, Work, Workflow,
 };
@@ -107,7 +108,7 @@ impl Engine {
         let client = g.as_ref().expect("connected");
         let r = client
             .query(
-                "SELECT id, name, status, total, unfinished FROM runs ORDER BY id DESC",
+                &format!("SELECT {RUN_COLUMNS} FROM runs r ORDER BY id DESC"),
                 &[],
             )
             .await
@@ -221,6 +222,7 @@ impl Engine {
             id: lease.index,
             attempt: lease.attempt,
             outcome,
+            memo: None,
         };
         let mut g = self.client().await?;
         let client = g.as_mut().expect("connected");
@@ -238,6 +240,51 @@ impl Engine {
         self.forget_if_broken(&mut g, r)
     }
 
+    /// Every live entry of the cache shared by the workers (memoized functions and cached
+    /// commands), by task.
+    pub async fn memo_entries(&self) -> Result<Vec<MemoEntry>> {
+        let mut g = self.client().await?;
+        let client = g.as_ref().expect("connected");
+        let r = memo::entries(&self.opts, client).await;
+        self.forget_if_broken(&mut g, r)
+    }
+
+    /// Removes the cache entries stored by these tasks (expired ones included); returns how
+    /// many.
+    pub async fn memo_remove_tasks(&self, tasks: &[String]) -> Result<u64> {
+        let mut g = self.client().await?;
+        let client = g.as_ref().expect("connected");
+        let r = memo::remove(&self.opts, client, Some(tasks)).await;
+        self.forget_if_broken(&mut g, r)
+    }
+
+    /// Removes every cache entry; returns how many.
+    pub async fn memo_clear(&self) -> Result<u64> {
+        let mut g = self.client().await?;
+        let client = g.as_ref().expect("connected");
+        let r = memo::remove(&self.opts, client, None).await;
+        self.forget_if_broken(&mut g, r)
+    }
+
+    /// Deletes finished runs with their tasks, edges and events; returns how many. A run is
+    /// deleted when it was created before `older_than` (if given) and is not one of the `keep`
+    /// newest runs (if given); with neither, nothing is. A running run, or a cancelled one whose
+    /// tasks are still being stopped, is never deleted. The same rule as `nerv runs rm`.
+    pub async fn prune_runs(
+        &self,
+        older_than: Option<std::time::SystemTime>,
+        keep: Option<usize>,
+    ) -> Result<u64> {
+        if older_than.is_none() && keep.is_none() {
+            return Ok(0);
+        }
+        let keep = keep.map(|k| i64::try_from(k).unwrap_or(i64::MAX));
+        let mut g = self.client().await?;
+        let client = g.as_mut().expect("connected");
+        let r = prune_in(&self.opts, client, older_than, keep).await;
+        self.forget_if_broken(&mut g, r)
+    }
+
     /// Drops the whole schema (every run, task and event in it). For tests and teardown.
     pub async fn drop_schema(&self) -> Result<()> {
         let mut g = self.client().await?;
@@ -249,6 +296,40 @@ impl Engine {
             .map_err(self.opts.db("dropping the schema"));
         self.forget_if_broken(&mut g, r)
     }
+}
+
+/// A run's columns for [`summary`]: unfinished tasks are derived from the per-worker counts.
+const RUN_COLUMNS: &str = "r.id, r.name, r.status, r.total,
+    r.total - coalesce((SELECT sum(c.done) FROM run_counts c WHERE c.run_id = r.id), 0)::int";
+
+async fn prune_in(
+    opts: &ConnectOptions,
+    client: &mut Client,
+    older_than: Option<std::time::SystemTime>,
+    keep: Option<i64>,
+) -> Result<u64> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(opts.db("deleting runs"))?;
+    let rows = tx
+        .query(
+            "DELETE FROM runs r
+             WHERE r.status <> 'running'
+               AND ($1::timestamptz IS NULL OR r.created_at < $1)
+               AND ($2::bigint IS NULL OR r.id NOT IN (SELECT id FROM runs ORDER BY id DESC LIMIT $2))
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.status = 'running')
+             RETURNING r.id",
+            &[&older_than, &keep],
+        )
+        .await
+        .map_err(opts.db("deleting runs"))?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    tx.execute("DELETE FROM events WHERE run_id = ANY($1)", &[&ids])
+        .await
+        .map_err(opts.db("deleting events"))?;
+    tx.commit().await.map_err(opts.db("deleting runs"))?;
+    Ok(ids.len() as u64)
 }
 
 fn summary(r: &tokio_postgres::Row) -> RunSummary {
@@ -264,7 +345,7 @@ fn summary(r: &tokio_postgres::Row) -> RunSummary {
 async fn status_in(opts: &ConnectOptions, client: &Client, run: RunId) -> Result<RunStatus> {
     let row = client
         .query_opt(
-            "SELECT id, name, status, total, unfinished FROM runs WHERE id = $1",
+            &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = $1"),
             &[&run],
         )
         .await
@@ -272,7 +353,8 @@ async fn status_in(opts: &ConnectOptions, client: &Client, run: RunId) -> Result
         .ok_or(Error::RunNotFound(run))?;
     let rows = client
         .query(
-            "SELECT name, status, attempt, lease_owner, output, error FROM tasks WHERE run_id = $1 ORDER BY id",
+            "SELECT name, status, attempt, lease_owner, output, error, cached FROM tasks
+             WHERE run_id = $1 ORDER BY id",
             &[&run],
         )
         .await
@@ -286,6 +368,7 @@ async fn status_in(opts: &ConnectOptions, client: &Client, run: RunId) -> Result
             worker: r.get(3),
             output: r.get(4),
             error: r.get(5),
+            cached: r.get(6),
         })
         .collect();
     Ok(RunStatus {
@@ -441,7 +524,7 @@ async fn submit_in(
     let status = if n == 0 { "succeeded" } else { "running" };
     let run: i64 = tx
         .query_one(
-            "INSERT INTO runs (name, status, total, unfinished) VALUES ($1, $2, $3, $3) RETURNING id",
+            "INSERT INTO runs (name, status, total) VALUES ($1, $2, $3) RETURNING id",
             &[&wf.name, &status, &n],
         )
         .await
@@ -464,6 +547,7 @@ async fn submit_in(
         let mut fn_name: Vec<Option<String>> = Vec::new();
         let mut uses = Vec::new();
         let mut tags = Vec::new();
+        let mut cache: Vec<Option<Value>> = Vec::new();
         for (k, t) in chunk.iter().enumerate() {
             let i = base + k;
             id.push(i as i32);
@@ -483,19 +567,21 @@ async fn submit_in(
             });
             uses.push(serde_json::to_value(&t.uses).unwrap_or(Value::Null));
             tags.push(serde_json::to_value(&t.tags).unwrap_or(Value::Null));
+            cache.push(t.cache.as_ref().and_then(|c| serde_json::to_value(c).ok()));
         }
         tx.execute(
             "INSERT INTO tasks (run_id, id, name, status, priority, rank, remaining_deps, max_attempts,
-                 backoff_ms, backoff_factor, max_backoff_ms, timeout_ms, work, fn_name, uses, tags, ready_at)
+                 backoff_ms, backoff_factor, max_backoff_ms, timeout_ms, work, fn_name, uses, tags, ready_at,
+                 cache)
              SELECT $1, u.id, u.name, CASE WHEN u.deps = 0 THEN 'ready' ELSE 'pending' END, u.priority,
                  u.rank, u.deps, u.max_attempts, u.backoff_ms, u.factor, u.max_backoff_ms, u.timeout_ms,
                  u.work, u.fn_name, u.uses, ARRAY(SELECT jsonb_array_elements_text(u.tags)),
-                 CASE WHEN u.deps = 0 THEN now() END
+                 CASE WHEN u.deps = 0 THEN now() END, u.cache
              FROM unnest($2::int[], $3::text[], $4::smallint[], $5::float8[], $6::int[], $7::int[],
                  $8::bigint[], $9::float8[], $10::bigint[], $11::bigint[], $12::jsonb[], $13::text[],
-                 $14::jsonb[], $15::jsonb[])
+                 $14::jsonb[], $15::jsonb[], $16::jsonb[])
                AS u(id, name, priority, rank, deps, max_attempts, backoff_ms, factor, max_backoff_ms,
-                 timeout_ms, work, fn_name, uses, tags)",
+                 timeout_ms, work, fn_name, uses, tags, cache)",
             &[
                 &run,
                 &id,
@@ -512,6 +598,7 @@ async fn submit_in(
                 &fn_name,
                 &uses,
                 &tags,
+                &cache,
             ],
         )
         .await

@@ -16,6 +16,12 @@
 //!    decides between another attempt and failure.
 //! 4. Resource amounts (`uses`) are checked and taken under row locks in the claim transaction
 //!    and given back in the completing one, so limits hold across all workers.
+//! 5. A run is finished exactly once, when its last task reaches a final state, without any
+//!    completion writing the run's row (per-worker `run_counts`, then a conditional finalize
+//!    after each commit; see the `queue` module).
+//! 6. Memoized tasks (functions registered with [`WorkerBuilder::register_memo`], commands
+//!    submitted with a [`Cache`]) share one cache per schema across every worker and run: a hit
+//!    completes the task without running it, a success stores its entry (the `memo` module).
 //!
 //! The protocol, step by step, is in the `queue` module's docs and in `README.md` beside this
 //! crate.
@@ -54,6 +60,8 @@ mod attempt;
 mod conn;
 mod engine;
 mod error;
+mod finish;
+mod memo;
 mod model;
 mod queue;
 mod schema;
@@ -62,9 +70,20 @@ mod worker;
 pub use conn::ConnectOptions;
 pub use engine::{Engine, Lease, Watch};
 pub use error::{Error, Result};
+pub use memo::{
+    file_digest, short_hex, Cache, CommandKey, KeyCommand, Memo, MemoEntry, KEY_VERSION,
+};
 pub use model::{
     Event, Priority, Retry, RunId, RunState, RunStatus, RunSummary, TaskSpec, TaskState,
     TaskStatus, Work, Workflow,
 };
 pub use schema::SCHEMA_VERSION;
+
+/// Creates `opts`' schema at `version` (not the newest): for tests of upgrades from older
+/// schemas. Returns the version in force.
+#[doc(hidden)]
+pub async fn migrate_schema_to(opts: &ConnectOptions, version: i32) -> Result<i32> {
+    let mut client = opts.connect().await?;
+    schema::migrate_to(opts, &mut client, version).await
+}
 pub use worker::{IdempotencyKey, TaskContext, Worker, WorkerBuilder, WorkerStats};

@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::memo::Cache;
+
 /// Identifier of a run in the database (`runs.id`).
 pub type RunId = i64;
 
@@ -168,6 +170,11 @@ pub struct TaskSpec {
     /// Estimated duration, used to rank tasks by their remaining critical path.
     #[serde(default, with = "opt_millis")]
     pub estimate: Option<Duration>,
+    /// Cached command: the worker that claims the task computes its key (reading its inputs
+    /// there) and completes it from the shared cache on a hit (see [`Cache`]). Functions are
+    /// memoized by their registration instead ([`WorkerBuilder::register_memo`](crate::WorkerBuilder::register_memo)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Cache>,
 }
 
 impl TaskSpec {
@@ -183,6 +190,7 @@ impl TaskSpec {
             uses: BTreeMap::new(),
             tags: Vec::new(),
             estimate: None,
+            cache: None,
         }
     }
 
@@ -245,6 +253,12 @@ impl TaskSpec {
     /// Sets the estimated duration (builder style).
     pub fn estimate(mut self, d: Duration) -> Self {
         self.estimate = Some(d);
+        self
+    }
+
+    /// Caches the command's result under the key `cache` describes (builder style).
+    pub fn cache(mut self, cache: Cache) -> Self {
+        self.cache = Some(cache);
         self
     }
 }
@@ -385,6 +399,9 @@ pub struct TaskStatus {
     pub output: Option<Value>,
     /// Error of the last failed attempt.
     pub error: Option<String>,
+    /// Completed from the cache, without running.
+    #[serde(default)]
+    pub cached: bool,
 }
 
 /// A run and all its tasks.
@@ -413,7 +430,8 @@ pub struct Event {
     /// The task's user id, for task events.
     pub task: Option<String>,
     /// What happened: `run_submitted`, `task_ready`, `task_started`, `task_succeeded`,
-    /// `task_failed`, `task_retrying`, `task_skipped`, `task_cancelled`, `lease_expired`,
+    /// `task_failed`, `task_retrying`, `task_skipped`, `task_cancelled`, `task_cached` (a
+    /// cache hit: its `task_succeeded` follows, not run), `lease_expired`, `completion_ignored`,
     /// `run_succeeded`, `run_failed`, `run_cancelled`.
     pub kind: String,
     /// Attempt number, for task events.
@@ -447,7 +465,7 @@ mod millis {
     }
 }
 
-mod opt_millis {
+pub(crate) mod opt_millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

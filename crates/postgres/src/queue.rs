@@ -4,16 +4,23 @@
 //! # Invariants
 //! - A task's `attempt` is its fencing token: only a claim increments it, and only the holder of
 //!   the current `(attempt, lease_owner)` pair may move a `running` task on.
-//! - Locks are taken in one order: `runs` rows (by id) → `tasks` rows → `resources` rows (by
-//!   name). Claims never wait on task rows (`SKIP LOCKED`). A deadlock or serialization failure
-//!   that still happens is transient: the caller retries the whole transaction.
-//! - `runs.unfinished` is decremented exactly once per task reaching a terminal state, in the
-//!   transaction that makes it terminal; the run row is locked first, so the transaction that
-//!   brings it to 0 is unique and sets the final run status.
+//! - Locks are taken in one order: the runs' advisory locks (by id; *shared* by completions and
+//!   reaps, so that they never wait on each other, *exclusive* by cancel) → `runs` rows →
+//!   `tasks` rows → `resources` rows (by name) → `run_counts` rows → `memo` rows (by key).
+//!   Claims never wait on task rows (`SKIP LOCKED`). A deadlock or serialization failure that
+//!   still happens is transient: the caller retries the whole transaction.
+//! - Completions never write the `runs` row (it was the hot row that serialized every
+//!   completion of a run): terminal tasks are counted in the recording worker's own
+//!   `run_counts` row, and a run is finalized exactly once after the commit that counted its
+//!   last task (the `finish` module).
 //! - `resources.in_use` rises only in the claim transaction (after re-checking capacity under
 //!   the row lock) and falls only in the transaction that takes the task out of `running`.
-//! - Every transition inserts an `events` row in the same transaction and the transaction
-//!   NOTIFYs `<schema>_events` (and `<schema>_ready` when a task became ready).
+//! - Every transition inserts an `events` row in the same transaction. Submissions and cancels
+//!   NOTIFY in their transaction; completions and reclaims NOTIFY `<schema>_events` (and
+//!   `<schema>_ready` when a task became ready) in the statement that follows their commit
+//!   ([`finalize`]): PostgreSQL serializes the commits of notifying transactions on one
+//!   database-wide lock held through the WAL flush, which would put every worker's group commit
+//!   in one line. A notification lost with a crashed worker is covered by the pollers.
 //!
 //! # Protocol (see also the crate README)
 //! 1. **Claim** (one transaction, one main statement): select up to `k` rows `WHERE status =
@@ -30,28 +37,37 @@
 //!    returned were lost (stop them, send nothing); rows whose run is `cancelled` are stopped
 //!    and completed as cancelled.
 //! 3. **Complete** (group commit: every completion queued since the last commit, one
-//!    transaction): lock the runs; `UPDATE tasks … WHERE attempt = $attempt AND lease_owner =
+//!    transaction): take the runs' advisory locks, shared; `UPDATE tasks … WHERE attempt = $attempt AND lease_owner =
 //!    $me AND status = 'running'` to `succeeded` / `ready` (retry, `ready_at = now() + backoff`)
-//!    / `failed` / `cancelled`; completions that match no row are zombies: logged, counted, an
-//!    `completion_ignored` event, nothing else. Then, in the same transaction: release
-//!    resources; decrement `remaining_deps` of successors of succeeded tasks and make those at 0
-//!    `ready`; mark every pending descendant of a failed task `skipped`; decrement the runs'
-//!    `unfinished` and set the final status at 0; insert events; NOTIFY.
+//!    / `failed` / `cancelled` (a cache hit is `succeeded` and `cached`); completions that match
+//!    no row are zombies: logged, counted, an `completion_ignored` event, nothing else. Then,
+//!    in the same transaction: store the cache entries of memoized successes; release
+//!    resources; mark every pending descendant of a failed task `skipped`; add the terminal
+//!    tasks to this worker's `run_counts`; insert events; last, sent in one pipeline with the
+//!    COMMIT (so that successor rows other workers' commits may wait for stay locked for one
+//!    statement), decrement `remaining_deps` of successors of succeeded tasks and make those at
+//!    0 `ready`, with their events. After the commit, one statement: [`finalize`] the runs whose
+//!    tasks are all terminal, NOTIFY.
 //! 4. **Reap** (any worker, every lease/2): rows `running` with `lease_expires < now()` are
 //!    taken out exactly like a failed completion (retry policy and backoff apply, attempts
 //!    counted), with a `lease_expired` event naming the presumed-dead worker. The old holder's
 //!    late completion then fails the fence of step 3.
-//! 5. **Cancel** (any process): lock the run, set it `cancelled`, cancel its `pending`/`ready`
-//!    tasks, NOTIFY `<schema>_cancel`; running tasks are stopped by their workers at step 2 and
-//!    completed as cancelled.
+//! 5. **Cancel** (any process): take the run's advisory lock, exclusive (no completion or reap
+//!    of the run is in flight meanwhile, so none can make a task ready or retry it behind the
+//!    cancel), lock the run row, set it `cancelled`, cancel its `pending`/`ready` tasks (counted
+//!    in the `cancel` slot), NOTIFY `<schema>_cancel`; running tasks are stopped by their
+//!    workers at step 2 and completed as cancelled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
 
 use crate::conn::ConnectOptions;
 use crate::error::Result;
+use crate::finish::{after_commit, count_done, finalize, lock_runs};
+use crate::memo::MemoPut;
 use crate::model::{RunId, TaskState};
 
 /// A task leased by this worker.
@@ -64,6 +80,8 @@ pub(crate) struct Claimed {
     pub work: Value,
     pub uses: BTreeMap<String, i64>,
     pub timeout_ms: Option<i64>,
+    /// What a cached command's key is made of (`tasks.cache`).
+    pub cache: Option<Value>,
     priority: i16,
     rank: f64,
 }
@@ -77,6 +95,8 @@ pub(crate) enum Outcome {
     Err(String),
     /// Stopped because its run was cancelled.
     Cancelled(String),
+    /// Not run: this output was found in the cache.
+    Cached(Value),
 }
 
 /// One finished attempt to record.
@@ -86,6 +106,8 @@ pub(crate) struct Completion {
     pub id: i32,
     pub attempt: i32,
     pub outcome: Outcome,
+    /// The cache entry to store if the outcome is a success.
+    pub memo: Option<MemoPut>,
 }
 
 /// What a group commit did.
@@ -112,6 +134,8 @@ struct Transition {
     /// Set when the lease expired: the worker that lost it.
     expired_from: Option<String>,
     worker: String,
+    /// Completed from the cache.
+    cached: bool,
 }
 
 fn uses_map(v: &Value) -> BTreeMap<String, i64> {
@@ -140,7 +164,8 @@ WITH cand AS (
     UPDATE tasks t SET status = 'running', attempt = t.attempt + 1, lease_owner = $1,
         lease_expires = now() + $5::bigint * interval '1 millisecond', started_at = now()
     FROM cand WHERE t.run_id = cand.run_id AND t.id = cand.id
-    RETURNING t.run_id, t.id, t.name, t.attempt, t.work, t.uses, t.timeout_ms, t.priority, t.rank
+    RETURNING t.run_id, t.id, t.name, t.attempt, t.work, t.uses, t.timeout_ms, t.priority, t.rank,
+        t.cache
 ), ev AS (
     INSERT INTO events (run_id, task_id, kind, attempt, worker)
     SELECT run_id, id, 'task_started', attempt, $1 FROM upd WHERE uses = '{}'::jsonb
@@ -158,14 +183,41 @@ pub(crate) async fn claim(
     k: i64,
     lease_ms: i64,
 ) -> Result<Vec<Claimed>> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(opts.db("claiming tasks"))?;
-    let rows = tx
-        .query(CLAIM, &[&me, &tags, &functions, &k, &lease_ms])
-        .await
-        .map_err(opts.db("claiming tasks"))?;
+    let r = claim_in(opts, client, me, tags, functions, k, lease_ms).await;
+    if r.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    r
+}
+
+/// The transaction of [`claim`] (BEGIN sent with the claim, in one round trip); on error the
+/// caller rolls back.
+#[allow(clippy::too_many_arguments)] // as `claim`
+async fn claim_in(
+    opts: &ConnectOptions,
+    tx: &Client,
+    me: &str,
+    tags: &[String],
+    functions: &[String],
+    k: i64,
+    lease_ms: i64,
+) -> Result<Vec<Claimed>> {
+    let (begun, rows) = futures_util::future::join(
+        tx.batch_execute("BEGIN"),
+        tx.query_typed(
+            CLAIM,
+            &[
+                (&me, Type::TEXT),
+                (&tags, Type::TEXT_ARRAY),
+                (&functions, Type::TEXT_ARRAY),
+                (&k, Type::INT8),
+                (&lease_ms, Type::INT8),
+            ],
+        ),
+    )
+    .await;
+    begun.map_err(opts.db("claiming tasks"))?;
+    let rows = rows.map_err(opts.db("claiming tasks"))?;
     let mut claimed: Vec<Claimed> = rows
         .iter()
         .map(|r| Claimed {
@@ -178,12 +230,15 @@ pub(crate) async fn claim(
             timeout_ms: r.get(6),
             priority: r.get(7),
             rank: r.get(8),
+            cache: r.get(9),
         })
         .collect();
     if claimed.iter().any(|c| !c.uses.is_empty()) {
-        claimed = grant_resources(opts, &tx, me, claimed).await?;
+        claimed = grant_resources(opts, tx, me, claimed).await?;
     }
-    tx.commit().await.map_err(opts.db("committing a claim"))?;
+    tx.batch_execute("COMMIT")
+        .await
+        .map_err(opts.db("committing a claim"))?;
     Ok(claimed)
 }
 
@@ -191,7 +246,7 @@ pub(crate) async fn claim(
 /// priority order, and returns the tasks that fit; the others go back to `ready`.
 async fn grant_resources(
     opts: &ConnectOptions,
-    tx: &Transaction<'_>,
+    tx: &Client,
     me: &str,
     mut claimed: Vec<Claimed>,
 ) -> Result<Vec<Claimed>> {
@@ -333,23 +388,6 @@ pub(crate) async fn heartbeat(
     Ok(report)
 }
 
-/// Locks the runs (sorted) and returns their statuses.
-async fn lock_runs(
-    opts: &ConnectOptions,
-    tx: &Transaction<'_>,
-    runs: &BTreeSet<RunId>,
-) -> Result<HashMap<RunId, String>> {
-    let ids: Vec<i64> = runs.iter().copied().collect();
-    let rows = tx
-        .query(
-            "SELECT id, status FROM runs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-            &[&ids],
-        )
-        .await
-        .map_err(opts.db("locking runs"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
 /// The `status`/`ready_at` expressions shared by completions and the reaper: `$failed` is a
 /// boolean SQL expression telling whether this attempt failed.
 const BACKOFF: &str =
@@ -362,85 +400,13 @@ pub(crate) async fn complete(
     me: &str,
     batch: &[Completion],
 ) -> Result<CommitReport> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(opts.db("recording completions"))?;
     let runs: BTreeSet<RunId> = batch.iter().map(|c| c.run).collect();
-    let run_status = lock_runs(opts, &tx, &runs).await?;
-    let mut r_run = Vec::with_capacity(batch.len());
-    let mut r_id = Vec::with_capacity(batch.len());
-    let mut r_attempt = Vec::with_capacity(batch.len());
-    let mut r_outcome = Vec::with_capacity(batch.len());
-    let mut r_output: Vec<Option<Value>> = Vec::with_capacity(batch.len());
-    let mut r_error: Vec<Option<String>> = Vec::with_capacity(batch.len());
-    for c in batch {
-        r_run.push(c.run);
-        r_id.push(c.id);
-        r_attempt.push(c.attempt);
-        let (o, out, err) = match &c.outcome {
-            Outcome::Ok(v) => ("ok", Some(v.clone()), None),
-            // PostgreSQL text cannot hold NUL characters.
-            Outcome::Err(e) => ("err", None, Some(e.replace('\0', ""))),
-            Outcome::Cancelled(e) => ("cancelled", None, Some(e.replace('\0', ""))),
-        };
-        r_outcome.push(o.to_string());
-        r_output.push(out);
-        r_error.push(err);
+    let r = complete_in(opts, client, me, batch, &runs).await;
+    if r.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
     }
-    let sql = format!(
-        "WITH c AS (
-            SELECT * FROM unnest($2::bigint[], $3::int[], $4::int[], $5::text[], $6::jsonb[], $7::text[])
-                AS c(run_id, id, attempt, outcome, output, error))
-         UPDATE tasks t SET
-            status = CASE WHEN c.outcome = 'ok' THEN 'succeeded'
-                          WHEN c.outcome = 'cancelled' OR r.status = 'cancelled' THEN 'cancelled'
-                          WHEN t.attempt < t.max_attempts THEN 'ready'
-                          ELSE 'failed' END,
-            ready_at = CASE WHEN c.outcome = 'err' AND r.status <> 'cancelled' AND t.attempt < t.max_attempts
-                            THEN {BACKOFF} ELSE t.ready_at END,
-            output = c.output, error = c.error, finished_at = now(),
-            lease_owner = NULL, lease_expires = NULL
-         FROM c, runs r
-         WHERE t.run_id = c.run_id AND t.id = c.id AND r.id = c.run_id
-           AND t.attempt = c.attempt AND t.lease_owner = $1 AND t.status = 'running'
-         RETURNING t.run_id, t.id, t.status, t.attempt, t.uses, t.error"
-    );
-    let rows = tx
-        .query(
-            &sql,
-            &[
-                &me, &r_run, &r_id, &r_attempt, &r_outcome, &r_output, &r_error,
-            ],
-        )
-        .await
-        .map_err(opts.db("recording completions"))?;
-    let transitions: Vec<Transition> = rows
-        .iter()
-        .map(|r| Transition {
-            run: r.get(0),
-            id: r.get(1),
-            status: TaskState::parse(r.get(2)).unwrap_or(TaskState::Failed),
-            attempt: r.get(3),
-            uses: uses_map(&r.get::<_, Value>(4)),
-            error: r.get(5),
-            expired_from: None,
-            worker: me.to_string(),
-        })
-        .collect();
-    let accepted: HashSet<(RunId, i32, i32)> = transitions
-        .iter()
-        .map(|t| (t.run, t.id, t.attempt))
-        .collect();
-    let zombies: Vec<(RunId, i32, i32)> = batch
-        .iter()
-        .map(|c| (c.run, c.id, c.attempt))
-        .filter(|k| !accepted.contains(k))
-        .collect();
-    let made_ready = follow_up(opts, &tx, me, &run_status, &transitions, &zombies).await?;
-    tx.commit()
-        .await
-        .map_err(opts.db("committing completions"))?;
+    let (transitions, zombies, made_ready) = r?;
+    after_commit(opts, client, &finished_runs(&transitions), made_ready > 0).await;
     for z in &zombies {
         tracing::warn!(
             worker = me,
@@ -457,8 +423,107 @@ pub(crate) async fn complete(
     })
 }
 
-/// Step 4: takes expired leases back; returns how many tasks were reclaimed.
+/// The transaction of [`complete`]: returns the transitions applied, the zombies and how many
+/// tasks became ready. On error the caller rolls back.
+async fn complete_in(
+    opts: &ConnectOptions,
+    tx: &Client,
+    me: &str,
+    batch: &[Completion],
+    runs: &BTreeSet<RunId>,
+) -> Result<(Vec<Transition>, Vec<(RunId, i32, i32)>, usize)> {
+    let (begun, locked) =
+        futures_util::future::join(tx.batch_execute("BEGIN"), lock_runs(opts, tx, runs, true))
+            .await;
+    begun.map_err(opts.db("recording completions"))?;
+    locked?;
+    let mut r_run = Vec::with_capacity(batch.len());
+    let mut r_id = Vec::with_capacity(batch.len());
+    let mut r_attempt = Vec::with_capacity(batch.len());
+    let mut r_outcome = Vec::with_capacity(batch.len());
+    let mut r_output: Vec<Option<Value>> = Vec::with_capacity(batch.len());
+    let mut r_error: Vec<Option<String>> = Vec::with_capacity(batch.len());
+    for c in batch {
+        r_run.push(c.run);
+        r_id.push(c.id);
+        r_attempt.push(c.attempt);
+        let (o, out, err) = match &c.outcome {
+            Outcome::Ok(v) => ("ok", Some(v.clone()), None),
+            // PostgreSQL text cannot hold NUL characters.
+            Outcome::Err(e) => ("err", None, Some(e.replace('\0', ""))),
+            Outcome::Cancelled(e) => ("cancelled", None, Some(e.replace('\0', ""))),
+            Outcome::Cached(v) => ("cached", Some(v.clone()), None),
+        };
+        r_outcome.push(o.to_string());
+        r_output.push(out);
+        r_error.push(err);
+    }
+    let sql = format!(
+        "WITH c AS (
+            SELECT * FROM unnest($2::bigint[], $3::int[], $4::int[], $5::text[], $6::jsonb[], $7::text[])
+                AS c(run_id, id, attempt, outcome, output, error))
+         UPDATE tasks t SET
+            status = CASE WHEN c.outcome IN ('ok', 'cached') THEN 'succeeded'
+                          WHEN c.outcome = 'cancelled' OR r.status = 'cancelled' THEN 'cancelled'
+                          WHEN t.attempt < t.max_attempts THEN 'ready'
+                          ELSE 'failed' END,
+            ready_at = CASE WHEN c.outcome = 'err' AND r.status <> 'cancelled' AND t.attempt < t.max_attempts
+                            THEN {BACKOFF} ELSE t.ready_at END,
+            output = c.output, error = c.error, finished_at = now(),
+            lease_owner = NULL, lease_expires = NULL, cached = (c.outcome = 'cached')
+         FROM c, runs r
+         WHERE t.run_id = c.run_id AND t.id = c.id AND r.id = c.run_id
+           AND t.attempt = c.attempt AND t.lease_owner = $1 AND t.status = 'running'
+         RETURNING t.run_id, t.id, t.status, t.attempt, t.uses, t.error, t.cached"
+    );
+    let rows = tx
+        .query_typed(
+            &sql,
+            &[
+                (&me, Type::TEXT),
+                (&r_run, Type::INT8_ARRAY),
+                (&r_id, Type::INT4_ARRAY),
+                (&r_attempt, Type::INT4_ARRAY),
+                (&r_outcome, Type::TEXT_ARRAY),
+                (&r_output, Type::JSONB_ARRAY),
+                (&r_error, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map_err(opts.db("recording completions"))?;
+    let transitions: Vec<Transition> = rows
+        .iter()
+        .map(|r| Transition {
+            run: r.get(0),
+            id: r.get(1),
+            status: TaskState::parse(r.get(2)).unwrap_or(TaskState::Failed),
+            attempt: r.get(3),
+            uses: uses_map(&r.get::<_, Value>(4)),
+            error: r.get(5),
+            expired_from: None,
+            worker: me.to_string(),
+            cached: r.get(6),
+        })
+        .collect();
+    let accepted: HashSet<(RunId, i32, i32)> = transitions
+        .iter()
+        .map(|t| (t.run, t.id, t.attempt))
+        .collect();
+    let zombies: Vec<(RunId, i32, i32)> = batch
+        .iter()
+        .map(|c| (c.run, c.id, c.attempt))
+        .filter(|k| !accepted.contains(k))
+        .collect();
+    store_memo(opts, tx, batch, &transitions).await?;
+    let made_ready = follow_up(opts, tx, me, &transitions, &zombies).await?;
+    Ok((transitions, zombies, made_ready))
+}
+
+/// Step 4: takes expired leases back; returns how many tasks were reclaimed. Also the safety
+/// net of run finalization: finishes every running run whose tasks are all terminal (its last
+/// completer died between its commit and its [`finalize`]).
 pub(crate) async fn reap(opts: &ConnectOptions, client: &mut Client, me: &str) -> Result<usize> {
+    finalize(opts, client, None, false, false).await?;
     let cand = client
         .query(
             "SELECT run_id, id, attempt, lease_owner FROM tasks
@@ -475,11 +540,40 @@ pub(crate) async fn reap(opts: &ConnectOptions, client: &mut Client, me: &str) -
     let c_id: Vec<i32> = cand.iter().map(|r| r.get(1)).collect();
     let c_attempt: Vec<i32> = cand.iter().map(|r| r.get(2)).collect();
     let c_owner: Vec<Option<String>> = cand.iter().map(|r| r.get(3)).collect();
-    let tx = client
-        .transaction()
+    let r = reap_in(opts, client, me, &runs, (c_run, c_id, c_attempt, c_owner)).await;
+    if r.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    let (transitions, made_ready) = r?;
+    after_commit(opts, client, &finished_runs(&transitions), made_ready > 0).await;
+    for t in &transitions {
+        tracing::warn!(
+            run = t.run,
+            task = t.id,
+            attempt = t.attempt,
+            from = t.expired_from.as_deref().unwrap_or("?"),
+            now = %t.status,
+            "reclaimed an expired lease"
+        );
+    }
+    Ok(transitions.len())
+}
+
+/// The candidates of [`reap`]: runs, task ids, attempts, lease owners.
+type Expired = (Vec<i64>, Vec<i32>, Vec<i32>, Vec<Option<String>>);
+
+/// The transaction of [`reap`]; on error the caller rolls back.
+async fn reap_in(
+    opts: &ConnectOptions,
+    tx: &Client,
+    me: &str,
+    runs: &BTreeSet<RunId>,
+    (c_run, c_id, c_attempt, c_owner): Expired,
+) -> Result<(Vec<Transition>, usize)> {
+    tx.batch_execute("BEGIN")
         .await
         .map_err(opts.db("reclaiming expired leases"))?;
-    let run_status = lock_runs(opts, &tx, &runs).await?;
+    lock_runs(opts, tx, runs, true).await?;
     let sql = format!(
         "UPDATE tasks t SET
             status = CASE WHEN r.status = 'cancelled' THEN 'cancelled'
@@ -508,23 +602,11 @@ pub(crate) async fn reap(opts: &ConnectOptions, client: &mut Client, me: &str) -
             error: r.get(5),
             expired_from: Some(r.get::<_, Option<String>>(6).unwrap_or_default()),
             worker: me.to_string(),
+            cached: false,
         })
         .collect();
-    follow_up(opts, &tx, me, &run_status, &transitions, &[]).await?;
-    tx.commit()
-        .await
-        .map_err(opts.db("committing reclaimed leases"))?;
-    for t in &transitions {
-        tracing::warn!(
-            run = t.run,
-            task = t.id,
-            attempt = t.attempt,
-            from = t.expired_from.as_deref().unwrap_or("?"),
-            now = %t.status,
-            "reclaimed an expired lease"
-        );
-    }
-    Ok(transitions.len())
+    let made_ready = follow_up(opts, tx, me, &transitions, &[]).await?;
+    Ok((transitions, made_ready))
 }
 
 /// Rows for one `INSERT INTO events … SELECT FROM unnest(…)`.
@@ -556,14 +638,21 @@ impl EventRows {
         self.data.push(data);
     }
 
-    async fn insert(&self, opts: &ConnectOptions, tx: &Transaction<'_>) -> Result<()> {
+    async fn insert(&self, opts: &ConnectOptions, tx: &Client) -> Result<()> {
         if self.run.is_empty() {
             return Ok(());
         }
-        tx.execute(
+        tx.query_typed(
             "INSERT INTO events (run_id, task_id, kind, attempt, worker, data)
              SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::jsonb[])",
-            &[&self.run, &self.task, &self.kind, &self.attempt, &self.worker, &self.data],
+            &[
+                (&self.run, Type::INT8_ARRAY),
+                (&self.task, Type::INT4_ARRAY),
+                (&self.kind, Type::TEXT_ARRAY),
+                (&self.attempt, Type::INT4_ARRAY),
+                (&self.worker, Type::TEXT_ARRAY),
+                (&self.data, Type::JSONB_ARRAY),
+            ],
         )
         .await
         .map_err(opts.db("inserting events"))?;
@@ -571,14 +660,14 @@ impl EventRows {
     }
 }
 
-/// The rest of steps 3 and 4, inside the caller's transaction: resources, successors,
-/// skipped descendants, run counters, events, NOTIFY. Returns how many tasks became ready, plus
+/// The rest of steps 3 and 4, ending the caller's transaction: resources, skipped
+/// descendants, run counts, events, successors, COMMIT (the NOTIFYs follow the commit, see
+/// [`after_commit`]). Returns how many tasks became ready, plus
 /// one when resources were freed (a reason for workers to claim again).
 async fn follow_up(
     opts: &ConnectOptions,
-    tx: &Transaction<'_>,
+    tx: &Client,
     me: &str,
-    run_status: &HashMap<RunId, String>,
     transitions: &[Transition],
     zombies: &[(RunId, i32, i32)],
 ) -> Result<usize> {
@@ -646,6 +735,16 @@ async fn follow_up(
         } else {
             Some(t.worker.as_str())
         };
+        if t.cached {
+            ev.push(
+                t.run,
+                Some(t.id),
+                "task_cached",
+                Some(t.attempt),
+                worker,
+                None,
+            );
+        }
         ev.push(t.run, Some(t.id), kind, Some(t.attempt), worker, data);
         match t.status {
             TaskState::Succeeded => {
@@ -663,32 +762,6 @@ async fn follow_up(
             TaskState::Cancelled => done.entry(t.run).or_default().0 += 1,
             TaskState::Ready => made_ready += 1,
             _ => {}
-        }
-    }
-    if !ok_run.is_empty() {
-        let rows = tx
-            .query(
-                "WITH d AS (
-                    SELECT f.run_id, e.to_task AS id, count(*)::int AS n
-                    FROM unnest($1::bigint[], $2::int[]) AS f(run_id, id)
-                    -- LATERAL: one primary-key probe per finished task, whatever the statistics.
-                    CROSS JOIN LATERAL (
-                        SELECT to_task FROM edges WHERE run_id = f.run_id AND from_task = f.id) e
-                    GROUP BY 1, 2)
-                 UPDATE tasks t SET remaining_deps = t.remaining_deps - d.n,
-                     status = CASE WHEN t.remaining_deps - d.n = 0 THEN 'ready' ELSE t.status END,
-                     ready_at = CASE WHEN t.remaining_deps - d.n = 0 THEN now() ELSE t.ready_at END
-                 FROM d WHERE t.run_id = d.run_id AND t.id = d.id AND t.status = 'pending'
-                 RETURNING t.run_id, t.id, t.status",
-                &[&ok_run, &ok_id],
-            )
-            .await
-            .map_err(opts.db("releasing successors"))?;
-        for r in rows {
-            if r.get::<_, &str>(2) == "ready" {
-                made_ready += 1;
-                ev.push(r.get(0), Some(r.get(1)), "task_ready", None, None, None);
-            }
         }
     }
     if !bad_run.is_empty() {
@@ -715,51 +788,112 @@ async fn follow_up(
             done.entry(run).or_default().0 += 1;
         }
     }
-    if !done.is_empty() {
-        let runs: Vec<i64> = done.keys().copied().collect();
-        let n: Vec<i32> = done.values().map(|v| v.0).collect();
-        let f: Vec<i32> = done.values().map(|v| v.1).collect();
-        let rows = tx
-            .query(
-                "UPDATE runs r SET unfinished = r.unfinished - d.n, failed = r.failed + d.f,
-                     status = CASE WHEN r.status = 'running' AND r.unfinished - d.n = 0
-                                   THEN CASE WHEN r.failed + d.f > 0 THEN 'failed' ELSE 'succeeded' END
-                                   ELSE r.status END,
-                     finished_at = CASE WHEN r.unfinished - d.n = 0 THEN now() ELSE r.finished_at END
-                 FROM unnest($1::bigint[], $2::int[], $3::int[]) AS d(id, n, f)
-                 WHERE r.id = d.id
-                 RETURNING r.id, r.status, r.unfinished",
-                &[&runs, &n, &f],
+    count_done(opts, tx, me, &done).await?;
+    ev.insert(opts, tx).await?;
+    // Last, and sent together with the COMMIT: the successors' rows, which other workers'
+    // commits may also be waiting for (a task's parents finish on different workers), stay
+    // locked for this one statement and the commit, never for a round trip to this process.
+    // Their `task_ready` events are inserted by the same statement. If the statement fails,
+    // the server ends the transaction at the COMMIT that follows it (as a rollback).
+    let commit = async {
+        tx.batch_execute("COMMIT")
+            .await
+            .map_err(opts.db("committing completions"))
+    };
+    if ok_run.is_empty() {
+        commit.await?;
+    } else {
+        // `query_typed`: Parse, Bind and Execute leave in one message batch on the first poll,
+        // so the server receives them before the COMMIT (a plain `query` would first wait for
+        // a prepare round trip, and the COMMIT would overtake the statement).
+        let succ = async {
+            tx.query_typed(
+                "WITH d AS (
+                    SELECT f.run_id, e.to_task AS id, count(*)::int AS n
+                    FROM unnest($1::bigint[], $2::int[]) AS f(run_id, id)
+                    -- LATERAL: one primary-key probe per finished task, whatever the statistics.
+                    CROSS JOIN LATERAL (
+                        SELECT to_task FROM edges WHERE run_id = f.run_id AND from_task = f.id) e
+                    GROUP BY 1, 2),
+                 upd AS (
+                    UPDATE tasks t SET remaining_deps = t.remaining_deps - d.n,
+                        status = CASE WHEN t.remaining_deps - d.n = 0 THEN 'ready' ELSE t.status END,
+                        ready_at = CASE WHEN t.remaining_deps - d.n = 0 THEN now() ELSE t.ready_at END
+                    FROM d WHERE t.run_id = d.run_id AND t.id = d.id AND t.status = 'pending'
+                    RETURNING t.run_id, t.id, t.status),
+                 ev AS (
+                    INSERT INTO events (run_id, task_id, kind)
+                    SELECT run_id, id, 'task_ready' FROM upd WHERE status = 'ready' RETURNING 1)
+                 SELECT count(*)::int FROM ev",
+                &[(&ok_run, Type::INT8_ARRAY), (&ok_id, Type::INT4_ARRAY)],
             )
             .await
-            .map_err(opts.db("counting finished tasks"))?;
-        for r in rows {
-            let id: i64 = r.get(0);
-            let status: &str = r.get(1);
-            let unfinished: i32 = r.get(2);
-            let was_running = run_status.get(&id).map(String::as_str) == Some("running");
-            if unfinished == 0 && was_running && status != "running" {
-                ev.push(id, None, &format!("run_{status}"), None, None, None);
-            }
-        }
+            .map_err(opts.db("releasing successors"))
+        };
+        let (rows, committed) = futures_util::future::join(succ, commit).await;
+        made_ready += rows?.first().map_or(0, |r| r.get::<_, i32>(0)) as usize;
+        committed?;
     }
-    ev.insert(opts, tx).await?;
     // Freed resources may let a waiting ready task run: wake the workers for that too.
     if released {
         made_ready += 1;
     }
-    let ready = if made_ready > 0 {
-        opts.channel("ready")
-    } else {
-        String::new()
-    };
+    Ok(made_ready)
+}
+
+/// The runs in which some task reached a terminal state (or was skipped behind one): those a
+/// commit may have finished.
+fn finished_runs(transitions: &[Transition]) -> Vec<RunId> {
+    transitions
+        .iter()
+        .filter(|t| t.status.is_terminal())
+        .map(|t| t.run)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Stores the cache entries of the accepted successes that carry one (sorted by key, so that
+/// concurrent commits lock `memo` rows in one order).
+async fn store_memo(
+    opts: &ConnectOptions,
+    tx: &Client,
+    batch: &[Completion],
+    transitions: &[Transition],
+) -> Result<()> {
+    let ok: HashSet<(RunId, i32, i32)> = transitions
+        .iter()
+        .filter(|t| t.status == TaskState::Succeeded && !t.cached)
+        .map(|t| (t.run, t.id, t.attempt))
+        .collect();
+    let mut puts: BTreeMap<&[u8], (&MemoPut, &Value)> = BTreeMap::new();
+    for c in batch {
+        if let (Some(m), Outcome::Ok(v)) = (&c.memo, &c.outcome) {
+            if ok.contains(&(c.run, c.id, c.attempt)) {
+                puts.insert(m.key.as_slice(), (m, v));
+            }
+        }
+    }
+    if puts.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&[u8]> = puts.keys().copied().collect();
+    let tasks: Vec<&str> = puts.values().map(|(m, _)| m.task.as_str()).collect();
+    let outputs: Vec<&Value> = puts.values().map(|(_, v)| *v).collect();
+    let ttl: Vec<Option<i64>> = puts.values().map(|(m, _)| m.ttl_ms).collect();
     tx.execute(
-        "SELECT pg_notify($1, ''), CASE WHEN $2 <> '' THEN pg_notify($2, '') END",
-        &[&opts.channel("events"), &ready],
+        "INSERT INTO memo (key, task, output, size, created_at, last_used, expires_at)
+         SELECT d.key, d.task, d.output, octet_length(d.output::text), now(), now(),
+             now() + d.ttl_ms * interval '1 millisecond'
+         FROM unnest($1::bytea[], $2::text[], $3::jsonb[], $4::bigint[]) AS d(key, task, output, ttl_ms)
+         ON CONFLICT (key) DO UPDATE SET task = EXCLUDED.task, output = EXCLUDED.output,
+             size = EXCLUDED.size, created_at = EXCLUDED.created_at,
+             last_used = EXCLUDED.last_used, expires_at = EXCLUDED.expires_at",
+        &[&keys, &tasks, &outputs, &ttl],
     )
     .await
-    .map_err(opts.db("notifying"))?;
-    Ok(made_ready)
+    .map_err(opts.db("storing cache entries"))?;
+    Ok(())
 }
 
 /// Step 5: cancels `run`; returns false when it had already finished.
@@ -772,6 +906,7 @@ pub(crate) async fn cancel(
         .transaction()
         .await
         .map_err(opts.db("cancelling a run"))?;
+    lock_runs(opts, tx.client(), &BTreeSet::from([run]), false).await?;
     let row = tx
         .query_opt(
             "SELECT status FROM runs WHERE id = $1 FOR NO KEY UPDATE",
@@ -783,6 +918,24 @@ pub(crate) async fn cancel(
     if row.get::<_, &str>(0) != "running" {
         return Ok(Some(false));
     }
+    // Every task may already be terminal, its last completion committed but its finalize not
+    // yet run (no completion is in flight: this transaction holds the run's lock exclusively,
+    // and this statement sees every committed one): then the run has finished, not been
+    // cancelled.
+    let complete: bool = tx
+        .query_one(
+            "SELECT coalesce(sum(c.done), 0) >= (SELECT total FROM runs WHERE id = $1)
+             FROM run_counts c WHERE c.run_id = $1",
+            &[&run],
+        )
+        .await
+        .map_err(opts.db("cancelling a run"))?
+        .get(0);
+    if complete {
+        tx.commit().await.map_err(opts.db("cancelling a run"))?;
+        finalize(opts, client, Some(&[run]), true, false).await?;
+        return Ok(Some(false));
+    }
     let rows = tx
         .query(
             "UPDATE tasks SET status = 'cancelled', finished_at = now()
@@ -792,9 +945,16 @@ pub(crate) async fn cancel(
         .await
         .map_err(opts.db("cancelling tasks"))?;
     let n = rows.len() as i32;
+    count_done(
+        opts,
+        tx.client(),
+        "cancel",
+        &BTreeMap::from([(run, (n, 0))]),
+    )
+    .await?;
     tx.execute(
-        "UPDATE runs SET status = 'cancelled', finished_at = now(), unfinished = unfinished - $2 WHERE id = $1",
-        &[&run, &n],
+        "UPDATE runs SET status = 'cancelled', finished_at = now() WHERE id = $1",
+        &[&run],
     )
     .await
     .map_err(opts.db("cancelling a run"))?;
@@ -803,7 +963,7 @@ pub(crate) async fn cancel(
         ev.push(run, Some(r.get(0)), "task_cancelled", None, None, None);
     }
     ev.push(run, None, "run_cancelled", None, None, None);
-    ev.insert(opts, &tx).await?;
+    ev.insert(opts, tx.client()).await?;
     tx.execute(
         "SELECT pg_notify($1, $3), pg_notify($2, $3)",
         &[

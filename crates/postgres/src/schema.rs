@@ -9,9 +9,13 @@
 //! 3. A database at a newer version than this library knows is refused
 //!    ([`Error::SchemaTooNew`](crate::Error::SchemaTooNew)), never downgraded.
 //!
-//! Tables (version 1):
-//! - `runs`: one row per submission; `unfinished` counts tasks not yet terminal and `failed`
-//!   the failed ones; the transaction that brings `unfinished` to 0 sets the final status.
+//! Tables (version 2):
+//! - `runs`: one row per submission: name, status, `total` tasks, times. Completions never
+//!   write it: only submit, cancel and the run's finalization (once) do.
+//! - `run_counts`: `(run_id, slot)` → tasks that reached a terminal state (`done`) and failed
+//!   ones (`failed`). A slot is the worker that recorded them (its completions and reaps), or
+//!   `cancel` / `v1`; each worker only ever writes its own row, so completions of one run on
+//!   different workers never wait on each other. Unfinished = `total - sum(done)`.
 //! - `tasks`: the queue. `status` ∈ pending, ready, running, succeeded, failed, skipped,
 //!   cancelled; `remaining_deps` is the join counter; `attempt`, `lease_owner`,
 //!   `lease_expires` are the fencing token and lease; `rank` is the upward rank (longest
@@ -21,7 +25,13 @@
 //!   only past transactions that can no longer commit (see `engine::watch`).
 //! - `workers`: one row per worker process with its tags and last heartbeat.
 //! - `resources`: global capacities and amounts in use (`uses` of running tasks).
-//! - `memo`: key → output cache shared by every worker.
+//! - `memo`: the cache of memoized tasks shared by every worker: key (bytes) → output, the
+//!   task that stored it, its size, creation, last use and expiry.
+//!
+//! Version 2 (over version 1): `run_counts` replaces the `runs.unfinished`/`runs.failed`
+//! counters (their values move into a `v1` slot), `runs_running` indexes running runs,
+//! `tasks.cache` (what a cached command's key is made of) and `tasks.cached` (completed from the
+//! cache), and `memo` is rebuilt with its listing columns (version 1's was never written).
 
 use tokio_postgres::Client;
 
@@ -29,7 +39,9 @@ use crate::conn::ConnectOptions;
 use crate::error::{Error, Result};
 
 /// The migrations, in order; index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[V1, V2];
+
+const V1: &str = r#"
 CREATE TABLE runs (
     id          bigserial PRIMARY KEY,
     name        text NOT NULL,
@@ -106,13 +118,48 @@ CREATE TABLE memo (
     output     jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
-"#];
+"#;
+
+const V2: &str = r#"
+CREATE TABLE run_counts (
+    run_id bigint NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    slot   text NOT NULL,
+    done   int NOT NULL DEFAULT 0,
+    failed int NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, slot)
+);
+INSERT INTO run_counts (run_id, slot, done, failed)
+    SELECT id, 'v1', total - unfinished, failed FROM runs WHERE total > unfinished OR failed > 0;
+ALTER TABLE runs DROP COLUMN unfinished, DROP COLUMN failed;
+CREATE INDEX runs_running ON runs (id) WHERE status = 'running';
+ALTER TABLE tasks ADD COLUMN cache jsonb, ADD COLUMN cached boolean NOT NULL DEFAULT false;
+DROP TABLE memo;
+CREATE TABLE memo (
+    key        bytea PRIMARY KEY,
+    task       text NOT NULL,
+    output     jsonb NOT NULL,
+    size       bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_used  timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+CREATE INDEX memo_task ON memo (task);
+"#;
 
 /// The newest schema version this library knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Applies missing migrations to `opts`' schema; returns the version now in force.
 pub(crate) async fn migrate(opts: &ConnectOptions, client: &mut Client) -> Result<i32> {
+    migrate_to(opts, client, SCHEMA_VERSION).await
+}
+
+/// Applies the migrations up to version `target` (tests build older schemas with it).
+pub(crate) async fn migrate_to(
+    opts: &ConnectOptions,
+    client: &mut Client,
+    target: i32,
+) -> Result<i32> {
     let schema = opts.schema_name().to_string();
     let tx = client
         .transaction()
@@ -146,7 +193,13 @@ pub(crate) async fn migrate(opts: &ConnectOptions, client: &mut Client) -> Resul
             known: SCHEMA_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    let target = target.clamp(0, SCHEMA_VERSION) as usize;
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(current as usize)
+    {
         let version = i as i32 + 1;
         tx.batch_execute(&format!("SET LOCAL search_path TO {schema}; {sql}"))
             .await
@@ -162,5 +215,5 @@ pub(crate) async fn migrate(opts: &ConnectOptions, client: &mut Client) -> Resul
     tx.commit()
         .await
         .map_err(opts.db("committing migrations"))?;
-    Ok(SCHEMA_VERSION)
+    Ok(current.max(target as i32))
 }

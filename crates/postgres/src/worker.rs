@@ -16,6 +16,11 @@
 //!    SIGKILL after the grace period.
 //! 6. The worker sleeps on a NOTIFY wake-up; the safety poll (default 5 s) and the next delayed
 //!    retry's `ready_at` are the only timers.
+//! 7. A memoized attempt (a function registered with [`WorkerBuilder::register_memo`], or a
+//!    command submitted with a [`Cache`](crate::Cache)) first computes its key (a command's on
+//!    a blocking thread: it reads the inputs) and looks it up on a fourth connection, opened
+//!    at the first lookup: a hit is sent as a `Cached` completion without running anything; a
+//!    miss runs the work and its success carries the entry to store (see the `memo` module).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use crate::attempt::{execute, Attempt};
 use crate::conn::{Backoff, ConnectOptions};
 use crate::error::Result;
-use crate::model::RunId;
+use crate::memo::{self, Cache, Memo, MemoPut};
+use crate::model::{RunId, Work};
 use crate::queue::{self, Claimed, Completion, Outcome};
 use crate::schema;
 
@@ -96,6 +102,7 @@ pub struct WorkerBuilder {
     poll: Duration,
     kill_grace: Duration,
     functions: HashMap<String, TaskFn>,
+    memos: HashMap<String, Memo>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -170,6 +177,25 @@ impl WorkerBuilder {
         self
     }
 
+    /// Registers a memoized task function: before calling `f`, the worker looks up the key
+    /// made of `name`, `memo`'s version and the task's input in the cache shared by every
+    /// worker; a live entry completes the task with the stored output without calling `f`
+    /// (the task is recorded as cached, with a `task_cached` event). Otherwise `f` runs, and
+    /// its output is stored with `memo`'s TTL when its success is recorded. Register it the
+    /// same way on every worker. Like nerv's embedded `run_memo`: the function must be pure
+    /// in its input.
+    pub fn register_memo<F, Fut, E>(self, name: impl Into<String>, memo: Memo, f: F) -> Self
+    where
+        F: Fn(TaskContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Value, E>> + Send + 'static,
+        E: std::fmt::Display + 'static,
+    {
+        let name = name.into();
+        let mut b = self.register(name.clone(), f);
+        b.memos.insert(name, memo);
+        b
+    }
+
     /// Checks the URL and builds the worker (it connects in [`Worker::run`]).
     pub fn build(self) -> Result<Worker> {
         let mut opts = ConnectOptions::new(&self.url)?;
@@ -192,6 +218,8 @@ impl WorkerBuilder {
                 poll: self.poll,
                 kill_grace: self.kill_grace,
                 functions: self.functions,
+                memos: self.memos,
+                memo_conn: tokio::sync::Mutex::new(None),
                 fn_names,
                 running: Mutex::new(HashMap::new()),
                 active: AtomicUsize::new(0),
@@ -263,6 +291,9 @@ struct Inner {
     poll: Duration,
     kill_grace: Duration,
     functions: HashMap<String, TaskFn>,
+    memos: HashMap<String, Memo>,
+    /// The connection of cache lookups (opened at the first one; replaced when broken).
+    memo_conn: tokio::sync::Mutex<Option<Arc<Client>>>,
     fn_names: Vec<String>,
     running: Mutex<HashMap<(RunId, i32), Held>>,
     active: AtomicUsize,
@@ -298,6 +329,7 @@ impl Worker {
             poll: Duration::from_secs(5),
             kill_grace: Duration::from_secs(2),
             functions: HashMap::new(),
+            memos: HashMap::new(),
         }
     }
 
@@ -633,7 +665,14 @@ fn start(inner: &Arc<Inner>, c: Claimed, done: mpsc::UnboundedSender<Completion>
             functions: &inner.functions,
             kill_grace: inner.kill_grace,
         };
-        let outcome = execute(&attempt, &c, token).await;
+        let (outcome, memo) = match memo_plan(&inner, &c).await {
+            Err(e) => (Outcome::Err(e), None),
+            Ok(None) => (execute(&attempt, &c, token).await, None),
+            Ok(Some(put)) => match lookup(&inner, &put.key).await {
+                Some(v) => (Outcome::Cached(v), None),
+                None => (execute(&attempt, &c, token).await, Some(put)),
+            },
+        };
         let why = *reason.lock().expect("reason");
         inner
             .running
@@ -643,6 +682,7 @@ fn start(inner: &Arc<Inner>, c: Claimed, done: mpsc::UnboundedSender<Completion>
         let outcome = match (why, outcome) {
             (Some(Stop::Lost), _) => None,
             (Some(Stop::Cancelled), Outcome::Ok(v)) => Some(Outcome::Ok(v)),
+            (Some(Stop::Cancelled), Outcome::Cached(v)) => Some(Outcome::Cached(v)),
             (Some(Stop::Cancelled), _) => Some(Outcome::Cancelled("run cancelled".into())),
             (None, o) => Some(o),
         };
@@ -653,6 +693,7 @@ fn start(inner: &Arc<Inner>, c: Claimed, done: mpsc::UnboundedSender<Completion>
                     id: c.id,
                     attempt: c.attempt,
                     outcome,
+                    memo,
                 });
             }
             None => {
@@ -664,4 +705,64 @@ fn start(inner: &Arc<Inner>, c: Claimed, done: mpsc::UnboundedSender<Completion>
         inner.active.fetch_sub(1, Ordering::AcqRel);
         inner.wake.notify_one();
     });
+}
+
+/// The cache entry `c` would be stored under, if it is memoized: `Err` when its key cannot be
+/// computed (an input that exists but cannot be read), which fails the attempt.
+async fn memo_plan(inner: &Inner, c: &Claimed) -> std::result::Result<Option<MemoPut>, String> {
+    // At most a thousand years: the expiry must stay a valid timestamp.
+    let ttl_ms = |d: Option<Duration>| d.map(|d| d.as_millis().min(31_536_000_000_000) as i64);
+    if let Some(cache) = &c.cache {
+        let cache: Cache = serde_json::from_value(cache.clone())
+            .map_err(|e| format!("task {:?}: unreadable cache settings: {e}", c.name))?;
+        let ttl = ttl_ms(cache.ttl);
+        let key = tokio::task::spawn_blocking(move || cache.key.compute())
+            .await
+            .map_err(|e| format!("task {:?}: computing its cache key: {e}", c.name))??;
+        return Ok(Some(MemoPut {
+            key,
+            task: c.name.clone(),
+            ttl_ms: ttl,
+        }));
+    }
+    if inner.memos.is_empty() {
+        return Ok(None);
+    }
+    let Ok(Work::Function { name, input }) = serde_json::from_value::<Work>(c.work.clone()) else {
+        return Ok(None);
+    };
+    Ok(inner.memos.get(&name).map(|m| MemoPut {
+        key: memo::function_key(&name, m, &input),
+        task: c.name.clone(),
+        ttl_ms: ttl_ms(m.ttl),
+    }))
+}
+
+/// The cached output under `key`; `None` on a miss, and when the cache cannot be read (the
+/// task then runs: a cache is never a reason to fail).
+async fn lookup(inner: &Inner, key: &[u8]) -> Option<Value> {
+    let client = {
+        let mut g = inner.memo_conn.lock().await;
+        match g.as_ref() {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => match inner.opts.connect().await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    *g = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %inner.id, "cache lookup: {e}; running the task");
+                    return None;
+                }
+            },
+        }
+    };
+    match memo::lookup(&inner.opts, &client, key).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(worker = %inner.id, "cache lookup: {e}; running the task");
+            None
+        }
+    }
 }

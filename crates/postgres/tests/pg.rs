@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nerv_postgres::{
-    ConnectOptions, Engine, Error, Priority, Retry, RunState, TaskSpec, TaskState, Worker, Workflow,
+    Cache, CommandKey, ConnectOptions, Engine, Error, KeyCommand, Memo, Priority, Retry, RunState,
+    TaskSpec, TaskState, Worker, Workflow,
 };
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -511,7 +512,12 @@ async fn concurrent_migrations_apply_once() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("1|{}", nerv_postgres::SCHEMA_VERSION)
+        // One row per version, each applied once.
+        format!(
+            "{}|{}",
+            nerv_postgres::SCHEMA_VERSION,
+            nerv_postgres::SCHEMA_VERSION
+        )
     );
     db.cleanup().await;
 }
@@ -546,5 +552,396 @@ async fn results_with_nul_characters_are_stored() {
     assert_eq!(s.tasks[2].state, TaskState::Succeeded, "{s:?}");
     stop.cancel();
     handle.await.unwrap().unwrap();
+    db.cleanup().await;
+}
+
+/// Final run events (`run_succeeded`, `run_failed`, `run_cancelled`) of `run`.
+async fn final_events(db: &Db, run: i64) -> i64 {
+    db.sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE run_id = $1 AND kind IN ('run_succeeded', 'run_failed', 'run_cancelled')",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn squares(db: &Db, calls: &Arc<AtomicUsize>, memo: Memo) -> Worker {
+    let calls = calls.clone();
+    Worker::builder(url())
+        .schema(&db.schema)
+        .concurrency(4)
+        .register_memo("square", memo, move |_ctx, input: Value| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let n = input["n"].as_i64().ok_or("no n")?;
+                Ok::<_, String>(json!(n * n))
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+/// A memoized function runs once per input: a later run (on another worker) completes from
+/// the shared cache, recorded as cached with a `task_cached` event; a new version or an
+/// expired entry misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memoized_functions_hit_the_shared_cache_across_workers_and_runs() {
+    let Some(db) = db("memo_fn").await else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let wf = |ids: &[(&str, i64)]| {
+        let mut wf = Workflow::new("sq");
+        for (id, n) in ids {
+            wf = wf.task(TaskSpec::function(
+                *id,
+                "square",
+                json!({ "n": n, "unit": "m" }),
+            ));
+        }
+        wf
+    };
+    let (stop, h) = db.spawn(squares(&db, &calls, Memo::new().version("1")));
+    let run = db.engine.submit(&wf(&[("a", 3), ("b", 4)])).await.unwrap();
+    let s = db.engine.wait(run).await.unwrap();
+    assert_eq!(s.run.state, RunState::Succeeded);
+    assert!(s.tasks.iter().all(|t| !t.cached));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    stop.cancel();
+    h.await.unwrap().unwrap();
+    // Another worker (same registration): both hits, nothing runs.
+    let (stop, h) = db.spawn(squares(&db, &calls, Memo::new().version("1")));
+    let run = db.engine.submit(&wf(&[("c", 3), ("d", 4)])).await.unwrap();
+    let mut kinds = Vec::new();
+    let mut w = db.engine.watch(run);
+    while let Some(ev) = w.next().await {
+        let ev = ev.unwrap();
+        kinds.push((ev.task.clone().unwrap_or_default(), ev.kind.clone()));
+    }
+    let s = db.engine.status(run).await.unwrap();
+    assert_eq!(s.run.state, RunState::Succeeded);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{kinds:?}");
+    assert!(s.tasks.iter().all(|t| t.cached), "{s:?}");
+    assert_eq!(s.tasks[0].output, Some(json!(9)));
+    assert_eq!(s.tasks[1].output, Some(json!(16)));
+    assert!(
+        kinds.contains(&("c".into(), "task_cached".into())),
+        "{kinds:?}"
+    );
+    assert_eq!(final_events(&db, run).await, 1);
+    stop.cancel();
+    h.await.unwrap().unwrap();
+    let entries = db.engine.memo_entries().await.unwrap();
+    let tasks: Vec<&str> = entries.iter().map(|e| e.task.as_str()).collect();
+    assert_eq!(tasks, ["a", "b"]);
+    assert!(entries.iter().all(|e| e.expires.is_none() && e.size > 0));
+    // A new version misses; the TTL sets the expiry, and an expired entry misses (expired by
+    // moving its expiry back rather than by sleeping).
+    let (stop, h) = db.spawn(squares(
+        &db,
+        &calls,
+        Memo::new().version("2").ttl(Duration::from_secs(3600)),
+    ));
+    let run = db.engine.submit(&wf(&[("e", 3)])).await.unwrap();
+    db.engine.wait(run).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let e = db.engine.memo_entries().await.unwrap();
+    let e = e.iter().find(|e| e.task == "e").unwrap();
+    let ttl = e.expires.unwrap().duration_since(e.created).unwrap();
+    assert_eq!(ttl, Duration::from_secs(3600));
+    let run = db.engine.submit(&wf(&[("f", 3)])).await.unwrap();
+    assert!(db.engine.wait(run).await.unwrap().tasks[0].cached);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    db.sql()
+        .await
+        .execute(
+            "UPDATE memo SET expires_at = now() - interval '1 second' WHERE task = 'e'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let run = db.engine.submit(&wf(&[("g", 3)])).await.unwrap();
+    let s = db.engine.wait(run).await.unwrap();
+    assert!(!s.tasks[0].cached);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    stop.cancel();
+    h.await.unwrap().unwrap();
+    assert_eq!(db.engine.memo_remove_tasks(&["a".into()]).await.unwrap(), 1);
+    assert_eq!(db.engine.memo_clear().await.unwrap(), 2);
+    assert!(db.engine.memo_entries().await.unwrap().is_empty());
+    db.cleanup().await;
+}
+
+/// A cached command's key is computed by the worker when it claims the task, from the inputs
+/// its upstream task produced: same input → hit (not run), changed input → run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_commands_are_keyed_on_the_worker_from_upstream_outputs() {
+    let Some(db) = db("memo_cmd").await else {
+        return;
+    };
+    let dir = db.dir.clone();
+    let wf = |version: &str| {
+        let consume = "cat in.txt >> out.txt";
+        Workflow::new("c")
+            .task(TaskSpec::shell(
+                "produce",
+                format!("echo {version} > '{}'", dir.join("in.txt").display()),
+            ))
+            .task(
+                TaskSpec::shell("consume", format!("cd '{}' && {consume}", dir.display()))
+                    .after(["produce"])
+                    .cache(Cache {
+                        key: CommandKey {
+                            task: "consume".into(),
+                            command: KeyCommand::Shell(consume.into()),
+                            env: Default::default(),
+                            cwd: dir.clone(),
+                            inputs: vec!["in.txt".into()],
+                        },
+                        ttl: None,
+                    }),
+            )
+    };
+    let worker = Worker::builder(url())
+        .schema(&db.schema)
+        .concurrency(2)
+        .build()
+        .unwrap();
+    let (stop, h) = db.spawn(worker);
+    let out = db.file("out.txt");
+    for (version, cached, lines_after) in [("v1", false, 1), ("v1", true, 1), ("v2", false, 2)] {
+        let run = db.engine.submit(&wf(version)).await.unwrap();
+        let s = db.engine.wait(run).await.unwrap();
+        assert_eq!(s.run.state, RunState::Succeeded, "{s:?}");
+        assert_eq!(s.tasks[1].cached, cached, "{version}: {s:?}");
+        assert!(!s.tasks[0].cached);
+        assert_eq!(lines(&out).len(), lines_after, "{version}");
+    }
+    assert_eq!(lines(&out), ["v1", "v2"]);
+    assert_eq!(db.engine.memo_entries().await.unwrap().len(), 2);
+    stop.cancel();
+    h.await.unwrap().unwrap();
+    db.cleanup().await;
+}
+
+/// Many runs completed concurrently by several workers in small batches: each run is
+/// finalized exactly once, after its last task; `runs` derives the unfinished counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_run_finishes_exactly_once_under_concurrent_completions() {
+    let Some(db) = db("finish_once").await else {
+        return;
+    };
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let w = Worker::builder(url())
+            .schema(&db.schema)
+            .concurrency(8)
+            .batch(2)
+            .register("noop", |_ctx, v: Value| async move { Ok::<_, String>(v) })
+            .build()
+            .unwrap();
+        workers.push(db.spawn(w));
+    }
+    let mut runs = Vec::new();
+    for r in 0..12 {
+        let mut wf = Workflow::new(format!("r{r}"));
+        for i in 0..30 {
+            let mut t = TaskSpec::function(format!("t{i}"), "noop", json!(i));
+            if i >= 3 {
+                t = t.after([format!("t{}", i - 3), format!("t{}", i - 2)]);
+            }
+            wf = wf.task(t);
+        }
+        runs.push(db.engine.submit(&wf).await.unwrap());
+    }
+    for &run in &runs {
+        let s = db.engine.wait(run).await.unwrap();
+        assert_eq!(s.run.state, RunState::Succeeded);
+        assert_eq!(s.run.unfinished, 0);
+        assert_eq!(final_events(&db, run).await, 1, "run {run}");
+    }
+    // A successor is made ready by the transaction that records its parent's success (the
+    // statement is pipelined with that transaction's COMMIT, never after it).
+    let apart: i64 = db
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events r WHERE r.kind = 'task_ready' AND r.task_id >= 3
+               AND NOT EXISTS (SELECT 1 FROM events s WHERE s.run_id = r.run_id AND s.xid = r.xid
+                               AND s.kind = 'task_succeeded')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(apart, 0);
+    for (stop, h) in workers {
+        stop.cancel();
+        assert_eq!(h.await.unwrap().unwrap().zombies, 0);
+    }
+    db.cleanup().await;
+}
+
+/// A run whose last completer died between its commit and finishing the run is finished by
+/// a reaper (the safety net), once; a cancel in that window finishes it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaper_finishes_a_run_whose_finisher_died() {
+    let Some(db) = db("finish_net").await else {
+        return;
+    };
+    let run = db
+        .engine
+        .submit(&Workflow::new("w").task(TaskSpec::function("a", "f", json!(1))))
+        .await
+        .unwrap();
+    // What a completion does, without the finalize that follows its commit.
+    let c = db.sql().await;
+    c.batch_execute(&format!(
+        "UPDATE tasks SET status = 'succeeded', finished_at = now() WHERE run_id = {run};
+         INSERT INTO run_counts (run_id, slot, done, failed) VALUES ({run}, 'dead', 1, 0);"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        db.engine.status(run).await.unwrap().run.state,
+        RunState::Running
+    );
+    db.engine.reap_expired("me").await.unwrap();
+    db.engine.reap_expired("me").await.unwrap();
+    let s = db.engine.status(run).await.unwrap();
+    assert_eq!(s.run.state, RunState::Succeeded);
+    assert_eq!(final_events(&db, run).await, 1);
+    // A cancel in that window finds the run finished (and finishes it), not cancelled.
+    let run = db
+        .engine
+        .submit(&Workflow::new("w").task(TaskSpec::function("a", "f", json!(1))))
+        .await
+        .unwrap();
+    c.batch_execute(&format!(
+        "UPDATE tasks SET status = 'failed', finished_at = now() WHERE run_id = {run};
+         INSERT INTO run_counts (run_id, slot, done, failed) VALUES ({run}, 'dead', 1, 1);"
+    ))
+    .await
+    .unwrap();
+    assert!(!db.engine.cancel(run).await.unwrap());
+    let s = db.engine.status(run).await.unwrap();
+    assert_eq!(s.run.state, RunState::Failed);
+    assert_eq!(final_events(&db, run).await, 1);
+    db.cleanup().await;
+}
+
+/// A version-1 schema (counters on the run row, the unused memo table) upgrades on open:
+/// counts move to `run_counts`, and runs go on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_upgrades_on_open() {
+    let Some(db) = db("upgrade").await else {
+        return;
+    };
+    db.engine.drop_schema().await.unwrap();
+    let opts = ConnectOptions::new(&url()).unwrap().schema(&db.schema);
+    assert_eq!(nerv_postgres::migrate_schema_to(&opts, 1).await.unwrap(), 1);
+    let c = db.sql().await;
+    // A v1 run: 3 tasks, 2 terminal (one failed), one still ready.
+    c.batch_execute(
+        "INSERT INTO runs (id, name, status, total, unfinished, failed) VALUES (7, 'old', 'running', 3, 1, 1);
+         INSERT INTO memo (key, output) VALUES ('k', '1');",
+    )
+    .await
+    .unwrap();
+    let engine = Engine::connect_with(opts).await.unwrap();
+    let v: i32 = c
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, nerv_postgres::SCHEMA_VERSION);
+    assert_eq!(v, 2);
+    let r = engine.runs().await.unwrap();
+    assert_eq!((r[0].id, r[0].tasks, r[0].unfinished), (7, 3, 1));
+    assert!(engine.memo_entries().await.unwrap().is_empty());
+    // Opening again changes nothing.
+    let engine = Engine::connect_with(engine.options().clone())
+        .await
+        .unwrap();
+    c.execute("SELECT setval('runs_id_seq', 7)", &[])
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (stop, h) = db.spawn(squares(&db, &calls, Memo::new()));
+    let run = engine
+        .submit(&Workflow::new("new").task(TaskSpec::function("x", "square", json!({"n": 2}))))
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(run).await.unwrap().tasks[0].output,
+        Some(json!(4))
+    );
+    stop.cancel();
+    h.await.unwrap().unwrap();
+    db.cleanup().await;
+}
+
+/// `prune_runs` deletes finished runs (with their events) by age and count, never a running
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_old_finished_runs_and_their_events() {
+    let Some(db) = db("prune").await else { return };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (stop, h) = db.spawn(squares(&db, &calls, Memo::new()));
+    let mut done = Vec::new();
+    for i in 0..3 {
+        let wf = Workflow::new("p").task(TaskSpec::function("x", "square", json!({"n": i})));
+        let run = db.engine.submit(&wf).await.unwrap();
+        db.engine.wait(run).await.unwrap();
+        done.push(run);
+    }
+    stop.cancel();
+    h.await.unwrap().unwrap();
+    // No worker has this function: the run stays running.
+    let running = db
+        .engine
+        .submit(&Workflow::new("stuck").task(TaskSpec::function("y", "nobody", json!(0))))
+        .await
+        .unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(db.engine.prune_runs(Some(hour_ago), None).await.unwrap(), 0);
+    assert_eq!(db.engine.prune_runs(None, None).await.unwrap(), 0);
+    // Keep the 2 newest (the running one and the last finished one).
+    assert_eq!(db.engine.prune_runs(None, Some(2)).await.unwrap(), 2);
+    let left: Vec<i64> = db
+        .engine
+        .runs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, [running, done[2]]);
+    let events: i64 = db
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE run_id = ANY($1)",
+            &[&done[..2].to_vec()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 0);
+    // Everything finished may go: the running run stays.
+    assert_eq!(db.engine.prune_runs(None, Some(0)).await.unwrap(), 1);
+    let left: Vec<i64> = db
+        .engine
+        .runs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, [running]);
     db.cleanup().await;
 }

@@ -14,8 +14,14 @@ use std::time::SystemTime;
 /// Runs `nerv cache`.
 pub fn run(args: CacheArgs) -> Result<Exit, CliError> {
     match args.action {
-        CacheAction::Ls(a) => ls(a),
-        CacheAction::Rm(a) => rm(a),
+        CacheAction::Ls(a) => match &a.db {
+            Some(url) => crate::cmd::db::cache_ls(url, a.json),
+            None => ls(a),
+        },
+        CacheAction::Rm(a) => match &a.db {
+            Some(url) => crate::cmd::db::cache_rm(url, a.task.as_deref()),
+            None => rm(a),
+        },
     }
 }
 

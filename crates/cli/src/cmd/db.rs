@@ -8,13 +8,20 @@
 //! the task's working directory (`cwd`, made absolute on the submitting machine: every worker
 //! must see the same paths, e.g. a shared file system) with its `env`, through
 //! `env -C DIR K=V … PROGRAM` (so that workers need nothing but coreutils).
+//!
+//! A cached task (`cache = true`) is submitted with what its key is made of
+//! ([`nerv_postgres::CommandKey`], the local cache's recipe): the worker that claims it computes
+//! the key from the inputs as it sees them once the task's dependencies are done, and a hit in
+//! the cache shared by every worker of the schema completes it without running it (shown as
+//! cached). `nerv cache ls|rm --db URL` list and remove the entries; `nerv runs rm --db URL`
+//! deletes old runs with their events.
 
 use crate::display::{Display, Mode, Summary, UiEvent};
 use crate::exit::{CliError, Exit};
 use nerv_cli::workflow::{Command, Workflow};
 use nerv_postgres::{
-    ConnectOptions, Engine, Priority as PgPriority, Retry, RunState, TaskSpec, TaskState, Work,
-    Worker,
+    Cache, ConnectOptions, Engine, Priority as PgPriority, Retry, RunState, TaskSpec, TaskState,
+    Work, Worker,
 };
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -59,6 +66,7 @@ fn ui_event(ev: &nerv_postgres::Event) -> Option<UiEvent> {
             cause: None,
         },
         "task_cancelled" => UiEvent::Cancelled { task, attempt, at },
+        "task_cached" => UiEvent::Cached { task },
         _ => return None,
     })
 }
@@ -107,11 +115,11 @@ pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
         out.resources.insert(k.clone(), *v as i64);
     }
     for t in &wf.tasks {
-        let cwd = if t.cwd.is_absolute() {
-            t.cwd.clone()
-        } else {
-            base.join(&t.cwd)
-        };
+        // `t.cwd` already starts with the file's folder: resolve it against this process's
+        // directory, not against `base` (which would repeat the folder).
+        let cwd = std::fs::canonicalize(&t.cwd)
+            .or_else(|_| std::path::absolute(&t.cwd))
+            .unwrap_or_else(|_| base.join(&t.cwd));
         let mut argv: Vec<String> = vec!["env".into(), "-C".into(), cwd.display().to_string()];
         argv.push(format!("NERV_TASK={}", t.id));
         if let Some(item) = &t.item {
@@ -145,6 +153,11 @@ pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
         spec.timeout = t.timeout;
         spec.uses = t.uses.iter().map(|(k, v)| (k.clone(), *v as i64)).collect();
         spec.estimate = t.estimate;
+        if let Some(c) = &t.cache {
+            let mut key = nerv_cli::cache::command_key(t);
+            key.cwd = cwd.clone();
+            spec.cache = Some(Cache { key, ttl: c.ttl });
+        }
         out.tasks.push(spec);
     }
     out
@@ -302,10 +315,11 @@ pub fn status(url: &str, run: &str, json: bool) -> Result<Exit, CliError> {
             println!("run {} ({}): {:?}", st.run.id, st.run.name, st.run.state);
             for t in &st.tasks {
                 println!(
-                    "  {:<30} {:<10} attempt {}{}{}",
+                    "  {:<30} {:<10} attempt {}{}{}{}",
                     t.id,
                     format!("{:?}", t.state).to_lowercase(),
                     t.attempt,
+                    if t.cached { " (cached)" } else { "" },
                     t.worker
                         .as_deref()
                         .map(|w| format!(" on {w}"))
@@ -331,6 +345,120 @@ pub fn cancel(url: &str, run: &str) -> Result<Exit, CliError> {
         } else {
             eprintln!("nerv: run {id} had already finished");
         }
+        Ok(Exit::Success)
+    })
+}
+
+/// `nerv cache ls --db URL [--json]`: the cache shared by the workers, as `nerv cache ls`.
+pub fn cache_ls(url: &str, json: bool) -> Result<Exit, CliError> {
+    runtime()?.block_on(async move {
+        let engine = connect(url).await?;
+        let entries = engine.memo_entries().await.map_err(pg)?;
+        if json {
+            for e in &entries {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "task": e.task, "key": nerv_cli::cache::short_hex(&e.key), "size": e.size,
+                        "created": crate::history::rfc3339_ms(e.created),
+                        "last_used": crate::history::rfc3339_ms(e.last_used),
+                        "expires": e.expires.map(crate::history::rfc3339_ms),
+                    })
+                );
+            }
+            return Ok(Exit::Success);
+        }
+        if entries.is_empty() {
+            println!(
+                "the cache on {} (schema {}) is empty; tasks with `cache = true` run with --db fill it",
+                engine.options().host(),
+                engine.options().schema_name()
+            );
+            return Ok(Exit::Success);
+        }
+        let rows: Vec<[String; 6]> = entries
+            .iter()
+            .map(|e| {
+                [
+                    e.task.clone(),
+                    nerv_cli::cache::short_hex(&e.key),
+                    format!("{} B", e.size),
+                    crate::history::rfc3339(e.created),
+                    crate::history::rfc3339(e.last_used),
+                    e.expires
+                        .map(crate::history::rfc3339)
+                        .unwrap_or_else(|| "never".into()),
+                ]
+            })
+            .collect();
+        crate::cmd::runs::print_table(
+            &["TASK", "KEY", "SIZE", "CREATED", "LAST USED", "EXPIRES"],
+            &rows,
+        );
+        Ok(Exit::Success)
+    })
+}
+
+/// `nerv cache rm --db URL TASK|--all`: removes the entries of a task (and of its `for_each`
+/// expansions, by its name), or all of them.
+pub fn cache_rm(url: &str, task: Option<&str>) -> Result<Exit, CliError> {
+    runtime()?.block_on(async move {
+        let engine = connect(url).await?;
+        let n = match task {
+            None => engine.memo_clear().await.map_err(pg)?,
+            Some(task) => {
+                let prefix = format!("{task}[");
+                let mut tasks: Vec<String> = engine
+                    .memo_entries()
+                    .await
+                    .map_err(pg)?
+                    .into_iter()
+                    .map(|e| e.task)
+                    .filter(|t| t == task || t.starts_with(&prefix))
+                    .collect();
+                tasks.sort();
+                tasks.dedup();
+                // Expired entries of the task itself go too.
+                if !tasks.iter().any(|t| t == task) {
+                    tasks.push(task.to_string());
+                }
+                let n = engine.memo_remove_tasks(&tasks).await.map_err(pg)?;
+                if n == 0 {
+                    return Err(CliError::Other(format!(
+                        "no cache entry for task `{task}` on {} (`nerv cache ls --db URL` lists them)",
+                        engine.options().host()
+                    )));
+                }
+                n
+            }
+        };
+        println!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
+        Ok(Exit::Success)
+    })
+}
+
+/// `nerv runs rm --db URL --older-than AGE | --keep N`: deletes finished runs with their
+/// tasks and events (a run still running, or still stopping its tasks, is kept).
+pub fn runs_rm(
+    url: &str,
+    older_than: Option<Duration>,
+    keep: Option<usize>,
+) -> Result<Exit, CliError> {
+    let older_than =
+        match older_than {
+            Some(age) => Some(SystemTime::now().checked_sub(age).ok_or_else(|| {
+                CliError::Other(format!("--older-than {age:?} reaches before 1970"))
+            })?),
+            None => None,
+        };
+    runtime()?.block_on(async move {
+        let engine = connect(url).await?;
+        let n = engine.prune_runs(older_than, keep).await.map_err(pg)?;
+        let left = engine.runs().await.map_err(pg)?.len();
+        println!(
+            "deleted {n} run{} ({left} left)",
+            if n == 1 { "" } else { "s" }
+        );
         Ok(Exit::Success)
     })
 }

@@ -11,7 +11,10 @@ use std::time::SystemTime;
 /// Runs `nerv runs`.
 pub fn run(args: RunsArgs) -> Result<Exit, CliError> {
     if let Some(RunsAction::Rm(rm)) = args.action {
-        return remove(rm);
+        return match &rm.db {
+            Some(url) => crate::cmd::db::runs_rm(url, rm.older_than, rm.keep),
+            None => remove(rm),
+        };
     }
     let store = history::open_reader(&args.journal.dir)?;
     let runs = store.runs().map_err(journal_error)?;

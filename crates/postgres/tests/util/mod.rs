@@ -127,6 +127,32 @@ impl Db {
         );
     }
 
+    /// A plain connection to the server with this schema first on the search path.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("SET search_path TO {}", self.schema))
+            .await
+            .expect("search_path");
+        client
+    }
+
+    /// A worker on this schema running in this process until the returned token is cancelled.
+    pub fn spawn(
+        &self,
+        worker: nerv_postgres::Worker,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<nerv_postgres::Result<nerv_postgres::WorkerStats>>,
+    ) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        (stop, tokio::spawn(async move { worker.run(s).await }))
+    }
+
     /// Number of registered workers.
     pub async fn wait_workers(&self, n: usize) {
         for _ in 0..600 {
