@@ -7,6 +7,13 @@
 //! - `wanted` has a bit per [`EventKind`] that someone receives (a handler, a stream, the
 //!   history) and that is not muted. It is recomputed under `write` after every change, so a
 //!   publisher that reads a clear bit may skip building the event.
+//! - `generation` counts the registries published; it is bumped (under `write`) after each
+//!   new registry is stored. A publisher may keep a copy of the registry with the generation
+//!   it read *before* loading it ([`Receivers`]: the executor keeps one per run) and use the
+//!   copy while the generation has not moved: no read-modify-write on a shared line per
+//!   event. Once it moves, the copy is stale and the publisher loads the registry again. (A
+//!   copy keeps its registry's handlers alive while it lives, which is why a run keeps it no
+//!   longer than itself; a handler removed meanwhile is not called: the generation moved.)
 //! - No lock is held while a handler runs: handlers may publish, subscribe and unsubscribe.
 //!
 //! Publishing (`EventBus::publish`):
@@ -19,18 +26,64 @@
 //!    reader is told how many it missed ([`Lagged`]): publishing never blocks on a reader;
 //! 6. a weak subscription whose owner is gone, and a stream whose reader is gone, are
 //!    removed.
+//!
+//! The executor publishes its task events through `publish_task`, which follows the same steps
+//! but builds the [`Event`] only when someone needs one: a handler subscribed with a task hook
+//! (`subscribe_task`, the engine projector's) reads the event's parts where the executor keeps
+//! them ([`TaskView`]), so a task event that only such handlers receive costs no allocation, no
+//! id and no reference count. With middleware or a history, `publish_task` builds the event
+//! first and publishes it as above.
 
-use super::{Event, EventData, EventKind, Payload, Source};
+use super::{Event, EventData, EventKind, Payload, Source, TaskRef};
 use arc_swap::ArcSwap;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 type HandlerFn = dyn Fn(&Event) -> bool + Send + Sync;
+type TaskHookFn = dyn Fn(&TaskView<'_>) + Send + Sync;
+
+/// A task event before it is built: its parts, borrowed from the executor (see the module
+/// doc). [`to_event`](Self::to_event) builds the [`Event`] it stands for.
+#[derive(Debug)]
+pub(crate) struct TaskView<'a> {
+    /// The top run's id.
+    pub(crate) workflow: u64,
+    /// The task's full id.
+    pub(crate) name: &'a Arc<str>,
+    /// Its index in its graph.
+    pub(crate) index: u32,
+    /// Whether it belongs to a subgraph.
+    pub(crate) subgraph: bool,
+    /// When it happened, in nanoseconds since the Unix epoch.
+    pub(crate) ts: u64,
+    /// What it says.
+    pub(crate) data: &'a EventData,
+}
+
+impl TaskView<'_> {
+    /// The event (with a fresh id).
+    #[inline]
+    pub(crate) fn to_event(&self) -> Event {
+        Event::at(
+            UNIX_EPOCH + Duration::from_nanos(self.ts),
+            Source {
+                workflow: Some(self.workflow),
+                task: Some(TaskRef {
+                    id: self.name.clone(),
+                    index: self.index,
+                    subgraph: self.subgraph,
+                }),
+            },
+            self.data.clone(),
+        )
+    }
+}
 type Middleware = dyn Fn(Event) -> Option<Event> + Send + Sync;
 
 /// Which events a subscription, stream or history query wants: kinds, and optionally one
@@ -89,6 +142,23 @@ impl EventFilter {
         self
     }
 
+    /// Whether the task event `v` (of kind `kind`, not a custom one) passes the filter:
+    /// [`matches`](Self::matches) without the event.
+    #[inline]
+    fn matches_task(&self, kind: EventKind, v: &TaskView<'_>) -> bool {
+        if self.kinds & kind.bit() == 0 || self.name.is_some() {
+            // A named filter takes only custom events.
+            return false;
+        }
+        if self.workflow.is_some_and(|w| w != v.workflow) {
+            return false;
+        }
+        match &self.task {
+            Some(task) => Arc::ptr_eq(v.name, task) || **v.name == **task,
+            None => true,
+        }
+    }
+
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &Event) -> bool {
         let kind = event.kind();
@@ -122,6 +192,8 @@ struct Sub {
     handler: Box<HandlerFn>,
     /// For a weak subscription: whether its owner is still alive.
     alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// Takes the executor's task events unbuilt (`publish_task`); `handler` takes the others.
+    task_hook: Option<Box<TaskHookFn>>,
 }
 
 /// An async stream's sending side.
@@ -142,6 +214,8 @@ struct Registry {
 
 struct BusInner {
     wanted: AtomicU32,
+    /// Bumped after every new registry (see the module doc).
+    generation: AtomicU64,
     muted: AtomicU32,
     registry: ArcSwap<Registry>,
     write: Mutex<()>,
@@ -175,6 +249,7 @@ impl BusInner {
             want = EventFilter::all().kinds;
         }
         self.registry.store(Arc::new(reg));
+        self.generation.fetch_add(1, Release);
         self.wanted.store(want & !self.muted.load(Relaxed), Release);
     }
 
@@ -183,6 +258,22 @@ impl BusInner {
             r.subs.retain(|s| !ids.contains(&s.id));
             r.streams.retain(|s| !ids.contains(&s.id));
         });
+    }
+}
+
+/// A publisher's copy of a bus's registry (see the module doc).
+pub(crate) struct Receivers {
+    generation: u64,
+    registry: Arc<Registry>,
+    /// The bus it was taken from (a copy from another bus is never used).
+    bus: Weak<BusInner>,
+}
+
+impl fmt::Debug for Receivers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receivers")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -216,6 +307,7 @@ impl EventBusBuilder {
         EventBus {
             inner: Arc::new(BusInner {
                 wanted: AtomicU32::new(want),
+                generation: AtomicU64::new(0),
                 muted: AtomicU32::new(0),
                 registry: ArcSwap::from_pointee(Registry::default()),
                 write: Mutex::new(()),
@@ -325,6 +417,27 @@ impl EventBus {
                 true
             }),
             None,
+            None,
+        )
+    }
+
+    /// Like [`EventBus::subscribe`], but the executor's task events reach `task_hook` unbuilt
+    /// (see the module doc); every other event reaches `handler`. `task_hook` must do what
+    /// `handler` would do with the event [`TaskView::to_event`] builds.
+    pub(crate) fn subscribe_task(
+        &self,
+        filter: EventFilter,
+        handler: impl Fn(&Event) + Send + Sync + 'static,
+        task_hook: impl Fn(&TaskView<'_>) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.add_sub(
+            filter,
+            Box::new(move |e| {
+                handler(e);
+                true
+            }),
+            None,
+            Some(Box::new(task_hook)),
         )
     }
 
@@ -350,6 +463,7 @@ impl EventBus {
                 None => false,
             }),
             Some(Box::new(move || probe.strong_count() > 0)),
+            None,
         )
     }
 
@@ -358,6 +472,7 @@ impl EventBus {
         filter: EventFilter,
         handler: Box<HandlerFn>,
         alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+        task_hook: Option<Box<TaskHookFn>>,
     ) -> Subscription {
         let id = self.inner.next_sub.fetch_add(1, Relaxed);
         let sub = Arc::new(Sub {
@@ -365,6 +480,7 @@ impl EventBus {
             filter,
             handler,
             alive,
+            task_hook,
         });
         self.inner.change(|r| r.subs.push(sub));
         Subscription {
@@ -507,6 +623,79 @@ impl EventBus {
             self.inner.remove(&dead);
         }
         id
+    }
+
+    /// Publishes the executor's task event `v`: [`publish`](Self::publish) of
+    /// [`v.to_event()`](TaskView::to_event), building the event only if a receiver needs it
+    /// (see the module doc).
+    ///
+    /// `cache`, if it was taken from this bus ([`EventBus::receivers_cache`]) and is still
+    /// current, saves loading the registry.
+    pub(crate) fn publish_task(&self, cache: Option<&Receivers>, v: &TaskView<'_>) {
+        let kind = v.data.kind();
+        if self.inner.muted.load(Relaxed) & kind.bit() != 0 {
+            return;
+        }
+        let loaded;
+        let reg: &Registry = match cache {
+            Some(c)
+                if c.generation == self.inner.generation.load(Acquire)
+                    && std::ptr::eq(c.bus.as_ptr(), Arc::as_ptr(&self.inner)) =>
+            {
+                &c.registry
+            }
+            _ => {
+                loaded = self.inner.registry.load();
+                &loaded
+            }
+        };
+        if kind == EventKind::Custom || !reg.middleware.is_empty() || self.inner.history.is_some() {
+            // Named signals and their mutes, middleware, history: the general path.
+            self.publish(v.to_event());
+            return;
+        }
+        let mut event: Option<Event> = None;
+        let mut dead: Vec<u64> = Vec::new();
+        for s in &reg.subs {
+            if !s.filter.matches_task(kind, v) {
+                continue;
+            }
+            match &s.task_hook {
+                Some(hook) => {
+                    call_guarded(kind, || hook(v));
+                }
+                None => {
+                    let e = event.get_or_insert_with(|| v.to_event());
+                    if call_guarded(kind, || (s.handler)(e)) == Some(false) {
+                        dead.push(s.id);
+                    }
+                }
+            }
+        }
+        for s in &reg.streams {
+            if s.filter.matches_task(kind, v) {
+                let e = event.get_or_insert_with(|| v.to_event());
+                if s.tx.send(e.clone()).is_err() {
+                    dead.push(s.id);
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.inner.remove(&dead);
+        }
+    }
+
+    /// A copy of the current registry for [`publish_task`](Self::publish_task), valid until
+    /// the next change of subscriptions, streams, middleware or mutes. It keeps the
+    /// registry's handlers alive while it lives: keep it no longer than a run.
+    pub(crate) fn receivers_cache(&self) -> Receivers {
+        // The generation first: a change between the two loads leaves the copy marked stale.
+        let generation = self.inner.generation.load(Acquire);
+        Receivers {
+            generation,
+            registry: self.inner.registry.load_full(),
+            bus: Arc::downgrade(&self.inner),
+        }
     }
 
     /// Removes weak subscriptions whose owner is gone and streams whose reader is gone.
@@ -810,5 +999,138 @@ impl EventStream {
             let item = s.recv().await?;
             Some((item, s))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn view<'a>(name: &'a Arc<str>, workflow: u64, data: &'a EventData) -> TaskView<'a> {
+        TaskView {
+            workflow,
+            name,
+            index: 3,
+            subgraph: false,
+            ts: 5,
+            data,
+        }
+    }
+
+    fn counter(n: &Arc<AtomicUsize>) -> impl Fn(&Event) + Send + Sync + 'static {
+        let n = n.clone();
+        move |_| {
+            n.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[test]
+    fn publish_task_filters_like_publish_and_builds_the_event_for_handlers_and_streams() {
+        let bus = EventBus::new();
+        let (all, only_a, only_run2, named) = Default::default();
+        let seen: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        let _subs = [
+            bus.subscribe(EventFilter::kind(EventKind::TaskStarted), counter(&all)),
+            bus.on(EventFilter::all())
+                .task("a")
+                .connect(counter(&only_a)),
+            bus.on(EventFilter::all())
+                .workflow(2)
+                .connect(counter(&only_run2)),
+            bus.named("x").connect(counter(&named)),
+            bus.subscribe(EventFilter::all(), move |e| {
+                s.lock().unwrap().push(e.clone())
+            }),
+            {
+                let h = hooked.clone();
+                bus.subscribe_task(
+                    EventFilter::all(),
+                    |_| {},
+                    move |v| {
+                        assert_eq!(v.data.kind(), EventKind::TaskStarted);
+                        h.fetch_add(1, Relaxed);
+                    },
+                )
+            },
+        ];
+        let mut stream = bus.stream(EventFilter::all().task("b"), 8);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let data = EventData::TaskStarted { attempt: 2 };
+        let cache = bus.receivers_cache();
+        bus.publish_task(Some(&cache), &view(&a, 1, &data));
+        bus.publish_task(Some(&cache), &view(&b, 2, &data));
+        bus.publish_task(None, &view(&String::from("a").into(), 2, &data));
+        let count = |n: &AtomicUsize| n.load(Relaxed);
+        assert_eq!(count(&all), 3);
+        assert_eq!(count(&only_a), 2, "by id, not only by pointer");
+        assert_eq!(count(&only_run2), 2);
+        assert_eq!(count(&named), 0);
+        assert_eq!(count(&hooked), 3);
+        let e = seen.lock().unwrap()[0].clone();
+        assert_eq!(e.kind(), EventKind::TaskStarted);
+        assert_eq!(e.source.workflow, Some(1));
+        assert_eq!(e.source.task_id(), Some("a"));
+        assert_eq!(e.source.task.as_ref().map(|t| t.index), Some(3));
+        assert_eq!(e.timestamp, UNIX_EPOCH + Duration::from_nanos(5));
+        let got = stream.try_recv().unwrap().unwrap();
+        assert_eq!(got.source.task_id(), Some("b"));
+        assert!(stream.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_stale_cache_is_not_used() {
+        let bus = EventBus::new();
+        let cache = bus.receivers_cache();
+        let n = Arc::new(AtomicUsize::new(0));
+        let sub = bus.subscribe(EventFilter::all(), counter(&n));
+        let name: Arc<str> = "t".into();
+        let data = EventData::TaskCompleted {
+            attempt: 1,
+            output: None,
+        };
+        bus.publish_task(Some(&cache), &view(&name, 1, &data));
+        assert_eq!(
+            n.load(Relaxed),
+            1,
+            "subscribed after the copy: still reached"
+        );
+        let cache = bus.receivers_cache();
+        drop(sub);
+        bus.publish_task(Some(&cache), &view(&name, 1, &data));
+        assert_eq!(
+            n.load(Relaxed),
+            1,
+            "unsubscribed after the copy: not reached"
+        );
+        let _sub = bus.subscribe(EventFilter::all(), counter(&n));
+        let other_bus = EventBus::new();
+        while other_bus.inner.generation.load(Relaxed) < bus.inner.generation.load(Relaxed) {
+            other_bus.inner.change(|_| {});
+        }
+        let other = other_bus.receivers_cache();
+        assert_eq!(other.generation, bus.receivers_cache().generation);
+        bus.publish_task(Some(&other), &view(&name, 1, &data));
+        assert_eq!(n.load(Relaxed), 2, "another bus's copy is not used");
+    }
+
+    #[test]
+    fn publish_task_takes_the_general_path_for_middleware_history_and_mutes() {
+        let bus = EventBus::builder().history(4).build();
+        let n = Arc::new(AtomicUsize::new(0));
+        let _sub = bus.subscribe(EventFilter::all(), counter(&n));
+        bus.add_middleware(|e| (e.source.task_id() != Some("drop")).then_some(e));
+        let data = EventData::TaskStarted { attempt: 1 };
+        let (keep, dropped): (Arc<str>, Arc<str>) = ("keep".into(), "drop".into());
+        let cache = bus.receivers_cache();
+        bus.publish_task(Some(&cache), &view(&keep, 1, &data));
+        bus.publish_task(Some(&cache), &view(&dropped, 1, &data));
+        assert_eq!(n.load(Relaxed), 1);
+        assert_eq!(bus.history().len(), 1);
+        let _mute = bus.mute(EventKind::TaskStarted);
+        bus.publish_task(Some(&cache), &view(&keep, 1, &data));
+        assert_eq!(n.load(Relaxed), 1);
     }
 }

@@ -16,6 +16,7 @@ pub use bus::{
     EventBus, EventBusBuilder, EventFilter, EventStream, Lagged, MuteGuard, Signal,
     SubscribeBuilder, Subscription,
 };
+pub(crate) use bus::{Receivers, TaskView};
 
 use crate::exec::StatusCounts;
 use crate::graph::Graph;

@@ -16,7 +16,7 @@ use super::{Env, FailurePolicy, RunOptions, Timing};
 use crate::container::Scope;
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
-use crate::event::{Event, EventBus, EventData, EventKind, Source, TaskRef};
+use crate::event::{Event, EventBus, EventData, EventKind, Receivers, Source, TaskRef, TaskView};
 use crate::graph::{Graph, Node, Started};
 use crate::policy::circuit_breaker::CircuitPermit;
 use crate::policy::retry::RetryPolicy;
@@ -28,7 +28,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// A run's cancellation: a flag checked on the hot path (one load per ancestor run), and a
@@ -87,6 +87,8 @@ pub(crate) struct ParentLink {
 /// A run's link to the event bus: built only when the executor has a bus.
 pub(crate) struct Observer {
     pub(crate) bus: EventBus,
+    /// The bus's receivers when the run was created (used while they do not change).
+    receivers: Receivers,
     /// The tasks' full ids, shared by their events; built on the first task event.
     names: OnceLock<Box<[Arc<str>]>>,
     /// The id of the top run (the workflow) this run belongs to.
@@ -116,6 +118,8 @@ pub(crate) struct Runner {
     parent: Option<ParentLink>,
     pub(crate) t0: u64,
     pub(crate) sys0: SystemTime,
+    /// `sys0` in nanoseconds since the Unix epoch (task events carry their time so).
+    sys0_ns: u64,
     pub(crate) t_end: AtomicU64,
     pub(crate) obs: Option<Observer>,
     /// Nodes holding their declared resources now.
@@ -147,11 +151,15 @@ impl Runner {
         let stamps = if opts.timing == Timing::Off { 0 } else { n };
         let zeros = |_| AtomicU64::new(0);
         let run_id = next_id();
+        // Taken together: a task event's time is `sys0` plus the clock's time since `t0`.
+        let t0 = env.clock.raw();
+        let sys0 = SystemTime::now();
         let workflow = match &parent {
             Some(p) => p.handle.runner().workflow(),
             None => run_id,
         };
         let obs = env.bus.clone().map(|bus| Observer {
+            receivers: bus.receivers_cache(),
             bus,
             names: OnceLock::new(),
             workflow,
@@ -181,8 +189,11 @@ impl Runner {
             errors: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
             parent,
-            t0: env.clock.raw(),
-            sys0: SystemTime::now(),
+            t0,
+            sys0,
+            sys0_ns: sys0
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             t_end: AtomicU64::new(0),
             run_id,
             graph,
@@ -233,8 +244,18 @@ impl Runner {
     #[inline(never)]
     pub(crate) fn publish_task(&self, node: u32, data: EventData) {
         let Some(o) = &self.obs else { return };
-        let ev = Event::at(self.now(), self.task_source(o, node), data);
-        o.bus.publish(ev);
+        // Unbuilt: the bus builds the event only for a receiver that needs one.
+        o.bus.publish_task(
+            Some(&o.receivers),
+            &TaskView {
+                workflow: o.workflow,
+                name: self.name_ref(o, node),
+                index: node,
+                subgraph: o.subgraph,
+                ts: self.now_nanos(),
+                data: &data,
+            },
+        );
     }
 
     fn task_source(&self, o: &Observer, node: u32) -> Source {
@@ -249,6 +270,11 @@ impl Runner {
     }
 
     fn name_arc(&self, o: &Observer, node: u32) -> Arc<str> {
+        self.name_ref(o, node).clone()
+    }
+
+    /// The task's full id, shared by its events.
+    fn name_ref<'a>(&'a self, o: &'a Observer, node: u32) -> &'a Arc<str> {
         let ids = &self.graph.0.ids;
         let names = if self.prefix.is_empty() {
             // A top run's names are the graph's own: shared by all its runs.
@@ -256,12 +282,12 @@ impl Runner {
         } else {
             &o.names
         };
-        names.get_or_init(|| {
+        let names = names.get_or_init(|| {
             (0..self.graph.len())
                 .map(|i| Arc::from(format!("{}{}", self.prefix, ids.get(i))))
                 .collect()
-        })[node as usize]
-            .clone()
+        });
+        &names[node as usize]
     }
 
     /// Publishes a memo lookup of `node` (hit or miss).
@@ -273,9 +299,11 @@ impl Runner {
         }
     }
 
-    /// The wall-clock time now, from the run's monotonic clock.
-    pub(crate) fn now(&self) -> SystemTime {
-        self.sys0 + self.env.clock.delta(self.t0, self.env.clock.raw())
+    /// The wall-clock time now, from the run's monotonic clock, in nanoseconds since the Unix
+    /// epoch (`sys0` plus the clock's time since `t0`, without `SystemTime` arithmetic).
+    #[inline]
+    fn now_nanos(&self) -> u64 {
+        self.sys0_ns + self.env.clock.delta_as_nanos(self.t0, self.env.clock.raw())
     }
 
     /// Publishes the run's start (created, each task pending, started) to whoever listens.

@@ -4,10 +4,13 @@
 //! explains why each step is there, and cites the source (Hendler et al., SPAA 2010).
 //!
 //! Invariants:
-//! - Each publishing thread pushes its events onto one of a few queues (shards, a mutex around
-//!   a `Vec<Op>` each, chosen by the thread), so that threads do not write to the same cache
-//!   lines: a shard holds its threads' events in their order. Each op is tagged, under the shard
-//!   lock, with the current `epoch`; tags never decrease within a shard.
+//! - Each publishing thread pushes its events onto one of a few queues (shards, chosen by the
+//!   thread; `op.rs`), so that threads do not write to the same cache lines. A shard has two
+//!   parts, each behind its own lock: plain task ops in an array of atomic words behind a spin
+//!   lock (a push is one read-modify-write), other ops in a mutex-protected `Vec<Op>`. Each part
+//!   holds its ops in push order; each op is tagged, under its part's lock, with the current
+//!   `epoch`, so tags never decrease within a part. (The parts of one shard may interleave in
+//!   any way: their ops are ordered by phase, or commute; see below.)
 //! - The combiner mutex owns the working copy: the state after every op applied so far. Only its
 //!   holder drains shards, applies ops, publishes and bumps `epoch`. Applying mutates the working
 //!   copy in place; only nodes it shares with a published snapshot are copied first.
@@ -51,8 +54,10 @@
 //! 1. Reduce the event to an op: a top-graph task event that carries only an attempt number
 //!    becomes plain values (no clone of the event); any other is cloned. Custom events, events
 //!    without a run and top-graph `TaskPending` events change nothing: they are dropped.
-//! 2. Lock the thread's shard, tag the op with `epoch`, push it, set `dirty`, note the shard's
-//!    length, unlock.
+//!    ([`attach`](EngineProjector::attach) takes the executor's task events unbuilt, from the
+//!    bus's task hook: a plain one is reduced from the executor's values, no event is built.)
+//! 2. Lock the part of the thread's shard the op goes to, tag the op with `epoch`, push it, set
+//!    `dirty`, note the part's length, unlock.
 //! 3. For a run's final event, lock the combiner (waiting) and run a forced round (steps 4–9).
 //!    Otherwise, if the shard holds at least `batch` ops and `full` is clear: if `try_lock` gets
 //!    the combiner, run a round; if not, set `full`, fence (SeqCst) and `try_lock` once more; if
@@ -64,8 +69,9 @@
 //!    or if the last publishing round began W ago or more; if it does, clear `dirty`. Clear
 //!    `full`.
 //! 5. Bump `epoch` from `e` to `e + 1`.
-//! 6. Take the ops held back by the last round; lock each shard in turn, swap its vector with an
-//!    empty spare, unlock; keep its ops tagged up to `e`, hold back the rest.
+//! 6. Take the ops held back by the last round; lock each shard's parts in turn, take their ops
+//!    (copy out the array and empty it; swap the vector with an empty spare), unlock; keep the
+//!    ops tagged up to `e`, hold back the rest.
 //! 7. Apply the kept ops to the working copy in the order of the invariants.
 //! 8. If ops were held back, set `dirty`. If the round publishes: clear `wanted`; if the working
 //!    copy changed since the last publish, publish a clone of it (O(1)) as the next version; set
@@ -85,9 +91,10 @@
 //! 4. Load the current snapshot.
 
 use super::engine::EngineState;
-use super::op::{apply_batch, not_after, thread_slot, Op, Phase};
+use super::op::{apply_batch, thread_slot, Op, Phase, Shard};
+use super::task::Hot;
 use super::{lock, ProjectionError, Snapshot, StateProjector, DEFAULT_HISTORY};
-use crate::event::{Event, EventBus, EventFilter, EventKind, Subscription};
+use crate::event::{Event, EventBus, EventFilter, EventKind, Subscription, TaskView};
 use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
@@ -143,7 +150,7 @@ struct Combiner {
 }
 
 struct Shared {
-    shards: Box<[Padded<Mutex<Vec<Op>>>]>,
+    shards: Box<[Padded<Shard>]>,
     combiner: Padded<Mutex<Combiner>>,
     flags: Padded<Flags>,
     projector: StateProjector<EngineState>,
@@ -205,23 +212,25 @@ impl EngineProjectorBuilder {
 
     /// The projector, with no run.
     pub fn build(self) -> EngineProjector {
-        // Twice the cores, at most 32 (a round locks every shard): threads beyond that share
-        // shards (correct, a little slower).
+        // Twice the cores, rounded up to a power of two (a thread's shard is its number masked),
+        // at most 32 (a round locks every shard): threads beyond that share shards (correct, a
+        // little slower).
         let shards = std::thread::available_parallelism()
             .map_or(4, |n| 2 * n.get())
-            .clamp(2, 32);
+            .clamp(2, 32)
+            .next_power_of_two();
         EngineProjector {
             shared: Arc::new(Shared {
                 shards: (0..shards)
-                    .map(|_| Padded(Mutex::new(Vec::with_capacity(self.batch))))
+                    // Room for 8 batches: the array overflows into the shard's vector only when
+                    // the combiner's holder is held up (preempted, on a busy machine).
+                    .map(|_| Padded(Shard::new((8 * self.batch).clamp(64, 8192))))
                     .collect(),
                 combiner: Padded(Mutex::new(Combiner {
                     state: EngineState::new(),
                     held: Vec::new(),
                     ops: Vec::new(),
-                    spares: (0..shards)
-                        .map(|_| Vec::with_capacity(self.batch))
-                        .collect(),
+                    spares: (0..shards).map(|_| Vec::new()).collect(),
                     unpublished: false,
                     as_of: 0,
                 })),
@@ -334,47 +343,97 @@ impl EngineProjector {
     /// ([`KINDS`](Self::KINDS)), until the returned subscription is dropped.
     pub fn attach(&self, bus: &EventBus) -> Subscription {
         let me = self.clone();
-        bus.subscribe(EventFilter::kinds(Self::KINDS), move |e| me.handle(e))
+        let hook = self.clone();
+        // The executor's task events come unbuilt: step 1 reads their parts.
+        bus.subscribe_task(
+            EventFilter::kinds(Self::KINDS),
+            move |e| me.handle(e),
+            move |v| hook.take_task(v),
+        )
     }
 
     /// Takes one event into the state (steps 1–3 of the module doc). Called by the bus on the
     /// publishing threads, concurrently; returns at once except for a run's final event, which
     /// is published before it returns.
     pub fn handle(&self, event: &Event) {
-        let Some(mut op) = Op::of(event) else {
-            return;
-        };
-        let is_final = op.phase() == Phase::End;
-        let sh = &*self.shared;
-        let shard = &sh.shards[thread_slot() % sh.shards.len()];
-        let queued = {
-            let mut q = lock(shard);
-            op.set_epoch(sh.flags.epoch.load(Relaxed));
-            q.push(op);
-            if !sh.flags.dirty.load(Relaxed) {
-                sh.flags.dirty.store(true, Relaxed);
-            }
-            q.len()
-        };
-        if is_final {
-            self.flush();
-        } else if queued >= sh.batch {
-            if sh.flags.full.load(Relaxed) {
-                // Asked already: the holder will run a round. (Not even `try_lock`: it would
-                // pull the combiner's cache line away from its holder on every push.)
+        if let Some(op) = Op::of(event) {
+            self.push(op);
+        }
+    }
+
+    /// [`handle`](Self::handle) of an executor's task event, unbuilt (see the bus's module
+    /// doc): a plain top-graph event is pushed from its fields.
+    #[inline]
+    fn take_task(&self, v: &TaskView<'_>) {
+        if !v.subgraph {
+            if let Some((hot, attempt)) = Hot::of(v.data) {
+                if hot != Hot::Pending {
+                    let sh = &*self.shared;
+                    let queued = self.shard().push_hot(
+                        v.workflow,
+                        v.ts,
+                        v.index,
+                        attempt,
+                        hot,
+                        &sh.flags.epoch,
+                        &sh.flags.dirty,
+                    );
+                    self.pushed(queued);
+                }
                 return;
             }
-            let mut c = try_lock(&sh.combiner);
-            if c.is_none() {
-                sh.flags.full.store(true, Relaxed);
-                fence(SeqCst);
-                c = try_lock(&sh.combiner);
-            }
-            if let Some(mut c) = c {
-                self.round(&mut c, false);
-                drop(c);
-                self.settle();
-            }
+        }
+        self.push(Op::of_task(v));
+    }
+
+    /// The calling thread's shard (their number is a power of two).
+    #[inline]
+    fn shard(&self) -> &Shard {
+        let shards = &self.shared.shards;
+        &shards[thread_slot() & (shards.len() - 1)]
+    }
+
+    /// Steps 2–3 of `handle`.
+    fn push(&self, op: Op) {
+        let is_final = op.phase() == Phase::End;
+        let sh = &*self.shared;
+        let queued = self.shard().push(op, &sh.flags.epoch, &sh.flags.dirty);
+        if is_final {
+            self.flush();
+        } else {
+            self.pushed(queued);
+        }
+    }
+
+    /// Step 3 of `handle` for an event that is not a run's final one, after a push that left
+    /// `queued` ops in its shard.
+    #[inline]
+    fn pushed(&self, queued: usize) {
+        if queued >= self.shared.batch {
+            self.combine();
+        }
+    }
+
+    /// Step 3 for a full shard.
+    #[cold]
+    #[inline(never)]
+    fn combine(&self) {
+        let sh = &*self.shared;
+        if sh.flags.full.load(Relaxed) {
+            // Asked already: the holder will run a round. (Not even `try_lock`: it would
+            // pull the combiner's cache line away from its holder on every push.)
+            return;
+        }
+        let mut c = try_lock(&sh.combiner);
+        if c.is_none() {
+            sh.flags.full.store(true, Relaxed);
+            fence(SeqCst);
+            c = try_lock(&sh.combiner);
+        }
+        if let Some(mut c) = c {
+            self.round(&mut c, false);
+            drop(c);
+            self.settle();
         }
     }
 
@@ -419,7 +478,7 @@ impl EngineProjector {
         sh.flags.dirty.store(false, Relaxed);
         sh.flags.full.store(false, Relaxed);
         for shard in sh.shards.iter() {
-            lock(shard).clear();
+            shard.clear();
         }
         c.held.clear();
         c.state = EngineState::new();
@@ -484,11 +543,8 @@ impl EngineProjector {
         ops.append(&mut c.held);
         let mut held = std::mem::take(&mut c.held);
         for shard in sh.shards.iter() {
-            let mut v = c.spares.pop().unwrap_or_default();
-            std::mem::swap(&mut *lock(shard), &mut v);
-            let cut = v.partition_point(|op| not_after(op.epoch(), e));
-            held.extend(v.drain(cut..));
-            ops.append(&mut v);
+            let spare = c.spares.pop().unwrap_or_default();
+            let mut v = shard.drain(e, &mut ops, &mut held, spare);
             if v.capacity() > 16 * sh.batch {
                 v.shrink_to(sh.batch);
             }
@@ -621,9 +677,9 @@ mod tests {
         ));
         // As if pushed between the next round's bump and its drain of the shard.
         let sh = &*p.shared;
-        let mut op = Op::of(&task(1, 0, EventData::TaskStarted { attempt: 1 })).unwrap();
-        op.set_epoch(sh.flags.epoch.load(Relaxed).wrapping_add(1));
-        lock(&sh.shards[0]).push(op);
+        let op = Op::of(&task(1, 0, EventData::TaskStarted { attempt: 1 })).unwrap();
+        let next = AtomicU32::new(sh.flags.epoch.load(Relaxed).wrapping_add(1));
+        sh.shards[0].push(op, &next, &sh.flags.dirty);
         let s = p.flush();
         let status = |s: &EngineState| s.workflow(1).unwrap().task_at(0).unwrap().status();
         assert_eq!(status(&s), TaskStatus::Pending, "held back");
@@ -643,9 +699,8 @@ mod tests {
         let p = EngineProjector::new();
         let sh = &*p.shared;
         let push = |shard: usize, e: Event| {
-            let mut op = Op::of(&e).unwrap();
-            op.set_epoch(sh.flags.epoch.load(Relaxed));
-            lock(&sh.shards[shard % sh.shards.len()]).push(op);
+            let op = Op::of(&e).unwrap();
+            sh.shards[shard % sh.shards.len()].push(op, &sh.flags.epoch, &sh.flags.dirty);
         };
         // One round, with the run's end in the first shard, its task in the second and its
         // creation in the last.

@@ -32,6 +32,7 @@ pub(crate) fn time(ns: u64) -> Option<SystemTime> {
 /// The task events that carry nothing but an attempt number: the engine projector queues them
 /// as plain values (no clone of the event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Hot {
     Pending,
     Started,
@@ -42,6 +43,16 @@ pub(crate) enum Hot {
 }
 
 impl Hot {
+    /// Every kind, indexed by `Hot as usize`.
+    pub(crate) const ALL: [Hot; 6] = [
+        Hot::Pending,
+        Hot::Started,
+        Hot::Completed,
+        Hot::Cancelled,
+        Hot::MemoHit,
+        Hot::MemoMiss,
+    ];
+
     /// The plain form of `data` and its attempt, if it has one.
     #[inline]
     pub(crate) fn of(data: &EventData) -> Option<(Hot, u32)> {
