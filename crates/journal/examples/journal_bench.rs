@@ -78,6 +78,7 @@ fn main() {
         journal.flush().expect("flush");
         let total = start.elapsed();
         let records = (tasks * 3) as f64;
+        journal.close().expect("close"); // after the last `on_commit`: the count is complete
         println!(
             "synchronous={:<6}  {:>7.0} ns/record  {:>7.0} ns/task  (submit alone {:.0} ns/record; \
              {} commits; begin_run declaring the tasks {:.0} ns/task)",
@@ -88,6 +89,5 @@ fn main() {
             commits.load(Ordering::Relaxed),
             begin.as_nanos() as f64 / tasks as f64,
         );
-        journal.close().expect("close");
     }
 }

@@ -6,8 +6,10 @@
 //!   declared tasks and their dependencies) and, for a resumed run, the journal id of the run
 //!   it resumes; `begin_run` is called synchronously there (on the thread starting the run,
 //!   before any task of it can start), so every later event of the run finds its journal id.
-//!   The tasks are declared through the writer ([`DeclareRecord`]), ahead of their
-//!   transitions.
+//!   The tasks are declared through the writer ([`DeclareRecord`]), submitted with the run's
+//!   first task event (under the recorder's lock, so ahead of every transition of the run) or
+//!   at its end if it has none: a declaration is as durable as the transitions that follow
+//!   it, and the writer folds each task's declaration and first transitions into one row.
 //!   Runs already going when the recorder was attached are not recorded.
 //! - Task transitions become [`TaskRecord`]s submitted to the journal's group-committing
 //!   writer: the publishing worker never waits for the disk. A completion carries the task's
@@ -26,6 +28,7 @@ use crate::record::{
 };
 use crate::writer::Journal;
 use nerv::{Event, EventBus, EventData, EventFilter, EventKind, Restore, RunOptions, Subscription};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,15 +51,17 @@ const KINDS: [EventKind; 11] = [
 #[derive(Default)]
 struct Runs {
     /// Names of created runs not started yet, by engine run id.
-    names: HashMap<u64, String>,
+    names: FxHashMap<u64, String>,
     /// Journal ids of the runs being recorded, by engine run id; and the outputs they
     /// restore (to record restored tasks with their value).
-    live: HashMap<u64, Live>,
+    live: FxHashMap<u64, Live>,
 }
 
 struct Live {
     id: RunId,
     restore: Option<Arc<HashMap<String, Vec<u8>>>>,
+    /// The run's declaration, until its first task event (or its end) submits it.
+    declare: Option<DeclareRecord>,
 }
 
 /// Records an executor's runs into a [`Journal`]: attach it to the executor's bus.
@@ -166,8 +171,12 @@ impl Recorder {
                     .and_then(|k| k.parse::<i64>().ok())
                     .map(RunId);
                 // The run row now (its id is needed), its tasks through the writer: a large
-                // graph's declaration does not hold up the run's start, and each task's
-                // declaration folds with its first transitions into one row write.
+                // graph's declaration does not hold up the run's start. The declaration is
+                // submitted with the run's first task event rather than now: the engine's
+                // set-up of a large run outlasts the writer's linger, and a declaration
+                // committed alone costs every task a second row write (its insert as pending,
+                // then the update by its transitions); submitted right before the
+                // transitions, each task's declaration folds with them into one.
                 let start = RunStart {
                     workflow: self.workflow.to_string(),
                     name,
@@ -177,18 +186,25 @@ impl Recorder {
                 };
                 match self.journal.begin_run(&start) {
                     Ok(id) => {
-                        self.journal.submit(DeclareRecord {
+                        let declare = DeclareRecord {
                             run: id,
                             tasks: graph
                                 .tasks()
                                 .map(|t| TaskSpec::new(t.id(), t.dependencies()))
                                 .collect(),
-                        });
+                        };
                         let restore = match resumed_from {
                             Some(old) => self.restored_outputs(old),
                             None => None,
                         };
-                        self.lock().live.insert(engine_run, Live { id, restore });
+                        self.lock().live.insert(
+                            engine_run,
+                            Live {
+                                id,
+                                restore,
+                                declare: Some(declare),
+                            },
+                        );
                     }
                     Err(err) => {
                         tracing::error!(error = %err, "the journal could not record a run; it runs unrecorded");
@@ -199,9 +215,12 @@ impl Recorder {
             EventData::WorkflowCompleted { .. }
             | EventData::WorkflowFailed { .. }
             | EventData::WorkflowCancelled { .. } => {
-                let Some(live) = self.lock().live.remove(&engine_run) else {
+                let Some(mut live) = self.lock().live.remove(&engine_run) else {
                     return;
                 };
+                if let Some(declare) = live.declare.take() {
+                    self.journal.submit(declare); // a run that ended before any task event
+                }
                 let (status, error) = match &e.data {
                     EventData::WorkflowCompleted { .. } => (RunStatus::Completed, None),
                     EventData::WorkflowFailed { error, .. } => {
@@ -227,9 +246,18 @@ impl Recorder {
                 let Some(task) = e.source.task_id() else {
                     return;
                 };
-                let (id, restore) = match self.lock().live.get(&engine_run) {
-                    Some(l) => (l.id, l.restore.clone()),
-                    None => return,
+                let (id, restore) = {
+                    let mut runs = self.lock();
+                    let Some(l) = runs.live.get_mut(&engine_run) else {
+                        return;
+                    };
+                    if let Some(declare) = l.declare.take() {
+                        // Under the lock: no task record of the run is numbered before it.
+                        self.journal.submit(declare);
+                    }
+                    // The restored outputs are needed by restored completions only.
+                    let restored = matches!(data, EventData::TaskCompleted { attempt: 0, .. });
+                    (l.id, if restored { l.restore.clone() } else { None })
                 };
                 let rec = |status, attempt| TaskRecord::new(id, task, status, attempt, e.timestamp);
                 let record = match data {

@@ -76,4 +76,9 @@ pub trait JournalStore: Send + Sync + fmt::Debug {
     /// Marks `run` interrupted at `at` if it is still running (its process was found dead);
     /// returns whether it was.
     fn mark_interrupted(&self, run: RunId, at: SystemTime) -> Result<bool>;
+
+    /// Upkeep that no commit needs in order to be durable (SQLite: checkpointing its log),
+    /// which the journal's writer runs after publishing a commit, off the commit's latency.
+    /// Errors are the store's to report (they lose nothing). The default does nothing.
+    fn after_commit(&self) {}
 }

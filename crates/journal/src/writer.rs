@@ -21,10 +21,15 @@
 //! The writer thread, repeatedly:
 //! 1. wait for a record (or, while a failed batch waits, for a record or the backoff);
 //! 2. drain everything queued, up to `max_batch` records, and (unless a `flush` waits) keep
-//!    taking records until none has arrived for `linger`;
+//!    taking records until none has arrived for `linger` (default 5 ms) or it has gathered
+//!    the batch for `max_linger` (default 500 ms). While it lingers the writer sleeps on
+//!    a condition variable that `flush` signals, looking at the queue every millisecond:
+//!    submitters never have to wake it (a system call per record), and a flush never waits
+//!    out the linger;
 //! 3. append the batch in ONE transaction ([`JournalStore::append`]);
-//! 4. on success: advance `committed` to the batch's last number, call `on_commit`, wake the
-//!    flushers; on failure: keep the error and the batch, wake the flushers waiting on it;
+//! 4. on success: advance `committed` to the batch's last number, wake the flushers, call
+//!    `on_commit`, then the store's upkeep ([`JournalStore::after_commit`]: a checkpoint);
+//!    on failure: keep the error and the batch, wake the flushers waiting on it;
 //! 5. stop when the channel is closed and nothing is left.
 
 use crate::error::{JournalError, Result};
@@ -36,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Called on the writer thread after each commit with the new `committed()`.
 pub type OnCommit = Box<dyn Fn(u64) + Send + 'static>;
@@ -58,8 +63,14 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Flushers wait on it for commits.
     cond: Condvar,
+    /// The lingering writer waits on it for flushers.
+    wake: Condvar,
 }
+
+/// How often a lingering writer looks at the queue.
+const POLL: Duration = Duration::from_millis(1);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -78,6 +89,7 @@ pub struct JournalBuilder {
     store: Arc<dyn JournalStore>,
     max_batch: usize,
     linger: Duration,
+    max_linger: Duration,
     on_commit: Option<OnCommit>,
 }
 
@@ -91,18 +103,30 @@ impl fmt::Debug for JournalBuilder {
 }
 
 impl JournalBuilder {
-    /// At most `n` records per transaction (default 65 536; at least 1).
+    /// At most `n` records per transaction (default 1 048 576; at least 1). Large, so that a
+    /// burst of short tasks (a wide fan-out) is one transaction in which each task costs one
+    /// row write; the records are in memory (queued) either way, and `max_linger` bounds how
+    /// long a batch is gathered.
     pub fn max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
         self
     }
 
     /// How long the writer waits for more records once the queue is empty before it commits
-    /// a batch, unless someone is flushing (default 1 ms; zero: commit at once). Records of
+    /// a batch, unless someone is flushing (default 5 ms: longer than a worker's time slice
+    /// on a loaded machine, so that a burst is not cut in two; zero: commit at once). Records of
     /// one task that arrive close together (its start and its end; a run's declaration and
     /// its first tasks) then fold into one row write, and fewer commits mean fewer syncs.
     pub fn linger(mut self, d: Duration) -> Self {
         self.linger = d;
+        self
+    }
+
+    /// How long the writer may gather one batch in all (default 500 ms): however steadily
+    /// records keep arriving, it stops taking more after this long, so that a steady stream
+    /// is still committed at least this often.
+    pub fn max_linger(mut self, d: Duration) -> Self {
+        self.max_linger = d;
         self
     }
 
@@ -121,6 +145,7 @@ impl JournalBuilder {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
+            wake: Condvar::new(),
         });
         let writer = Writer {
             store: Arc::clone(&self.store),
@@ -128,6 +153,7 @@ impl JournalBuilder {
             rx,
             max_batch: self.max_batch,
             linger: self.linger,
+            max_linger: self.max_linger,
             on_commit: self.on_commit,
         };
         let thread = std::thread::Builder::new()
@@ -180,8 +206,9 @@ impl Journal {
     pub fn builder(store: Arc<dyn JournalStore>) -> JournalBuilder {
         JournalBuilder {
             store,
-            max_batch: 65_536,
-            linger: Duration::from_millis(1),
+            max_batch: 1 << 20,
+            linger: Duration::from_millis(5),
+            max_linger: Duration::from_millis(500),
             on_commit: None,
         }
     }
@@ -266,6 +293,8 @@ impl Journal {
     pub fn wait_for(&self, seq: u64) -> Result<()> {
         let mut st = self.shared.lock();
         st.waiters += 1;
+        // A writer lingering for more records commits now instead.
+        self.shared.wake.notify_one();
         while st.committed < seq && !(st.error.is_some() && st.attempted >= seq) && !st.stopped {
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -326,6 +355,7 @@ struct Writer {
     rx: Receiver<(u64, Record)>,
     max_batch: usize,
     linger: Duration,
+    max_linger: Duration,
     on_commit: Option<OnCommit>,
 }
 
@@ -370,29 +400,46 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => closed = true,
                 }
             }
-            // 2. drain; then, unless someone is flushing, linger until the queue has been
-            // quiet for `linger`.
-            while batch.len() < self.max_batch && !closed {
-                match self.rx.try_recv() {
-                    Ok((seq, r)) => {
-                        batch.push(r);
-                        last = seq;
-                    }
-                    Err(TryRecvError::Empty) => {
-                        if self.linger.is_zero() || self.shared.lock().waiters > 0 {
+            // 2. drain; then, unless someone is flushing, linger until no record has arrived
+            // for `linger`, or it has gathered this batch for `max_linger`. The writer
+            // lingers asleep on `wake` (a flusher wakes it), looking at the queue every
+            // `POLL`: blocked on the channel instead, it would be woken by every record, and
+            // every submitter would pay that wake-up (a system call) while it lingers.
+            let opened = Instant::now();
+            let mut quiet_since = opened;
+            loop {
+                let before = batch.len();
+                while batch.len() < self.max_batch {
+                    match self.rx.try_recv() {
+                        Ok((seq, r)) => {
+                            batch.push(r);
+                            last = seq;
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed = true;
                             break;
                         }
-                        match self.rx.recv_timeout(self.linger) {
-                            Ok((seq, r)) => {
-                                batch.push(r);
-                                last = seq;
-                            }
-                            Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => closed = true,
-                        }
                     }
-                    Err(TryRecvError::Disconnected) => closed = true,
                 }
+                if closed || batch.len() >= self.max_batch || batch.is_empty() {
+                    break;
+                }
+                let now = Instant::now();
+                if batch.len() > before {
+                    quiet_since = now;
+                }
+                let quiet_left = self.linger.saturating_sub(now - quiet_since);
+                let age_left = self.max_linger.saturating_sub(now - opened);
+                let sleep = quiet_left.min(age_left).min(POLL);
+                let st = self.shared.lock();
+                if sleep.is_zero() || st.waiters > 0 {
+                    break;
+                }
+                drop(self.shared.wake.wait_timeout(st, sleep));
+            }
+            if batch.is_empty() {
+                continue; // woken by a flusher with nothing to commit
             }
             // 3. commit.
             let result = self.store.append(&batch);
@@ -409,6 +456,7 @@ impl Writer {
                     if let Some(f) = &self.on_commit {
                         f(last);
                     }
+                    self.store.after_commit();
                 }
                 Err(e) => {
                     st.error = Some(e);

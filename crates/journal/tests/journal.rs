@@ -1129,3 +1129,224 @@ fn duration_estimates_average_the_recent_runs_of_a_workflow() {
     assert_eq!(all["a"].as_millis(), 35_333);
     assert!(store(&j).task_durations("nobody", 5).unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------- schema version 3
+
+/// Creates a version-2 journal at `path` as a build of that version would have: a run with
+/// task `a` completed, `b` (after `a`) pending, and a history row in MessagePack.
+fn create_v2(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+    conn.execute_batch(MIGRATIONS[1].sql).unwrap();
+    conn.pragma_update(None, "user_version", 2).unwrap();
+    conn.pragma_update(None, "application_id", APPLICATION_ID)
+        .unwrap();
+    conn.execute(
+        "INSERT INTO runs (workflow, name, status, started) VALUES ('old', 'v2 run', 'running', 5)",
+        [],
+    )
+    .unwrap();
+    let run = conn.last_insert_rowid();
+    let deps = rmp_serde::to_vec(&vec!["a".to_string()]).unwrap();
+    conn.execute(
+        "INSERT INTO tasks (run, task, deps, status, attempts, started, finished, output) \
+         VALUES (?1, 'a', NULL, 'completed', 1, 6, 7, x'2A'), \
+                (?1, 'b', ?2, 'pending', 0, NULL, NULL, NULL)",
+        rusqlite::params![run, deps],
+    )
+    .unwrap();
+    let at = |s: u64| {
+        t(s).duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+    };
+    let legacy: Vec<(&str, &str, u32, i64, Option<&str>)> = vec![
+        ("a", "running", 1, at(1), None),
+        ("a", "completed", 1, at(2), None),
+    ];
+    conn.execute(
+        "INSERT INTO history (run, batch, transitions) VALUES (?1, 1, ?2)",
+        rusqlite::params![run, rmp_serde::to_vec(&legacy).unwrap()],
+    )
+    .unwrap();
+    run
+}
+
+#[test]
+fn a_version_2_journal_is_upgraded_and_its_runs_go_on() {
+    let (_dir, path) = scratch();
+    let run = RunId(create_v2(&path));
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.migrated_from(), 2);
+    let tasks = store.tasks(run).unwrap();
+    let names: Vec<(&str, TaskStatus, &[String])> = tasks
+        .iter()
+        .map(|t| (t.task.as_str(), t.status, t.deps.as_slice()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("a", TaskStatus::Completed, &[][..]),
+            ("b", TaskStatus::Pending, &["a".to_string()][..])
+        ]
+    );
+    assert_eq!(
+        store.completed_outputs(run).unwrap(),
+        vec![("a".into(), Some(vec![42]))]
+    );
+    // The run goes on in the upgraded file: `a` completed again is ignored, `b` and a task
+    // added at run time are recorded; the history reads the old row, then the new ones.
+    let j = Journal::new(Arc::new(store)).unwrap();
+    j.submit(TaskRecord::new(run, "a", TaskStatus::Completed, 2, t(3)).output(vec![1]));
+    complete(&j, run, "b", t(4), b"B");
+    complete(&j, run, "new", t(6), b"N");
+    j.flush().unwrap();
+    let s = store_of(&j);
+    assert_eq!(
+        s.completed_outputs(run).unwrap(),
+        vec![
+            ("a".into(), Some(vec![42])),
+            ("b".into(), Some(b"B".to_vec())),
+            ("new".into(), Some(b"N".to_vec()))
+        ]
+    );
+    let history: Vec<(String, TaskStatus, SystemTime)> = s
+        .history(run)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.task, r.status, r.at))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            ("a".into(), TaskStatus::Running, t(1)),
+            ("a".into(), TaskStatus::Completed, t(2)),
+            ("b".into(), TaskStatus::Running, t(4)),
+            ("b".into(), TaskStatus::Completed, t(5)),
+            ("new".into(), TaskStatus::Running, t(6)),
+            ("new".into(), TaskStatus::Completed, t(7)),
+        ]
+    );
+    let b = s
+        .tasks(run)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.task == "b")
+        .unwrap();
+    assert_eq!(b.deps, vec!["a".to_string()], "the declaration is kept");
+}
+
+fn store_of(j: &Journal) -> &dyn JournalStore {
+    &**j.store()
+}
+
+/// A run declared through the writer whose transitions are spread over many small batches,
+/// then continued by a second store on the same file (which reads the task numbers back):
+/// every task is recorded once, with its declaration, its last state and its history.
+#[test]
+fn a_large_run_over_many_batches_and_two_writers() {
+    let (_dir, path) = scratch();
+    let n = 300;
+    let ids: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let j = Journal::builder(Arc::new(SqliteStore::open(&path).unwrap()))
+        .max_batch(7)
+        .linger(Duration::ZERO)
+        .start()
+        .unwrap();
+    let run = j.begin_run(&start("big", t(0), None)).unwrap();
+    j.submit(nerv_journal::DeclareRecord {
+        run,
+        tasks: ids
+            .iter()
+            .map(|id| nerv_journal::TaskSpec::new(id.as_str(), ["a"]))
+            .collect(),
+    });
+    for id in &ids[..n / 2] {
+        complete(&j, run, id, t(1), id.as_bytes());
+    }
+    j.close().unwrap();
+    let j = journal(&path);
+    for id in &ids {
+        // The first half again (ignored), then the second half.
+        complete(&j, run, id, t(2), b"again");
+    }
+    j.flush().unwrap();
+    let s = store_of(&j);
+    let tasks = s.tasks(run).unwrap();
+    assert_eq!(
+        tasks.len(),
+        n + 3,
+        "a, b, c and the declared tasks, once each"
+    );
+    let outputs: HashMap<String, Option<Vec<u8>>> =
+        s.completed_outputs(run).unwrap().into_iter().collect();
+    assert_eq!(outputs.len(), n);
+    for (i, id) in ids.iter().enumerate() {
+        let want = if i < n / 2 { id.as_bytes() } else { b"again" };
+        assert_eq!(outputs[id].as_deref(), Some(want), "{id}");
+        let task = tasks.iter().find(|t| &t.task == id).unwrap();
+        assert_eq!(task.deps, vec!["a".to_string()], "{id}");
+    }
+    let completions = s
+        .history(run)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.status == TaskStatus::Completed)
+        .count();
+    assert_eq!(completions, n, "each completion once in the history");
+}
+
+#[test]
+fn a_flush_does_not_wait_for_the_linger_and_a_batch_lingers_boundedly() {
+    let (_dir, path) = scratch();
+    let j = Journal::builder(Arc::new(SqliteStore::open(&path).unwrap()))
+        .linger(Duration::from_secs(60))
+        .max_linger(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let run = j.begin_run(&start("w", t(0), None)).unwrap();
+    let began = std::time::Instant::now();
+    complete(&j, run, "a", t(1), b"a");
+    j.flush().unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "the flush woke the writer"
+    );
+    // Nobody flushes: the batch is committed once it has lingered 50 ms.
+    let seq = j.submit(TaskRecord::new(run, "b", TaskStatus::Running, 1, t(2)));
+    let began = std::time::Instant::now();
+    while !j.is_durable(seq) {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "committed without a flush"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The log is checkpointed into the database file after commits (not only when the journal
+/// closes), off the commits' latency.
+#[test]
+fn the_log_is_checkpointed_after_large_commits() {
+    let (_dir, path) = scratch();
+    let j = journal(&path);
+    let run = j.begin_run(&start("w", t(0), None)).unwrap();
+    let initial = std::fs::metadata(&path).unwrap().len();
+    for i in 0..20_000 {
+        j.submit(
+            TaskRecord::new(run, format!("t{i}"), TaskStatus::Completed, 1, t(1))
+                .output(vec![7; 100]),
+        );
+    }
+    j.flush().unwrap();
+    let began = std::time::Instant::now();
+    while std::fs::metadata(&path).unwrap().len() < initial + 2_000_000 {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the database file still has {} bytes",
+            std::fs::metadata(&path).unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store_of(&j).completed_outputs(run).unwrap().len(), 20_000);
+}

@@ -14,12 +14,14 @@
 //!   machine loses power. Group commit makes FULL cheap (one sync per batch, not per record).
 //! - Times are stored as signed nanoseconds since the Unix epoch; statuses as their names;
 //!   dependencies as MessagePack arrays of strings (NULL: none).
-//! - `append` writes, per batch: one `tasks` upsert per task, its transitions (and its
-//!   declaration) in the batch folded first ([`Fold`]), its output in the same row; the upsert
-//!   never changes a completed row, so completion (and its output) is recorded exactly once;
-//!   and one `history` row per run, a MessagePack array of the batch's transitions of that run
-//!   (duplicate completions left out). Statement count per batch thus grows with tasks, not
-//!   with transitions: a task that starts and completes within one batch costs one row write.
+//! - A task's row is keyed by an integer, `(run << 32) | seq` (`seq`: the task's number in its
+//!   run), not by its text id; the rows of a run are a range of the key (`OF_RUN`).
+//!   `(run, task)` is unique because every write of `tasks` goes through the write side's
+//!   index of task numbers (`append.rs`, which states that protocol and how a batch is
+//!   written: one statement per task of the batch, its transitions folded first; one
+//!   `history` row per run in the compact format of `history.rs`).
+//! - The connections that write use a 32 MiB page cache (a batch of a large run stays in it
+//!   until it commits).
 //!
 //! Opening, in order (nothing is written before step 5):
 //! 1. refuse a path whose file or directory this process cannot write (`PermissionDenied`);
@@ -29,7 +31,11 @@
 //! 4. set WAL mode and the synchronous level;
 //! 5. apply pending migrations in one transaction ([`schema`]).
 
+mod append;
+mod history;
 pub(crate) mod schema;
+
+use append::{TaskIndex, WriteSide};
 
 use schema::SCHEMA_VERSION;
 
@@ -37,7 +43,7 @@ use crate::error::{JournalError, Result};
 use crate::lock::WriterLock;
 use crate::memo::SqliteMemo;
 use crate::record::{
-    Record, RunId, RunRecord, RunStart, RunSummary, TaskCounts, TaskRecord, TaskStatus, TaskSummary,
+    Record, RunId, RunStart, RunSummary, TaskCounts, TaskRecord, TaskStatus, TaskSummary,
 };
 use crate::store::JournalStore;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
@@ -112,7 +118,7 @@ pub struct SqliteStore {
     options: SqliteOptions,
     /// The writer lock (`None`: opened read-only).
     lock: Option<Arc<WriterLock>>,
-    write: Mutex<Connection>,
+    write: Mutex<WriteSide>,
     read: Mutex<Connection>,
     migrated_from: u32,
 }
@@ -149,12 +155,21 @@ impl SqliteStore {
         let lock = Arc::new(WriterLock::acquire(&path)?);
         let mut write = connect(&path, &options, false)?;
         let migrated_from = schema::migrate(&mut write, &path)?;
+        // Checkpoints run after commits are published (`after_commit`); SQLite's own, inside
+        // a commit, only past a larger log.
+        write
+            .pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
+            .map_err(|e| JournalError::sqlite(&path, &e))?;
         let read = connect(&path, &options, true)?;
         Ok(SqliteStore {
             path,
             options,
             lock: Some(lock),
-            write: Mutex::new(write),
+            write: Mutex::new(WriteSide {
+                conn: write,
+                index: TaskIndex::default(),
+                unchecked: 0,
+            }),
             read: Mutex::new(read),
             migrated_from,
         })
@@ -189,7 +204,11 @@ impl SqliteStore {
             path,
             options,
             lock: None,
-            write: Mutex::new(write),
+            write: Mutex::new(WriteSide {
+                conn: write,
+                index: TaskIndex::default(),
+                unchecked: 0,
+            }),
             read: Mutex::new(read),
             migrated_from: version,
         })
@@ -238,7 +257,7 @@ impl SqliteStore {
         JournalError::sqlite(&self.path, &e)
     }
 
-    fn writer(&self) -> MutexGuard<'_, Connection> {
+    fn writer(&self) -> MutexGuard<'_, WriteSide> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -249,13 +268,15 @@ impl SqliteStore {
     fn counts(&self, conn: &Connection, run: Option<RunId>) -> Result<HashMap<i64, TaskCounts>> {
         let mut out: HashMap<i64, TaskCounts> = HashMap::new();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT run, status, count(*) FROM tasks WHERE ?1 IS NULL OR run = ?1 \
-                 GROUP BY run, status",
-            )
+            .prepare_cached(&match run {
+                Some(_) => format!(
+                    "SELECT run, status, count(*) FROM tasks WHERE {OF_RUN} GROUP BY run, status"
+                ),
+                None => "SELECT run, status, count(*) FROM tasks GROUP BY run, status".into(),
+            })
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![run.map(|r| r.0)], |r| {
+            .query_map(rusqlite::params_from_iter(run.map(|r| r.0)), |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -269,6 +290,20 @@ impl SqliteStore {
             out.entry(id).or_default().add(status, n as usize);
         }
         Ok(out)
+    }
+
+    /// The names of `run`'s tasks by number (`tasks.seq`).
+    fn task_names(&self, conn: &Connection, run: RunId) -> Result<FxHashMap<u32, String>> {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT id & 0xffffffff, task FROM tasks WHERE {OF_RUN}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![run.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
     }
 
     fn status<S: std::str::FromStr>(&self, s: &str) -> Result<S> {
@@ -331,42 +366,19 @@ impl SqliteStore {
     }
 }
 
-/// One transition in a history row: task, status, attempt, time, error.
-type HistoryEntry<'a> = (&'a str, &'a str, u32, i64, Option<&'a str>);
+/// Records appended between two checkpoints of the log (`after_commit`): with a few rows
+/// per record and tens of rows per page, on the order of SQLite's default of 1 000 pages.
+const CHECKPOINT_RECORDS: usize = 16 * 1024;
 
-/// A task's transitions within one batch, folded into the row they leave behind (the same
-/// rules as the upsert's: completion is final; attempts only grow; `started` is the first
-/// start; `finished` and `error` are the latest transition's).
-#[derive(Default)]
-struct Fold<'a> {
-    /// The dependencies, if the batch declares the task.
-    deps: Option<&'a [String]>,
-    status: Option<TaskStatus>,
-    attempts: u32,
-    started: Option<i64>,
-    finished: Option<i64>,
-    error: Option<&'a str>,
-    /// The output of the batch's (first) completion.
-    output: Option<&'a [u8]>,
-}
+/// The store's writing connection checkpoints the log by itself (inside a commit) only past
+/// this many pages (SQLite's default: 1 000): `after_commit` does it first.
+const AUTOCHECKPOINT_PAGES: u32 = 8 * 1024;
 
-impl<'a> Fold<'a> {
-    fn apply(&mut self, r: &'a TaskRecord, at: i64) {
-        self.attempts = self.attempts.max(r.attempt);
-        if r.status == TaskStatus::Running && self.started.is_none() {
-            self.started = Some(at);
-        }
-        if self.status == Some(TaskStatus::Completed) {
-            return;
-        }
-        self.status = Some(r.status);
-        self.finished = r.status.is_finished().then_some(at);
-        self.error = r.error.as_deref();
-        if r.status == TaskStatus::Completed {
-            self.output = r.output.as_deref();
-        }
-    }
-}
+/// The page cache of a connection that writes, in KiB (`NERV_JOURNAL_CACHE_KIB` overrides it).
+const WRITE_CACHE_KIB: u32 = 32 * 1024;
+
+/// The rows of run `?1` in `tasks`: a range of their integer key (see `append::key`).
+const OF_RUN: &str = "id >= (?1 << 32) AND id < ((?1 + 1) << 32)";
 
 const RUN_COLUMNS: &str = "id, workflow, name, status, started, finished, error, resumed_from";
 
@@ -376,45 +388,14 @@ impl JournalStore for SqliteStore {
     }
 
     fn begin_run(&self, start: &RunStart) -> Result<RunId> {
-        let mut conn = self.writer();
+        let mut w = self.writer();
+        let WriteSide { conn, index, .. } = &mut *w;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO runs (workflow, name, status, started, resumed_from) \
-             VALUES (?1, ?2, 'running', ?3, ?4)",
-            params![
-                start.workflow,
-                start.name,
-                to_ns(start.started),
-                start.resumed_from.map(|r| r.0)
-            ],
-        )
-        .map_err(|e| self.err(e))?;
-        let id = tx.last_insert_rowid();
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO tasks (run, task, deps, status) \
-                     VALUES (?1, ?2, ?3, 'pending')",
-                )
-                .map_err(|e| self.err(e))?;
-            for t in &start.tasks {
-                let deps = if t.deps.is_empty() {
-                    None
-                } else {
-                    Some(
-                        rmp_serde::to_vec(&t.deps).map_err(|e| JournalError::Sqlite {
-                            path: self.path.clone(),
-                            detail: format!("cannot encode the dependencies of task {}: {e}", t.id),
-                        })?,
-                    )
-                };
-                stmt.execute(params![id, t.id, deps])
-                    .map_err(|e| self.err(e))?;
-            }
-        }
+        let (id, tasks) = append::begin_run(&tx, &self.path, start)?;
         tx.commit().map_err(|e| self.err(e))?;
+        index.insert(id, tasks);
         Ok(RunId(id))
     }
 
@@ -422,176 +403,48 @@ impl JournalStore for SqliteStore {
         if records.is_empty() {
             return Ok(());
         }
-        let mut conn = self.writer();
+        let mut w = self.writer();
+        let WriteSide {
+            conn,
+            index,
+            unchecked,
+        } = &mut *w;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        {
-            // Per run of the batch: `None` if the store does not hold it, else its
-            // transitions in this batch, each with whether it is a completion (one history
-            // row per run per batch).
-            let mut runs: FxHashMap<i64, Option<Vec<(HistoryEntry<'_>, bool)>>> =
-                FxHashMap::default();
-            let mut run_order: Vec<i64> = Vec::new();
-            // Per task of the batch: its transitions folded (see `Fold`), in first-seen order.
-            let mut folds: FxHashMap<(i64, &str), Fold<'_>> = FxHashMap::default();
-            let mut order: Vec<(i64, &str)> = Vec::new();
-            let mut exists = tx
-                .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")
-                .map_err(|e| self.err(e))?;
-            let mut run = tx
-                .prepare_cached(
-                    "UPDATE runs SET status = ?2, finished = ?3, error = ?4 WHERE id = ?1",
-                )
-                .map_err(|e| self.err(e))?;
-            for record in records {
-                let run_id = match record {
-                    Record::Task(t) => t.run.0,
-                    Record::Run(r) => r.run.0,
-                    Record::Declare(d) => d.run.0,
-                };
-                let history = match runs.entry(run_id) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let held = exists.exists(params![run_id]).map_err(|e| self.err(e))?;
-                        run_order.push(run_id);
-                        v.insert(held.then(Vec::new))
-                    }
-                };
-                let Some(history) = history else {
-                    continue; // a run the store does not hold
-                };
-                match record {
-                    Record::Task(r) => {
-                        let at = to_ns(r.at);
-                        let key = (run_id, r.task.as_str());
-                        let fold = folds.entry(key).or_insert_with(|| {
-                            order.push(key);
-                            Fold::default()
-                        });
-                        let completion = r.status == TaskStatus::Completed;
-                        if completion && fold.status == Some(TaskStatus::Completed) {
-                            continue; // completed earlier in this batch: exactly once
-                        }
-                        fold.apply(r, at);
-                        history.push((
-                            (
-                                &r.task,
-                                r.status.as_str(),
-                                r.attempt,
-                                at,
-                                r.error.as_deref(),
-                            ),
-                            completion,
-                        ));
-                    }
-                    Record::Declare(d) => {
-                        for t in &d.tasks {
-                            let key = (run_id, t.id.as_str());
-                            folds
-                                .entry(key)
-                                .or_insert_with(|| {
-                                    order.push(key);
-                                    Fold::default()
-                                })
-                                .deps = Some(&t.deps);
-                        }
-                    }
-                    Record::Run(RunRecord {
-                        run: _,
-                        status,
-                        at,
-                        error,
-                    }) => {
-                        let finished = status.is_finished().then_some(to_ns(*at));
-                        run.execute(params![run_id, status.as_str(), finished, error])
-                            .map_err(|e| self.err(e))?;
-                    }
+        let finished = append::append(&tx, index, &self.path, records)
+            .and_then(|finished| tx.commit().map_err(|e| self.err(e)).map(|()| finished));
+        match finished {
+            Ok(finished) => {
+                for run in finished {
+                    index.forget(run);
                 }
+                *unchecked += records.len();
+                Ok(())
             }
-            // One upsert per task of the batch, merging its fold into the stored row exactly
-            // as applying its transitions one by one would. A completed row is never changed:
-            // a fold that completes a task completed by an earlier batch changes nothing, and
-            // its completion is left out of the history (exactly once).
-            let mut task = tx
-                .prepare_cached(
-                    "INSERT INTO tasks \
-                       (run, task, deps, status, attempts, started, finished, error, output) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                     ON CONFLICT (run, task) DO UPDATE SET \
-                       deps = coalesce(excluded.deps, tasks.deps), \
-                       status = CASE WHEN excluded.status = 'pending' THEN tasks.status \
-                                ELSE excluded.status END, \
-                       attempts = max(tasks.attempts, excluded.attempts), \
-                       started = coalesce(tasks.started, excluded.started), \
-                       finished = CASE WHEN excluded.status = 'pending' THEN tasks.finished \
-                                  ELSE excluded.finished END, \
-                       error = CASE WHEN excluded.status = 'pending' THEN tasks.error \
-                               ELSE excluded.error END, \
-                       output = excluded.output \
-                     WHERE tasks.status != 'completed'",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut refused: Vec<(i64, &str)> = Vec::new();
-            for key in &order {
-                let f = &folds[key];
-                let status = f.status.unwrap_or(TaskStatus::Pending);
-                let deps = match f.deps {
-                    Some(d) if !d.is_empty() => {
-                        Some(rmp_serde::to_vec(d).map_err(|e| JournalError::Sqlite {
-                            path: self.path.clone(),
-                            detail: format!(
-                                "cannot encode the dependencies of task {}: {e}",
-                                key.1
-                            ),
-                        })?)
-                    }
-                    _ => None,
-                };
-                let changed = task
-                    .execute(params![
-                        key.0,
-                        key.1,
-                        deps,
-                        status.as_str(),
-                        f.attempts,
-                        f.started,
-                        f.finished,
-                        f.error,
-                        f.output
-                    ])
-                    .map_err(|e| self.err(e))?;
-                if changed == 0 && status == TaskStatus::Completed {
-                    refused.push(*key);
-                }
-            }
-            let mut history = tx
-                .prepare_cached(
-                    "INSERT INTO history (run, batch, transitions) VALUES (?1, \
-                       (SELECT coalesce(max(batch), 0) + 1 FROM history WHERE run = ?1), ?2)",
-                )
-                .map_err(|e| self.err(e))?;
-            for id in &run_order {
-                if let Some(Some(entries)) = runs.get(id) {
-                    let kept: Vec<&HistoryEntry<'_>> = entries
-                        .iter()
-                        .filter(|(e, completion)| !(*completion && refused.contains(&(*id, e.0))))
-                        .map(|(e, _)| e)
-                        .collect();
-                    if kept.is_empty() {
-                        continue;
-                    }
-                    let blob = rmp_serde::to_vec(&kept).map_err(|e| JournalError::Sqlite {
-                        path: self.path.clone(),
-                        detail: format!("cannot encode the history of run {id}: {e}"),
-                    })?;
-                    history
-                        .execute(params![id, blob])
-                        .map_err(|e| self.err(e))?;
-                }
+            Err(e) => {
+                index.clear(); // it may number rows that were rolled back
+                Err(e)
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Checkpoints the log (PASSIVE: readers are not waited for) once
+    /// `CHECKPOINT_RECORDS` (16 384) records were appended since the last one. SQLite would do it
+    /// inside the commit of the batch that grows the log past 1 000 pages, before the
+    /// journal can report that batch durable; here it runs after.
+    fn after_commit(&self) {
+        let mut w = self.writer();
+        if w.unchecked < CHECKPOINT_RECORDS {
+            return;
+        }
+        w.unchecked = 0;
+        if let Err(e) = w
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %self.err(e), "a checkpoint of the journal failed; SQLite retries it later");
+        }
     }
 
     fn run(&self, id: RunId) -> Result<Option<RunSummary>> {
@@ -609,11 +462,11 @@ impl JournalStore for SqliteStore {
     fn tasks(&self, run: RunId) -> Result<Vec<TaskSummary>> {
         let conn = self.reader();
         let mut stmt = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT task, deps, status, attempts, started, finished, error, \
                         output IS NOT NULL \
-                 FROM tasks WHERE run = ?1 ORDER BY task",
-            )
+                 FROM tasks WHERE {OF_RUN} ORDER BY task"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![run.0], |r| {
@@ -664,14 +517,40 @@ impl JournalStore for SqliteStore {
         let rows = stmt
             .query_map(params![run.0], |r| r.get::<_, Vec<u8>>(0))
             .map_err(|e| self.err(e))?;
+        let corrupt = |e: &dyn fmt::Display| JournalError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("a history row of run {run} does not decode: {e}"),
+        };
+        // Task names by number, read when the first compact row needs them.
+        let mut names: Option<FxHashMap<u32, String>> = None;
         let mut out = Vec::new();
         for row in rows {
             let blob = row.map_err(|e| self.err(e))?;
+            if blob.first() == Some(&history::COMPACT) {
+                let entries = history::decode(&blob).map_err(|e| corrupt(&e))?;
+                let names = match &mut names {
+                    Some(n) => n,
+                    None => names.insert(self.task_names(&conn, run)?),
+                };
+                for (seq, status, attempt, at, error) in entries {
+                    let task = names
+                        .get(&seq)
+                        .ok_or_else(|| corrupt(&format_args!("no task numbered {seq}")))?;
+                    out.push(TaskRecord {
+                        run,
+                        task: task.clone(),
+                        status,
+                        attempt,
+                        at: from_ns(at),
+                        error,
+                        output: None,
+                    });
+                }
+                continue;
+            }
+            // Written by schema version 1 or 2 (see `history`).
             let entries: Vec<(String, String, u32, i64, Option<String>)> =
-                rmp_serde::from_slice(&blob).map_err(|e| JournalError::Corrupt {
-                    path: self.path.clone(),
-                    detail: format!("a history row of run {run} does not decode: {e}"),
-                })?;
+                rmp_serde::from_slice(&blob).map_err(|e| corrupt(&e))?;
             for (task, status, attempt, at, error) in entries {
                 out.push(TaskRecord {
                     run,
@@ -690,10 +569,10 @@ impl JournalStore for SqliteStore {
     fn completed_outputs(&self, run: RunId) -> Result<Vec<(String, Option<Vec<u8>>)>> {
         let conn = self.reader();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT task, output FROM tasks WHERE run = ?1 AND status = 'completed' \
-                 ORDER BY task",
-            )
+            .prepare_cached(&format!(
+                "SELECT task, output FROM tasks WHERE {OF_RUN} AND status = 'completed' \
+                 ORDER BY task"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![run.0], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -710,10 +589,10 @@ impl JournalStore for SqliteStore {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT t.task, avg(t.finished - t.started) FROM tasks t \
-                 WHERE t.run IN (SELECT id FROM runs WHERE workflow = ?1 \
-                                 ORDER BY id DESC LIMIT ?2) \
-                   AND t.status = 'completed' \
+                "SELECT t.task, avg(t.finished - t.started) \
+                 FROM (SELECT id FROM runs WHERE workflow = ?1 ORDER BY id DESC LIMIT ?2) r \
+                 JOIN tasks t ON t.id >= (r.id << 32) AND t.id < ((r.id + 1) << 32) \
+                 WHERE t.status = 'completed' \
                    AND t.started IS NOT NULL AND t.finished IS NOT NULL \
                  GROUP BY t.task",
             )
@@ -752,7 +631,8 @@ impl JournalStore for SqliteStore {
         if older_than.is_none() && keep_last.is_none() {
             return Ok(0);
         }
-        let mut conn = self.writer();
+        let mut w = self.writer();
+        let WriteSide { conn, index, .. } = &mut *w;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
@@ -773,20 +653,24 @@ impl JournalStore for SqliteStore {
                 .map_err(|e| self.err(e))?
         };
         for id in &ids {
-            for table in ["history", "tasks"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE run = ?1"), params![id])
-                    .map_err(|e| self.err(e))?;
-            }
+            tx.execute("DELETE FROM history WHERE run = ?1", params![id])
+                .map_err(|e| self.err(e))?;
+            tx.execute(&format!("DELETE FROM tasks WHERE {OF_RUN}"), params![id])
+                .map_err(|e| self.err(e))?;
             tx.execute("DELETE FROM runs WHERE id = ?1", params![id])
                 .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
+        for id in &ids {
+            index.forget(*id);
+        }
         Ok(ids.len())
     }
 
     fn mark_interrupted(&self, run: RunId, at: SystemTime) -> Result<bool> {
-        let conn = self.writer();
-        let n = conn
+        let n = self
+            .writer()
+            .conn
             .execute(
                 "UPDATE runs SET status = 'interrupted', finished = ?2 \
                  WHERE id = ?1 AND status = 'running'",
@@ -827,10 +711,17 @@ pub(crate) fn connect(path: &Path, options: &SqliteOptions, read_only: bool) -> 
     }
     conn.pragma_update(None, "synchronous", options.synchronous.pragma_name())
         .map_err(err)?;
-    if let Ok(kib) = std::env::var("NERV_JOURNAL_CACHE_KIB") {
-        conn.pragma_update(None, "cache_size", format!("-{kib}"))
-            .map_err(err)?;
-    }
+
+    // A batch is one transaction: its pages stay in the cache until it commits. SQLite's
+    // default cache (2 MiB) is smaller than a batch of a large run (100 000 tasks: about
+    // 8 MiB), and a cache that overflows mid-transaction writes pages to the log early and
+    // reads them back. The cache grows only as far as it is used.
+    let kib = std::env::var("NERV_JOURNAL_CACHE_KIB")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(WRITE_CACHE_KIB);
+    conn.pragma_update(None, "cache_size", format!("-{kib}"))
+        .map_err(err)?;
     if let Some(max) = options.max_size {
         let page: u64 = conn
             .pragma_query_value(None, "page_size", |r| r.get(0))

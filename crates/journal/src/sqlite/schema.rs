@@ -82,6 +82,32 @@ pub const MIGRATIONS: &[Migration] = &[
             CREATE INDEX runs_resumed_from ON runs (resumed_from) WHERE resumed_from IS NOT NULL;
         ",
     },
+    Migration {
+        version: 3,
+        description: "tasks keyed by an integer, (run << 32) | the task's number in its run, \
+                      instead of (run, text id); history rows may be compact (task numbers)",
+        sql: "
+            CREATE TABLE tasks_v3 (
+                id       INTEGER PRIMARY KEY,
+                run      INTEGER NOT NULL,
+                task     TEXT NOT NULL,
+                deps     BLOB,
+                status   TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                started  INTEGER,
+                finished INTEGER,
+                error    TEXT,
+                output   BLOB
+            );
+            INSERT INTO tasks_v3
+                (id, run, task, deps, status, attempts, started, finished, error, output)
+                SELECT (run << 32) | (row_number() OVER (PARTITION BY run ORDER BY task) - 1),
+                       run, task, deps, status, attempts, started, finished, error, output
+                FROM tasks;
+            DROP TABLE tasks;
+            ALTER TABLE tasks_v3 RENAME TO tasks;
+        ",
+    },
 ];
 
 /// The schema version this build writes.
