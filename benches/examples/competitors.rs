@@ -5,20 +5,28 @@
 //! `{"executor": ..., "shape": ..., "tasks": N, "workers": W, "ns_per_task": X}`, the median of
 //! `--runs` runs (default 5). The executors: `nerv` (`Timing::Off`), `nerv+timing`
 //! (`Timing::Tasks`), `rayon_scope` (a plain rayon-scope executor with atomic join counters,
-//! on a pool of W threads) and `sequential` (a plain loop on one thread, so `"workers": 1`).
+//! on a pool of W threads; the first ready successor inline), `rayon_spawn` (the same, but
+//! several ready successors are all spawned: the variant whose figures the core issue quotes)
+//! and `sequential` (a plain loop on one thread, so `"workers": 1`).
 //! The runs of the executors are interleaved, so that noise hits them alike. At the end, one line
-//! per shape: `{"shape": ..., "tasks": N, "workers": W, "nerv_over_rayon_scope": R}`, the
-//! ratio of the `nerv` and `rayon_scope` medians.
+//! per shape: `{"shape": ..., "tasks": N, "workers": W, "nerv_over_rayon_scope": R,
+//! "nerv_over_rayon_spawn": S}`, the ratios of the medians.
 //!
 //! Options: `--tasks N` (default 10^6), `--workers W` (default 2), `--runs R`, `--shape NAME`
 //! (repeatable; default all four). Graphs are built outside the timed regions.
 
 use nerv::{Executor, RunOptions, Timing};
-use nerv_benches::{nerv_graph, rayon_pool, rayon_scope, sequential, Shape, Topology};
+use nerv_benches::{nerv_graph, rayon_pool, rayon_scope, rayon_spawn, sequential, Shape, Topology};
 use std::io::Write;
 use std::time::Instant;
 
-const EXECUTORS: [&str; 4] = ["nerv", "nerv+timing", "rayon_scope", "sequential"];
+const EXECUTORS: [&str; 5] = [
+    "nerv",
+    "nerv+timing",
+    "rayon_scope",
+    "rayon_spawn",
+    "sequential",
+];
 
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
@@ -55,7 +63,7 @@ fn main() {
         let graph = nerv_graph(shape, tasks);
         let n = topo.len();
         assert_eq!(graph.len(), n, "same shape for every executor");
-        let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut samples: [Vec<f64>; 5] = Default::default();
         for _ in 0..runs {
             for (e, s) in samples.iter_mut().enumerate() {
                 let t = Instant::now();
@@ -68,6 +76,7 @@ fn main() {
                         continue; // the report is dropped outside the timed region
                     }
                     "rayon_scope" => rayon_scope(&pool, &topo),
+                    "rayon_spawn" => rayon_spawn(&pool, &topo),
                     _ => sequential(&topo),
                 }
                 s.push(t.elapsed().as_nanos() as f64 / n as f64);
@@ -88,12 +97,12 @@ fn main() {
             .expect("stdout");
         }
         out.flush().expect("stdout");
-        ratios.push((shape, n, medians[0] / medians[2]));
+        ratios.push((shape, n, medians[0] / medians[2], medians[0] / medians[3]));
     }
-    for (shape, n, ratio) in ratios {
+    for (shape, n, scope, spawn) in ratios {
         writeln!(
             out,
-            "{{\"shape\": \"{shape}\", \"tasks\": {n}, \"workers\": {workers}, \"nerv_over_rayon_scope\": {ratio:.2}}}"
+            "{{\"shape\": \"{shape}\", \"tasks\": {n}, \"workers\": {workers}, \"nerv_over_rayon_scope\": {scope:.2}, \"nerv_over_rayon_spawn\": {spawn:.2}}}"
         )
         .expect("stdout");
     }
