@@ -247,19 +247,7 @@ pub fn rayon_scope(pool: &ThreadPool, topo: &Topology) {
 
 /// [`rayon_scope`] with a task of one's own, called with each task's index.
 pub fn rayon_scope_with<F: Fn(u32) + Sync>(pool: &ThreadPool, topo: &Topology, task: &F) {
-    let counters: Vec<AtomicU32> = topo.indegree.iter().map(|&d| AtomicU32::new(d)).collect();
-    let run = Run {
-        topo,
-        counters: &counters,
-        task,
-    };
-    pool.scope(|s| {
-        let (first, rest) = topo.roots.split_first().expect("a shape has a root");
-        for &r in rest {
-            s.spawn(move |s| run.from(s, r));
-        }
-        run.from(s, *first);
-    });
+    scoped(pool, topo, task, false)
 }
 
 /// Runs every task of `topo` on `pool` as [`rayon_scope`] does, except that several successors
@@ -270,6 +258,13 @@ pub fn rayon_spawn(pool: &ThreadPool, topo: &Topology) {
 
 /// [`rayon_spawn`] with a task of one's own, called with each task's index.
 pub fn rayon_spawn_with<F: Fn(u32) + Sync>(pool: &ThreadPool, topo: &Topology, task: &F) {
+    scoped(pool, topo, task, true)
+}
+
+/// One run of either rayon executor: per-task atomic join counters (initialised to the
+/// in-degrees, part of the run) and one `rayon::scope`; the first root runs inline, the others
+/// are spawned. `spawn_all`: [`Run::spawning`], otherwise [`Run::from`].
+fn scoped<F: Fn(u32) + Sync>(pool: &ThreadPool, topo: &Topology, task: &F, spawn_all: bool) {
     let counters: Vec<AtomicU32> = topo.indegree.iter().map(|&d| AtomicU32::new(d)).collect();
     let run = Run {
         topo,
@@ -277,9 +272,11 @@ pub fn rayon_spawn_with<F: Fn(u32) + Sync>(pool: &ThreadPool, topo: &Topology, t
         task,
     };
     pool.scope(|s| {
-        for &r in &topo.roots {
-            s.spawn(move |s| run.spawning(s, r));
+        let (first, rest) = topo.roots.split_first().expect("a shape has a root");
+        for &r in rest {
+            s.spawn(move |s| run.start(s, r, spawn_all));
         }
+        run.start(s, *first, spawn_all);
     });
 }
 
@@ -299,6 +296,15 @@ impl<F> Clone for Run<'_, F> {
 impl<F> Copy for Run<'_, F> {}
 
 impl<'a, F: Fn(u32) + Sync> Run<'a, F> {
+    /// [`spawning`](Self::spawning) if `spawn_all`, else [`from`](Self::from).
+    fn start(self, s: &Scope<'a>, i: u32, spawn_all: bool) {
+        if spawn_all {
+            self.spawning(s, i)
+        } else {
+            self.from(s, i)
+        }
+    }
+
     /// Runs task `i`, then, as long as one of its successors became ready, the first such
     /// inline; the others are spawned.
     fn from(self, s: &Scope<'a>, mut i: u32) {

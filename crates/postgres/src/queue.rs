@@ -138,6 +138,29 @@ struct Transition {
     cached: bool,
 }
 
+impl Transition {
+    /// From a row whose first six columns are `run_id, id, status, attempt, uses, error`
+    /// (the `RETURNING` lists of completions and reclaims), recorded by worker `me`.
+    fn of_row(
+        r: &tokio_postgres::Row,
+        me: &str,
+        expired_from: Option<String>,
+        cached: bool,
+    ) -> Self {
+        Transition {
+            run: r.get(0),
+            id: r.get(1),
+            status: TaskState::parse(r.get(2)).unwrap_or(TaskState::Failed),
+            attempt: r.get(3),
+            uses: uses_map(&r.get::<_, Value>(4)),
+            error: r.get(5),
+            expired_from,
+            worker: me.to_string(),
+            cached,
+        }
+    }
+}
+
 fn uses_map(v: &Value) -> BTreeMap<String, i64> {
     v.as_object()
         .map(|m| {
@@ -493,17 +516,7 @@ async fn complete_in(
         .map_err(opts.db("recording completions"))?;
     let transitions: Vec<Transition> = rows
         .iter()
-        .map(|r| Transition {
-            run: r.get(0),
-            id: r.get(1),
-            status: TaskState::parse(r.get(2)).unwrap_or(TaskState::Failed),
-            attempt: r.get(3),
-            uses: uses_map(&r.get::<_, Value>(4)),
-            error: r.get(5),
-            expired_from: None,
-            worker: me.to_string(),
-            cached: r.get(6),
-        })
+        .map(|r| Transition::of_row(r, me, None, r.get(6)))
         .collect();
     let accepted: HashSet<(RunId, i32, i32)> = transitions
         .iter()
@@ -593,16 +606,9 @@ async fn reap_in(
         .map_err(opts.db("reclaiming expired leases"))?;
     let transitions: Vec<Transition> = rows
         .iter()
-        .map(|r| Transition {
-            run: r.get(0),
-            id: r.get(1),
-            status: TaskState::parse(r.get(2)).unwrap_or(TaskState::Failed),
-            attempt: r.get(3),
-            uses: uses_map(&r.get::<_, Value>(4)),
-            error: r.get(5),
-            expired_from: Some(r.get::<_, Option<String>>(6).unwrap_or_default()),
-            worker: me.to_string(),
-            cached: false,
+        .map(|r| {
+            let lost_by = r.get::<_, Option<String>>(6).unwrap_or_default();
+            Transition::of_row(r, me, Some(lost_by), false)
         })
         .collect();
     let made_ready = follow_up(opts, tx, me, &transitions, &[]).await?;
