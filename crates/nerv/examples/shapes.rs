@@ -7,7 +7,8 @@
 //! (record per-task timestamps, as runs do by default; off here, as for the competitors),
 //! `--observed` (attach an event bus with one subscriber counting TASK_COMPLETED events and
 //! the engine's state projector; the count and the projected state are checked against the
-//! task count).
+//! task count). `--observed-only counter` or `--observed-only projector` attaches only one
+//! of the two (to see what each costs).
 
 use nerv::{
     EngineProjector, EventBus, EventFilter, EventKind, Executor, Graph, GraphBuilder, RunOptions,
@@ -82,6 +83,7 @@ fn main() {
     let mut shapes: Vec<String> = Vec::new();
     let mut timing = Timing::Off;
     let mut observed = false;
+    let (mut counter_on, mut projector_on) = (true, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().expect("option needs a value");
@@ -93,6 +95,14 @@ fn main() {
             "--shape" => shapes.push(val()),
             "--timing" => timing = Timing::Tasks,
             "--observed" => observed = true,
+            "--observed-only" => {
+                observed = true;
+                match val().as_str() {
+                    "counter" => projector_on = false,
+                    "projector" => counter_on = false,
+                    other => panic!("--observed-only counter|projector, not {other}"),
+                }
+            }
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown option {other}"),
         }
@@ -109,10 +119,12 @@ fn main() {
     let _subscriptions = observed.then(|| {
         builder = Executor::builder().workers(workers).events(bus.clone());
         let c = completed.clone();
-        let counter = bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
-            c.fetch_add(1, Relaxed);
+        let counter = counter_on.then(|| {
+            bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
+                c.fetch_add(1, Relaxed);
+            })
         });
-        (counter, projector.attach(&bus))
+        (counter, projector_on.then(|| projector.attach(&bus)))
     });
     let exec = builder.build();
     for shape in &shapes {
@@ -125,8 +137,10 @@ fn main() {
                 let report = exec.run_with(&graph, RunOptions::default().timing(timing));
                 let ns = t.elapsed().as_nanos() as f64 / n as f64;
                 assert_eq!(report.counts().completed, n, "every task completes");
-                if observed {
+                if observed && counter_on {
                     assert_eq!(completed.load(Relaxed), n as u64, "one event per task");
+                }
+                if observed && projector_on {
                     let state = projector.get_state();
                     let wf = state
                         .workflow(report.run_id())

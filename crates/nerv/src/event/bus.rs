@@ -33,6 +33,12 @@
 //! them ([`TaskView`]), so a task event that only such handlers receive costs no allocation, no
 //! id and no reference count. With middleware or a history, `publish_task` builds the event
 //! first and publishes it as above.
+//!
+//! Such a subscriber may also have a receiver per run ([`RunHook`]): the first task event of a
+//! run that the publisher's registry copy delivers asks the subscriber for it (`per_run`), the
+//! copy keeps it in a cell beside the subscription for the rest of the run, and each task event
+//! goes to it first; the task hook gets the events it declines. (The engine projector's is the
+//! run's live table: a task event becomes a store into the task's slot.)
 
 use super::{Event, EventData, EventKind, Payload, Source, TaskRef};
 use arc_swap::ArcSwap;
@@ -41,12 +47,29 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 type HandlerFn = dyn Fn(&Event) -> bool + Send + Sync;
 type TaskHookFn = dyn Fn(&TaskView<'_>) + Send + Sync;
+type PerRunFn = dyn Fn(u64) -> Option<Arc<dyn RunHook>> + Send + Sync;
+/// A subscription's receiver for one run, made at its first task event.
+type RunCell = OnceLock<Option<Arc<dyn RunHook>>>;
+
+/// A subscriber's receiver of one run's task events, unbuilt (see the module doc).
+pub(crate) trait RunHook: Send + Sync {
+    /// Takes the event, or declines it (false): it then goes to the subscriber's task hook.
+    fn take(&self, v: &TaskView<'_>) -> bool;
+}
+
+/// How a subscriber takes the executor's task events unbuilt.
+struct TaskHook {
+    /// Every task event its run's receiver (if any) declines.
+    take: Box<TaskHookFn>,
+    /// Makes the receiver for a run (by its top run's id), if the subscriber has one.
+    per_run: Box<PerRunFn>,
+}
 
 /// A task event before it is built: its parts, borrowed from the executor (see the module
 /// doc). [`to_event`](Self::to_event) builds the [`Event`] it stands for.
@@ -193,7 +216,7 @@ struct Sub {
     /// For a weak subscription: whether its owner is still alive.
     alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
     /// Takes the executor's task events unbuilt (`publish_task`); `handler` takes the others.
-    task_hook: Option<Box<TaskHookFn>>,
+    task_hook: Option<TaskHook>,
 }
 
 /// An async stream's sending side.
@@ -267,6 +290,9 @@ pub(crate) struct Receivers {
     registry: Arc<Registry>,
     /// The bus it was taken from (a copy from another bus is never used).
     bus: Weak<BusInner>,
+    /// Per subscription of `registry`, its receiver for the run (see the module doc), made at
+    /// the first task event it gets.
+    runs: Box<[RunCell]>,
 }
 
 impl fmt::Debug for Receivers {
@@ -424,11 +450,15 @@ impl EventBus {
     /// Like [`EventBus::subscribe`], but the executor's task events reach `task_hook` unbuilt
     /// (see the module doc); every other event reaches `handler`. `task_hook` must do what
     /// `handler` would do with the event [`TaskView::to_event`] builds.
+    ///
+    /// `per_run(run)` may give a receiver for the run `run`'s task events (see the module doc):
+    /// it is asked once per run and publisher, at the first task event of the run.
     pub(crate) fn subscribe_task(
         &self,
         filter: EventFilter,
         handler: impl Fn(&Event) + Send + Sync + 'static,
         task_hook: impl Fn(&TaskView<'_>) + Send + Sync + 'static,
+        per_run: impl Fn(u64) -> Option<Arc<dyn RunHook>> + Send + Sync + 'static,
     ) -> Subscription {
         self.add_sub(
             filter,
@@ -437,7 +467,10 @@ impl EventBus {
                 true
             }),
             None,
-            Some(Box::new(task_hook)),
+            Some(TaskHook {
+                take: Box::new(task_hook),
+                per_run: Box::new(per_run),
+            }),
         )
     }
 
@@ -472,7 +505,7 @@ impl EventBus {
         filter: EventFilter,
         handler: Box<HandlerFn>,
         alive: Option<Box<dyn Fn() -> bool + Send + Sync>>,
-        task_hook: Option<Box<TaskHookFn>>,
+        task_hook: Option<TaskHook>,
     ) -> Subscription {
         let id = self.inner.next_sub.fetch_add(1, Relaxed);
         let sub = Arc::new(Sub {
@@ -637,16 +670,16 @@ impl EventBus {
             return;
         }
         let loaded;
-        let reg: &Registry = match cache {
+        let (reg, runs): (&Registry, &[RunCell]) = match cache {
             Some(c)
                 if c.generation == self.inner.generation.load(Acquire)
                     && std::ptr::eq(c.bus.as_ptr(), Arc::as_ptr(&self.inner)) =>
             {
-                &c.registry
+                (&c.registry, &c.runs)
             }
             _ => {
                 loaded = self.inner.registry.load();
-                &loaded
+                (&loaded, &[])
             }
         };
         if kind == EventKind::Custom || !reg.middleware.is_empty() || self.inner.history.is_some() {
@@ -656,13 +689,20 @@ impl EventBus {
         }
         let mut event: Option<Event> = None;
         let mut dead: Vec<u64> = Vec::new();
-        for s in &reg.subs {
+        for (i, s) in reg.subs.iter().enumerate() {
             if !s.filter.matches_task(kind, v) {
                 continue;
             }
             match &s.task_hook {
                 Some(hook) => {
-                    call_guarded(kind, || hook(v));
+                    call_guarded(kind, || {
+                        let run = runs
+                            .get(i)
+                            .and_then(|c| c.get_or_init(|| (hook.per_run)(v.workflow)).as_deref());
+                        if !run.is_some_and(|r| r.take(v)) {
+                            (hook.take)(v);
+                        }
+                    });
                 }
                 None => {
                     let e = event.get_or_insert_with(|| v.to_event());
@@ -691,9 +731,11 @@ impl EventBus {
     pub(crate) fn receivers_cache(&self) -> Receivers {
         // The generation first: a change between the two loads leaves the copy marked stale.
         let generation = self.inner.generation.load(Acquire);
+        let registry = self.inner.registry.load_full();
         Receivers {
             generation,
-            registry: self.inner.registry.load_full(),
+            runs: registry.subs.iter().map(|_| OnceLock::new()).collect(),
+            registry,
             bus: Arc::downgrade(&self.inner),
         }
     }
@@ -1053,6 +1095,7 @@ mod tests {
                         assert_eq!(v.data.kind(), EventKind::TaskStarted);
                         h.fetch_add(1, Relaxed);
                     },
+                    |_| None,
                 )
             },
         ];
@@ -1078,6 +1121,61 @@ mod tests {
         let got = stream.try_recv().unwrap().unwrap();
         assert_eq!(got.source.task_id(), Some("b"));
         assert!(stream.try_recv().is_none());
+    }
+
+    /// Takes the events of run 1's task 3 that are not `TaskCompleted`.
+    struct Picky(AtomicUsize);
+
+    impl RunHook for Picky {
+        fn take(&self, v: &TaskView<'_>) -> bool {
+            let mine = v.workflow == 1 && v.data.kind() != EventKind::TaskCompleted;
+            if mine {
+                self.0.fetch_add(1, Relaxed);
+            }
+            mine
+        }
+    }
+
+    #[test]
+    fn a_run_s_receiver_is_made_once_per_run_and_its_declined_events_reach_the_task_hook() {
+        let bus = EventBus::new();
+        let made = Arc::new(AtomicUsize::new(0));
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let picky = Arc::new(Picky(AtomicUsize::new(0)));
+        let (m, h, p) = (made.clone(), hooked.clone(), picky.clone());
+        let _sub = bus.subscribe_task(
+            EventFilter::all(),
+            |_| {},
+            move |_| {
+                h.fetch_add(1, Relaxed);
+            },
+            move |run| {
+                m.fetch_add(1, Relaxed);
+                (run == 1).then(|| p.clone() as Arc<dyn RunHook>)
+            },
+        );
+        let name: Arc<str> = "t".into();
+        let started = EventData::TaskStarted { attempt: 1 };
+        let done = EventData::TaskCompleted {
+            attempt: 1,
+            output: None,
+        };
+        let run1 = bus.receivers_cache();
+        for _ in 0..3 {
+            bus.publish_task(Some(&run1), &view(&name, 1, &started));
+        }
+        bus.publish_task(Some(&run1), &view(&name, 1, &done));
+        assert_eq!(made.load(Relaxed), 1, "asked once for the run");
+        assert_eq!(picky.0.load(Relaxed), 3);
+        assert_eq!(hooked.load(Relaxed), 1, "the declined completion");
+        let run2 = bus.receivers_cache();
+        bus.publish_task(Some(&run2), &view(&name, 2, &started));
+        bus.publish_task(Some(&run2), &view(&name, 2, &started));
+        assert_eq!(made.load(Relaxed), 2, "asked once for run 2: none");
+        assert_eq!(hooked.load(Relaxed), 3);
+        bus.publish_task(None, &view(&name, 1, &started));
+        assert_eq!(made.load(Relaxed), 2, "no copy: no receiver");
+        assert_eq!((picky.0.load(Relaxed), hooked.load(Relaxed)), (3, 4));
     }
 
     #[test]

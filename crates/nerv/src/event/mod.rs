@@ -16,7 +16,7 @@ pub use bus::{
     EventBus, EventBusBuilder, EventFilter, EventStream, Lagged, MuteGuard, Signal,
     SubscribeBuilder, Subscription,
 };
-pub(crate) use bus::{Receivers, TaskView};
+pub(crate) use bus::{Receivers, RunHook, TaskView};
 
 use crate::exec::StatusCounts;
 use crate::graph::Graph;

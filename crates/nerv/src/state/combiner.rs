@@ -26,8 +26,20 @@
 //!   tasks and its end (applied last), and the events of one task published from two threads,
 //!   which commute (`task.rs`). So the state after a round is the state after applying its
 //!   events in the order they were handled.
+//! - The executor's plain top-graph task events (nearly all of them) do not take a queue: from
+//!   a run's `WorkflowStarted` until its end is applied, the run has a live table (`live.rs`)
+//!   with a slot per task, and the bus hands each publisher the run's table (`live_for`, once
+//!   per run and publisher), so such an event is a few stores into its task's slot and a mark
+//!   in the writer's bitmap. Every round folds every live table's marked chunks into the
+//!   working copy, after the round's task events and before its final ones; a run's final
+//!   event was published after every event of its tasks, so the round that applies it folds
+//!   them all, then detaches and forgets the table. A slot holds the merge of its task's plain
+//!   events, which commutes with the task's other events, so folding it in any round gives the
+//!   same state. Every `8 × batch` writes a writer asks for a round (as a full shard does), so
+//!   folding keeps pace with the run.
 //! - `dirty` is set, under a shard lock, by every push; cleared by a publishing round before it
-//!   drains the shards, and set again by a round that held ops back: while it is clear, the
+//!   drains the shards, and set again by a round that held ops back or that leaves a run
+//!   started and not ended (its live table may get writes at any time): while it is clear, the
 //!   current snapshot (or the one the round is about to publish) holds every handled event.
 //! - `as_of` is when the last publishing round began: that snapshot holds every event handled
 //!   before then.
@@ -55,7 +67,9 @@
 //!    becomes plain values (no clone of the event); any other is cloned. Custom events, events
 //!    without a run and top-graph `TaskPending` events change nothing: they are dropped.
 //!    ([`attach`](EngineProjector::attach) takes the executor's task events unbuilt, from the
-//!    bus's task hook: a plain one is reduced from the executor's values, no event is built.)
+//!    bus's task hook: a plain top-graph one goes to its run's live table, see the invariants;
+//!    another plain one is reduced from the executor's values, no event is built.)
+//!    A `WorkflowStarted` event also notes the run, for its live table.
 //! 2. Lock the part of the thread's shard the op goes to, tag the op with `epoch`, push it, set
 //!    `dirty`, note the part's length, unlock.
 //! 3. For a run's final event, lock the combiner (waiting) and run a forced round (steps 4–9).
@@ -72,7 +86,8 @@
 //! 6. Take the ops held back by the last round; lock each shard's parts in turn, take their ops
 //!    (copy out the array and empty it; swap the vector with an empty spare), unlock; keep the
 //!    ops tagged up to `e`, hold back the rest.
-//! 7. Apply the kept ops to the working copy in the order of the invariants.
+//! 7. Apply the kept ops to the working copy in the order of the invariants, folding the live
+//!    tables between the task events and the final ones; detach the tables of runs that ended.
 //! 8. If ops were held back, set `dirty`. If the round publishes: clear `wanted`; if the working
 //!    copy changed since the last publish, publish a clone of it (O(1)) as the next version; set
 //!    `as_of = now`.
@@ -91,16 +106,19 @@
 //! 4. Load the current snapshot.
 
 use super::engine::EngineState;
+use super::live::{LiveRun, Slots, Took};
 use super::op::{apply_batch, thread_slot, Op, Phase, Shard};
 use super::task::Hot;
 use super::{lock, ProjectionError, Snapshot, StateProjector, DEFAULT_HISTORY};
-use crate::event::{Event, EventBus, EventFilter, EventKind, Subscription, TaskView};
+use crate::event::{
+    Event, EventBus, EventData, EventFilter, EventKind, RunHook, Subscription, TaskView,
+};
 use std::any::Any;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 /// Rounds a thread runs in a row after releasing the combiner (step 10), so that a worker
@@ -149,8 +167,59 @@ struct Combiner {
     as_of: u64,
 }
 
+/// A run started, whose tasks' plain events may go to a live table (`live.rs`).
+struct LiveEntry {
+    run: u64,
+    tasks: usize,
+    /// Made when an executor's publisher first asks for it.
+    table: Option<Arc<LiveHook>>,
+}
+
+/// A run's live table as its publishers see it: a write that makes a fold due runs a round
+/// (as a full shard does, step 3); the last one dropped gives its slots back for the next
+/// table.
+struct LiveHook {
+    table: LiveRun,
+    shared: Weak<Shared>,
+}
+
+impl RunHook for LiveHook {
+    #[inline]
+    fn take(&self, v: &TaskView<'_>) -> bool {
+        match self.table.take(v) {
+            Took::No => false,
+            Took::Yes => true,
+            Took::FoldDue => {
+                if let Some(shared) = self.shared.upgrade() {
+                    EngineProjector { shared }.combine();
+                }
+                true
+            }
+        }
+    }
+}
+
+impl Drop for LiveHook {
+    fn drop(&mut self) {
+        if let Some(sh) = self.shared.upgrade() {
+            let slots = self.table.recycle();
+            let mut spare = lock(&sh.spare_slots);
+            if spare.len() < MAX_SPARE_SLOTS {
+                spare.push(slots);
+            }
+        }
+    }
+}
+
+/// Recycled live-table slots kept for the next runs.
+const MAX_SPARE_SLOTS: usize = 2;
+
 struct Shared {
     shards: Box<[Padded<Shard>]>,
+    /// The runs started and not yet ended, with their live tables (few: a linear search).
+    live: Mutex<Vec<LiveEntry>>,
+    /// Zeroed slots of ended runs' tables, for the next ones.
+    spare_slots: Mutex<Vec<Slots>>,
     combiner: Padded<Mutex<Combiner>>,
     flags: Padded<Flags>,
     projector: StateProjector<EngineState>,
@@ -226,6 +295,8 @@ impl EngineProjectorBuilder {
                     // the combiner's holder is held up (preempted, on a busy machine).
                     .map(|_| Padded(Shard::new((8 * self.batch).clamp(64, 8192))))
                     .collect(),
+                live: Mutex::new(Vec::new()),
+                spare_slots: Mutex::new(Vec::new()),
                 combiner: Padded(Mutex::new(Combiner {
                     state: EngineState::new(),
                     held: Vec::new(),
@@ -344,18 +415,79 @@ impl EngineProjector {
     pub fn attach(&self, bus: &EventBus) -> Subscription {
         let me = self.clone();
         let hook = self.clone();
-        // The executor's task events come unbuilt: step 1 reads their parts.
+        let runs = self.clone();
+        // The executor's task events come unbuilt: step 1 reads their parts; a run's plain ones
+        // go to its live table.
         bus.subscribe_task(
             EventFilter::kinds(Self::KINDS),
             move |e| me.handle(e),
             move |v| hook.take_task(v),
+            move |run| runs.live_for(run),
         )
+    }
+
+    /// The live table of run `run` (made now if it is the first ask), if the run started and
+    /// has not ended: step 1 for the executor's publishers.
+    fn live_for(&self, run: u64) -> Option<Arc<dyn RunHook>> {
+        let sh = &*self.shared;
+        let mut live = lock(&sh.live);
+        let e = live.iter_mut().find(|e| e.run == run)?;
+        let n = e.tasks;
+        let table = e.table.get_or_insert_with(|| {
+            // Recycled slots if some fit (not more than twice the size needed).
+            let slots = {
+                let mut spare = lock(&sh.spare_slots);
+                let fit = spare
+                    .iter()
+                    .position(|s| s.len() >= n && s.len() <= n.saturating_mul(2).max(4096));
+                fit.map(|i| spare.swap_remove(i))
+            };
+            let fold_every = 8 * sh.batch as u64;
+            Arc::new(LiveHook {
+                table: LiveRun::new(run, n, sh.shards.len(), slots, fold_every),
+                shared: Arc::downgrade(&self.shared),
+            })
+        });
+        Some(table.clone())
+    }
+
+    /// Notes a run's start (its live table is made at the first ask, `live_for`).
+    #[cold]
+    fn started(&self, run: u64, tasks: usize) {
+        let mut live = lock(&self.shared.live);
+        if !live.iter().any(|e| e.run == run) {
+            live.push(LiveEntry {
+                run,
+                tasks,
+                table: None,
+            });
+        }
+        // Reads fold live tables: while one may exist, the state counts as dirty.
+        self.shared.flags.dirty.store(true, Release);
+    }
+
+    /// Forgets live entries (all, or one run's) and detaches their tables.
+    fn drop_live(&self, run: Option<u64>) {
+        lock(&self.shared.live).retain(|e| {
+            let keep = run.is_some_and(|r| r != e.run);
+            if !keep {
+                if let Some(t) = &e.table {
+                    t.table.detach();
+                }
+            }
+            keep
+        });
     }
 
     /// Takes one event into the state (steps 1–3 of the module doc). Called by the bus on the
     /// publishing threads, concurrently; returns at once except for a run's final event, which
     /// is published before it returns.
     pub fn handle(&self, event: &Event) {
+        if let (Some(run), EventData::WorkflowStarted { graph, .. }) =
+            (event.source.workflow, &event.data)
+        {
+            self.started(run, graph.len());
+        }
         if let Some(op) = Op::of(event) {
             self.push(op);
         }
@@ -481,6 +613,7 @@ impl EngineProjector {
             shard.clear();
         }
         c.held.clear();
+        self.drop_live(None);
         c.state = EngineState::new();
         c.unpublished = false;
         let snap = sh.projector.publish(EngineState::new());
@@ -496,6 +629,7 @@ impl EngineProjector {
     pub fn forget(&self, run: u64) -> bool {
         let mut c = lock(&self.shared.combiner);
         self.round(&mut c, false);
+        self.drop_live(Some(run));
         let removed = c.state.remove(run).is_some();
         c.unpublished |= removed;
         self.round(&mut c, true);
@@ -551,13 +685,36 @@ impl EngineProjector {
             c.spares.push(v);
         }
         c.held = held;
-        if !ops.is_empty() {
-            apply_batch(&mut c.state, &ops);
+        // Live tables are folded between the round's task events and its runs' ends.
+        let live = lock(&sh.live);
+        let mut folded = false;
+        let fold = |state: &mut EngineState| {
+            for e in live.iter() {
+                if let Some(t) = &e.table {
+                    if let Some(wf) = state.workflow_mut_if(e.run, t.table.len()) {
+                        folded |= t.table.fold(wf);
+                    }
+                }
+            }
+        };
+        let ended = apply_batch(&mut c.state, &ops, fold);
+        drop(live);
+        if !ops.is_empty() || folded {
             c.unpublished = true;
-            ops.clear();
         }
+        if ended {
+            let ends: Vec<u64> = ops
+                .iter()
+                .filter(|op| op.phase() == Phase::End)
+                .filter_map(Op::run)
+                .collect();
+            for run in ends {
+                self.drop_live(Some(run));
+            }
+        }
+        ops.clear();
         c.ops = ops;
-        if !c.held.is_empty() {
+        if !c.held.is_empty() || !lock(&sh.live).is_empty() {
             sh.flags.dirty.store(true, Relaxed);
         }
         if publish {

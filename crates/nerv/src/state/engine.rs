@@ -272,6 +272,26 @@ impl WorkflowState {
         }
     }
 
+    /// Merges live-table slots of top-graph tasks (`live.rs`), in index order, through one
+    /// cursor (see [`apply_hot_many`](Self::apply_hot_many)).
+    pub(crate) fn merge_plain(&mut self, slots: impl Iterator<Item = (u32, super::live::Plain)>) {
+        let mut focus = self.tasks.focus_mut();
+        for (index, p) in slots {
+            match focus.get_mut(index as usize) {
+                Some(t) => counted(&mut self.live, t, |t| t.merge_plain(p)),
+                None => self.ignored += 1,
+            }
+        }
+    }
+
+    /// A running run of `n` pending top-graph tasks (for tests).
+    #[cfg(test)]
+    pub(crate) fn with_pending(n: usize) -> Self {
+        let mut wf = WorkflowState::new(WorkflowStatus::Running);
+        wf.ensure_tasks(n, &mut Vector::new());
+        wf
+    }
+
     fn apply_task(&mut self, task: &TaskRef, data: &EventData, ts: u64) {
         if task.subgraph {
             self.subtasks
@@ -401,6 +421,12 @@ impl EngineState {
         self.runs
             .entry(run)
             .or_insert_with(|| WorkflowState::new(WorkflowStatus::Running))
+    }
+
+    /// The run `run`, if it is known with at least `tasks` top-graph tasks.
+    #[inline]
+    pub(crate) fn workflow_mut_if(&mut self, run: u64, tasks: usize) -> Option<&mut WorkflowState> {
+        self.runs.get_mut(&run).filter(|wf| wf.tasks.len() >= tasks)
     }
 
     /// Forgets the run `run` (to bound memory in a long-lived process); returns it.

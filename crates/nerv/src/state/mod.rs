@@ -47,6 +47,7 @@
 mod combiner;
 mod engine;
 mod freeze;
+mod live;
 mod op;
 mod task;
 

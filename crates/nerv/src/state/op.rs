@@ -89,6 +89,14 @@ impl Op {
         }
     }
 
+    /// The run it belongs to.
+    pub(super) fn run(&self) -> Option<u64> {
+        match self {
+            Op::Hot { run, .. } => Some(*run),
+            Op::Event { event, .. } => event.source.workflow,
+        }
+    }
+
     pub(super) fn phase(&self) -> Phase {
         match self {
             Op::Hot { .. } => Phase::Task,
@@ -294,7 +302,14 @@ const FOCUS_MIN: usize = 16;
 /// events hit the cursor's leaf. (With one queue for all threads, their events interleave:
 /// sorting each segment by task index, which is allowed since a plain event changes only its own
 /// task and the run's counters, cost more than the walks it saved.)
-pub(super) fn apply_batch(state: &mut EngineState, ops: &[Op]) {
+///
+/// `mid` runs between the task events and the final ones (the combiner folds live tables
+/// there). Returns whether there was a final event.
+pub(super) fn apply_batch(
+    state: &mut EngineState,
+    ops: &[Op],
+    mid: impl FnOnce(&mut EngineState),
+) -> bool {
     let mut ends = false;
     for op in ops {
         if let Op::Event { event, .. } = op {
@@ -340,6 +355,7 @@ pub(super) fn apply_batch(state: &mut EngineState, ops: &[Op]) {
             wf.apply_hot_many(plain);
         }
     }
+    mid(state);
     if ends {
         for op in ops {
             if let Op::Event { event, .. } = op {
@@ -349,6 +365,7 @@ pub(super) fn apply_batch(state: &mut EngineState, ops: &[Op]) {
             }
         }
     }
+    ends
 }
 
 /// The calling thread's number, for choosing its shard (threads are numbered as they first

@@ -68,8 +68,8 @@ impl Hot {
     }
 }
 
-const MEMO_HIT: u8 = 1;
-const MEMO_MISS: u8 = 2;
+pub(super) const MEMO_HIT: u8 = 1;
+pub(super) const MEMO_MISS: u8 = 2;
 
 /// One task of one run: status, attempts, times, and its last error, skip cause and progress.
 ///
@@ -218,6 +218,23 @@ impl TaskState {
             Hot::MemoHit => self.memo |= MEMO_HIT,
             Hot::MemoMiss => self.memo |= MEMO_MISS,
         }
+    }
+
+    /// Merges the plain events a live table holds for this task (`live.rs`): the state after
+    /// them, as if each were applied with [`apply_hot`](Self::apply_hot); merging the same
+    /// slot again changes nothing.
+    #[inline]
+    pub(crate) fn merge_plain(&mut self, p: super::live::Plain) {
+        if p.started != 0 || p.status() == TaskStatus::Running {
+            self.start(p.attempts, p.started);
+        }
+        let status = p.status();
+        if status.is_final() {
+            self.finish(status, p.attempts, p.ended);
+        } else {
+            self.attempts = self.attempts.max(p.attempts);
+        }
+        self.memo |= p.memo;
     }
 
     /// The transition of one task event (see the module doc: the result does not depend on
