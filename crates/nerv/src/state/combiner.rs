@@ -5,12 +5,9 @@
 //!
 //! Invariants:
 //! - Each publishing thread pushes its events onto one of a few queues (shards, chosen by the
-//!   thread; `op.rs`), so that threads do not write to the same cache lines. A shard has two
-//!   parts, each behind its own lock: plain task ops in an array of atomic words behind a spin
-//!   lock (a push is one read-modify-write), other ops in a mutex-protected `Vec<Op>`. Each part
-//!   holds its ops in push order; each op is tagged, under its part's lock, with the current
-//!   `epoch`, so tags never decrease within a part. (The parts of one shard may interleave in
-//!   any way: their ops are ordered by phase, or commute; see below.)
+//!   thread; `op.rs`), so that threads do not write to the same cache lines. A shard is a
+//!   mutex-protected `Vec<Op>` holding its ops in push order; each op is tagged, under the
+//!   shard's lock, with the current `epoch`, so tags never decrease within a shard.
 //! - The combiner mutex owns the working copy: the state after every op applied so far. Only its
 //!   holder drains shards, applies ops, publishes and bumps `epoch`. Applying mutates the working
 //!   copy in place; only nodes it shares with a published snapshot are copied first.
@@ -70,8 +67,8 @@
 //!    bus's task hook: a plain top-graph one goes to its run's live table, see the invariants;
 //!    another plain one is reduced from the executor's values, no event is built.)
 //!    A `WorkflowStarted` event also notes the run, for its live table.
-//! 2. Lock the part of the thread's shard the op goes to, tag the op with `epoch`, push it, set
-//!    `dirty`, note the part's length, unlock.
+//! 2. Lock the thread's shard, tag the op with `epoch`, push it, set `dirty`, note the shard's
+//!    length, unlock.
 //! 3. For a run's final event, lock the combiner (waiting) and run a forced round (steps 4–9).
 //!    Otherwise, if the shard holds at least `batch` ops and `full` is clear: if `try_lock` gets
 //!    the combiner, run a round; if not, set `full`, fence (SeqCst) and `try_lock` once more; if
@@ -83,9 +80,9 @@
 //!    or if the last publishing round began W ago or more; if it does, clear `dirty`. Clear
 //!    `full`.
 //! 5. Bump `epoch` from `e` to `e + 1`.
-//! 6. Take the ops held back by the last round; lock each shard's parts in turn, take their ops
-//!    (copy out the array and empty it; swap the vector with an empty spare), unlock; keep the
-//!    ops tagged up to `e`, hold back the rest.
+//! 6. Take the ops held back by the last round; lock each shard in turn, take its ops (swap
+//!    its vector with an empty spare), unlock; keep the ops tagged up to `e`, hold back the
+//!    rest.
 //! 7. Apply the kept ops to the working copy in the order of the invariants, folding the live
 //!    tables between the task events and the final ones; detach the tables of runs that ended.
 //! 8. If ops were held back, set `dirty`. If the round publishes: clear `wanted`; if the working
@@ -108,7 +105,6 @@
 use super::engine::EngineState;
 use super::live::{LiveRun, Slots, Took};
 use super::op::{apply_batch, thread_slot, Op, Phase, Shard};
-use super::task::Hot;
 use super::{lock, ProjectionError, Snapshot, StateProjector, DEFAULT_HISTORY};
 use crate::event::{
     Event, EventBus, EventData, EventFilter, EventKind, RunHook, Subscription, TaskView,
@@ -290,11 +286,7 @@ impl EngineProjectorBuilder {
             .next_power_of_two();
         EngineProjector {
             shared: Arc::new(Shared {
-                shards: (0..shards)
-                    // Room for 8 batches: the array overflows into the shard's vector only when
-                    // the combiner's holder is held up (preempted, on a busy machine).
-                    .map(|_| Padded(Shard::new((8 * self.batch).clamp(64, 8192))))
-                    .collect(),
+                shards: (0..shards).map(|_| Padded(Shard::new())).collect(),
                 live: Mutex::new(Vec::new()),
                 spare_slots: Mutex::new(Vec::new()),
                 combiner: Padded(Mutex::new(Combiner {
@@ -497,25 +489,9 @@ impl EngineProjector {
     /// doc): a plain top-graph event is pushed from its fields.
     #[inline]
     fn take_task(&self, v: &TaskView<'_>) {
-        if !v.subgraph {
-            if let Some((hot, attempt)) = Hot::of(v.data) {
-                if hot != Hot::Pending {
-                    let sh = &*self.shared;
-                    let queued = self.shard().push_hot(
-                        v.workflow,
-                        v.ts,
-                        v.index,
-                        attempt,
-                        hot,
-                        &sh.flags.epoch,
-                        &sh.flags.dirty,
-                    );
-                    self.pushed(queued);
-                }
-                return;
-            }
+        if let Some(op) = Op::of_task(v) {
+            self.push(op);
         }
-        self.push(Op::of_task(v));
     }
 
     /// The calling thread's shard (their number is a power of two).

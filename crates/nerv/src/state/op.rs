@@ -5,8 +5,8 @@ use super::engine::EngineState;
 use super::lock;
 use super::task::{nanos, Hot};
 use crate::event::{Event, EventData, TaskView};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::Mutex;
 
 /// An event waiting to be applied, tagged with the epoch it was pushed in.
@@ -64,15 +64,26 @@ impl Op {
         })
     }
 
-    /// Step 1 of `handle`, for a task event the executor publishes unbuilt and that is not
-    /// plain (a plain one is pushed from its fields: `EngineProjector::take_task`): the same op
-    /// as `Op::of(&v.to_event())`.
-    #[cold]
-    pub(super) fn of_task(v: &TaskView<'_>) -> Op {
-        Op::Event {
+    /// Step 1 of `handle`, for a task event the executor publishes unbuilt that its run's live
+    /// table did not take: the same op as `Op::of(&v.to_event())`, built from the view's
+    /// fields (a plain top-graph one without an event).
+    pub(super) fn of_task(v: &TaskView<'_>) -> Option<Op> {
+        if !v.subgraph {
+            if let Some((hot, attempt)) = Hot::of(v.data) {
+                return (hot != Hot::Pending).then_some(Op::Hot {
+                    run: v.workflow,
+                    ts: v.ts,
+                    index: v.index,
+                    attempt,
+                    epoch: 0,
+                    hot,
+                });
+            }
+        }
+        Some(Op::Event {
             epoch: 0,
             event: Box::new(v.to_event()),
-        }
+        })
     }
 
     #[inline]
@@ -113,121 +124,25 @@ impl Op {
     }
 }
 
-/// A queue of ops (see `combiner.rs`): plain task ops in a fixed array of atomic words behind a
-/// one-word spin lock, so that a push costs one read-modify-write (taking the lock; releasing
-/// it is a store); other ops, and plain ones once the array is full, in a vector behind a
-/// mutex. Each part keeps its ops in push order, so each part's epoch tags never decrease; the
-/// two parts are drained separately (ops of one shard in different parts commute, or are
-/// ordered by their phase: `combiner.rs`).
+/// A queue of ops (see `combiner.rs`): a vector behind a mutex, in push order, so its epoch
+/// tags never decrease. (The executor's plain top-graph events, nearly all of them, go to live
+/// tables instead: `live.rs`.)
 pub(super) struct Shard {
-    /// The spin lock over `len` and `slots`.
-    busy: AtomicBool,
-    /// Ops in `slots`.
-    len: AtomicUsize,
-    /// `Op::Hot`s, 4 words each (see `push_hot`).
-    slots: Box<[[AtomicU64; 4]]>,
-    /// Every other op, in order.
-    others: Mutex<Vec<Op>>,
-}
-
-/// Holds a shard's spin lock; releases it when dropped.
-struct SpinGuard<'a>(&'a AtomicBool);
-
-impl Drop for SpinGuard<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Release);
-    }
+    ops: Mutex<Vec<Op>>,
 }
 
 impl Shard {
-    /// A shard whose array holds `capacity` plain ops.
-    pub(super) fn new(capacity: usize) -> Shard {
+    /// An empty shard.
+    pub(super) fn new() -> Shard {
         Shard {
-            busy: AtomicBool::new(false),
-            len: AtomicUsize::new(0),
-            slots: (0..capacity.max(1)).map(|_| Default::default()).collect(),
-            others: Mutex::new(Vec::new()),
+            ops: Mutex::new(Vec::new()),
         }
     }
 
-    /// Takes the spin lock. It is held for a few stores (a push) or loads (a drain), so a
-    /// waiter spins a little, then yields its core (its holder may have been preempted).
-    #[inline]
-    fn lock(&self) -> SpinGuard<'_> {
-        let mut spins = 0u32;
-        while self.busy.swap(true, Acquire) {
-            while self.busy.load(Relaxed) {
-                if spins < 64 {
-                    spins += 1;
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-        SpinGuard(&self.busy)
-    }
-
-    /// Step 2 of `handle`: tags `op` with the current `epoch` (read under the lock of the part
-    /// it goes to), pushes it, and sets `dirty`; returns how many ops the part holds.
-    pub(super) fn push(&self, op: Op, epoch: &AtomicU32, dirty: &AtomicBool) -> usize {
-        match op {
-            Op::Hot {
-                run,
-                ts,
-                index,
-                attempt,
-                hot,
-                ..
-            } => self.push_hot(run, ts, index, attempt, hot, epoch, dirty),
-            op => self.push_other(op, epoch, dirty),
-        }
-    }
-
-    /// [`push`](Self::push) of an `Op::Hot`, from its fields.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    pub(super) fn push_hot(
-        &self,
-        run: u64,
-        ts: u64,
-        index: u32,
-        attempt: u32,
-        hot: Hot,
-        epoch: &AtomicU32,
-        dirty: &AtomicBool,
-    ) -> usize {
-        let g = self.lock();
-        let n = self.len.load(Relaxed);
-        let Some(slot) = self.slots.get(n) else {
-            drop(g);
-            // Full: into the vector.
-            let op = Op::Hot {
-                run,
-                ts,
-                index,
-                attempt,
-                epoch: 0,
-                hot,
-            };
-            return self.push_other(op, epoch, dirty);
-        };
-        let e = epoch.load(Relaxed);
-        slot[0].store(run, Relaxed);
-        slot[1].store(ts, Relaxed);
-        slot[2].store(u64::from(index) | u64::from(attempt) << 32, Relaxed);
-        slot[3].store(u64::from(e) | (hot as u64) << 32, Relaxed);
-        self.len.store(n + 1, Relaxed);
-        if !dirty.load(Relaxed) {
-            dirty.store(true, Relaxed);
-        }
-        drop(g);
-        n + 1
-    }
-
-    #[cold]
-    fn push_other(&self, mut op: Op, epoch: &AtomicU32, dirty: &AtomicBool) -> usize {
-        let mut q = lock(&self.others);
+    /// Step 2 of `handle`: tags `op` with the current `epoch` (read under the lock), pushes it,
+    /// and sets `dirty`; returns how many ops the shard holds.
+    pub(super) fn push(&self, mut op: Op, epoch: &AtomicU32, dirty: &AtomicBool) -> usize {
+        let mut q = lock(&self.ops);
         op.set_epoch(epoch.load(Relaxed));
         q.push(op);
         if !dirty.load(Relaxed) {
@@ -237,8 +152,8 @@ impl Shard {
     }
 
     /// Step 6 of a round: moves this shard's ops tagged up to `e` to `ops` and the others to
-    /// `held` (each part in order). `spare` is an empty vector to swap in for the vector part;
-    /// the vector taken out is returned for the next round.
+    /// `held` (in order). `spare` is an empty vector to swap in; the vector taken out is
+    /// returned for the next round.
     pub(super) fn drain(
         &self,
         e: u32,
@@ -246,27 +161,7 @@ impl Shard {
         held: &mut Vec<Op>,
         mut spare: Vec<Op>,
     ) -> Vec<Op> {
-        let start = ops.len();
-        {
-            let _g = self.lock();
-            let n = self.len.load(Relaxed);
-            ops.extend(self.slots[..n].iter().map(|s| {
-                let w2 = s[2].load(Relaxed);
-                let w3 = s[3].load(Relaxed);
-                Op::Hot {
-                    run: s[0].load(Relaxed),
-                    ts: s[1].load(Relaxed),
-                    index: w2 as u32,
-                    attempt: (w2 >> 32) as u32,
-                    epoch: w3 as u32,
-                    hot: Hot::ALL[((w3 >> 32) as usize).min(Hot::ALL.len() - 1)],
-                }
-            }));
-            self.len.store(0, Relaxed);
-        }
-        let cut = start + ops[start..].partition_point(|op| not_after(op.epoch(), e));
-        held.extend(ops.drain(cut..));
-        std::mem::swap(&mut *lock(&self.others), &mut spare);
+        std::mem::swap(&mut *lock(&self.ops), &mut spare);
         let cut = spare.partition_point(|op| not_after(op.epoch(), e));
         held.extend(spare.drain(cut..));
         ops.append(&mut spare);
@@ -275,10 +170,7 @@ impl Shard {
 
     /// Drops every queued op.
     pub(super) fn clear(&self) {
-        let g = self.lock();
-        self.len.store(0, Relaxed);
-        drop(g);
-        lock(&self.others).clear();
+        lock(&self.ops).clear();
     }
 }
 
@@ -400,20 +292,15 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_keeps_plain_ops_past_its_array_and_holds_back_later_epochs() {
-        let shard = Shard::new(2);
+    fn a_shard_holds_back_later_epochs() {
+        let shard = Shard::new();
         let dirty = AtomicBool::new(false);
         let epoch = AtomicU32::new(4);
         assert_eq!(shard.push(hot(0), &epoch, &dirty), 1);
         assert!(dirty.load(Relaxed));
         assert_eq!(shard.push(hot(1), &epoch, &dirty), 2);
-        assert_eq!(
-            shard.push(hot(2), &epoch, &dirty),
-            1,
-            "the array is full: the vector"
-        );
         epoch.store(5, Relaxed);
-        shard.push(hot(3), &epoch, &dirty);
+        shard.push(hot(2), &epoch, &dirty);
         let (mut ops, mut held) = (Vec::new(), Vec::new());
         let spare = shard.drain(4, &mut ops, &mut held, Vec::new());
         assert!(spare.is_empty());
@@ -435,8 +322,8 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(fields(&ops), [(0, 4), (1, 4), (2, 4)]);
-        assert_eq!(fields(&held), [(3, 5)]);
+        assert_eq!(fields(&ops), [(0, 4), (1, 4)]);
+        assert_eq!(fields(&held), [(2, 5)]);
         assert_eq!(shard.push(hot(4), &epoch, &dirty), 1, "drained");
         shard.clear();
         let (mut ops, mut held) = (Vec::new(), Vec::new());

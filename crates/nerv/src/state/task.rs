@@ -43,16 +43,6 @@ pub(crate) enum Hot {
 }
 
 impl Hot {
-    /// Every kind, indexed by `Hot as usize`.
-    pub(crate) const ALL: [Hot; 6] = [
-        Hot::Pending,
-        Hot::Started,
-        Hot::Completed,
-        Hot::Cancelled,
-        Hot::MemoHit,
-        Hot::MemoMiss,
-    ];
-
     /// The plain form of `data` and its attempt, if it has one.
     #[inline]
     pub(crate) fn of(data: &EventData) -> Option<(Hot, u32)> {
