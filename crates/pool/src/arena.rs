@@ -6,7 +6,11 @@
 //!
 //! Protocol of a slot: `EMPTY` → (`set`: CAS to `WRITING`, write, store `FULL` with Release) →
 //! `FULL`. `get` loads the state with Acquire and hands out `&T` only when `FULL`, so a reader
-//! always sees a completely written value; a second `set` is refused. `take` needs `&mut`, so
+//! always sees a completely written value; a second `set` is refused. A slot of a zero-sized
+//! type without drop glue (a unit output: nothing to write, nothing to drop) skips the CAS:
+//! `set` checks for `EMPTY` and stores `FULL` with Release (no locked instruction per task);
+//! a second `set` after it is refused, and two racing ones could both report success, which
+//! loses nothing since there is no value. `take` needs `&mut`, so
 //! no `&T` handed out earlier can be alive. Dropping the arena drops every `FULL` value.
 //!
 //! Soundness against wrong keys: a [`SlotKey<T>`] can only be made by [`ArenaLayout::push`],
@@ -212,6 +216,17 @@ impl OnceArena {
     pub fn set<T>(&self, key: SlotKey<T>, value: T) -> Result<(), T> {
         self.check(&key);
         let st = &self.state[key.index as usize];
+        if std::mem::size_of::<T>() == 0 && !std::mem::needs_drop::<T>() {
+            // Nothing is written and nothing will ever be dropped (a unit output): a plain
+            // check and store, without a locked RMW on the hot path. A second `set` in
+            // sequence is refused; two racing ones may both succeed, which loses nothing
+            // (there is no value), and readers still see FULL only after a completed `set`.
+            if st.load(Relaxed) != EMPTY {
+                return Err(value);
+            }
+            st.store(FULL, Release);
+            return Ok(());
+        }
         if std::mem::size_of::<T>() == 0 {
             // Nothing is written, so one CAS straight to FULL suffices; the value now lives in
             // the slot (dropped with the arena, or moved out by `take`).
@@ -318,6 +333,45 @@ mod tests {
         assert_eq!(Arc::strong_count(&shared), 2);
         drop(arena);
         assert_eq!(Arc::strong_count(&shared), 1, "arena drops its values");
+    }
+
+    #[test]
+    fn unit_slots_are_written_once() {
+        // A zero-sized output without drop glue takes the plain check-and-store path.
+        struct Marker;
+        impl Drop for Marker {
+            fn drop(&mut self) {}
+        }
+        let mut l = ArenaLayout::new();
+        let unit = l.push::<()>();
+        let marker = l.push::<Marker>();
+        let arena = OnceArena::new(&l);
+        assert_eq!(arena.get(unit), None);
+        assert!(!arena.is_set(unit.index()));
+        arena.set(unit, ()).unwrap();
+        assert_eq!(arena.set(unit, ()), Err(()), "a second set is refused");
+        assert_eq!(arena.get(unit), Some(&()));
+        assert!(arena.is_set(unit.index()));
+        // A zero-sized type with drop glue keeps the CAS: exactly one value to drop.
+        arena.set(marker, Marker).map_err(|_| ()).unwrap();
+        assert!(arena.set(marker, Marker).is_err());
+        assert!(arena.get(marker).is_some());
+    }
+
+    #[test]
+    fn unit_slot_set_is_seen_by_other_threads() {
+        let mut l = ArenaLayout::new();
+        let k = l.push::<()>();
+        let arena = OnceArena::new(&l);
+        std::thread::scope(|s| {
+            s.spawn(|| arena.set(k, ()).unwrap());
+            s.spawn(|| {
+                while arena.get(k).is_none() {
+                    std::hint::spin_loop();
+                }
+            });
+        });
+        assert_eq!(arena.set(k, ()), Err(()));
     }
 
     #[test]

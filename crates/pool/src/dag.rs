@@ -152,6 +152,11 @@ impl Dag {
         self.pred_off[i + 1] - self.pred_off[i]
     }
 
+    /// Every node's in-degree, in node order (without a bounds check per node).
+    pub fn in_degrees(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.pred_off.windows(2).map(|w| w[1] - w[0])
+    }
+
     /// Nodes without predecessors.
     pub fn roots(&self) -> &[u32] {
         &self.roots

@@ -19,10 +19,11 @@
 //!   per node and run, and only that thread releases the node's successors and counts it.
 //!
 //! Releasing a finished node: for each successor in order, record the upstream cause if the
-//! node did not complete (first cause wins), then decrement the successor's join counter
-//! (AcqRel; a counter already at 1 — a single predecessor, or all others arrived — is not
-//! decremented: this release is the last); the best successor that
-//! becomes ready is returned to run inline, the others are queued and sleepers are woken.
+//! node did not complete (first cause wins; the run's `any_cause` flag is set before the
+//! first one, so that a run without causes never reads them), then decrement the successor's
+//! join counter (AcqRel; a counter already at 1 — a single predecessor, or all others arrived —
+//! is not decremented: this release is the last); the best successor that becomes ready is
+//! returned to run inline, the others are queued and sleepers are woken.
 
 use crate::dag::Dag;
 use crate::pool::{Execute, Job, Pool, Shared, WorkerCtx};
@@ -171,6 +172,10 @@ pub(crate) struct RunInner<R: NodeRunner> {
     counters: Box<[AtomicU32]>,
     state: Box<[AtomicU8]>,
     cause: Box<[AtomicU32]>,
+    /// Whether some node has recorded an upstream cause (set before the first cause is
+    /// written): until then `upstream` answers without touching `cause`, so that a run where
+    /// everything completes reads one array fewer per task.
+    any_cause: AtomicBool,
     remaining: AtomicUsize,
     cancelled: AtomicBool,
     finished: AtomicBool,
@@ -207,7 +212,16 @@ impl<R: NodeRunner> RunInner<R> {
         }
     }
 
+    /// Why `node`'s predecessors did not all complete.
+    ///
+    /// The runner of `node` sees every cause its predecessors recorded: each of them stored
+    /// `any_cause` and then the cause before its releasing decrement (or its own run of `node`
+    /// inline), and `node` is claimed after the last of those.
+    #[inline(always)]
     fn upstream(&self, node: u32) -> Upstream {
+        if !self.any_cause.load(Relaxed) {
+            return Upstream::Ok;
+        }
         match self.cause[node as usize].load(Relaxed) {
             NO_CAUSE => Upstream::Ok,
             CANCEL_CAUSE => Upstream::Cancelled,
@@ -309,6 +323,9 @@ impl<R: NodeRunner> RunInner<R> {
             },
             _ => CANCEL_CAUSE,
         };
+        if cause != NO_CAUSE && !self.any_cause.load(Relaxed) {
+            self.any_cause.store(true, Relaxed);
+        }
         let mut pushed = 0;
         if end < all.len() {
             let resume = Job {
@@ -586,6 +603,16 @@ impl<R: NodeRunner> RunHandle<R> {
         }
     }
 
+    /// How many nodes are [`NodeState::Completed`] now: one tight pass over the node states
+    /// (a finished run's report checks this before counting every state one by one).
+    pub fn completed_count(&self) -> usize {
+        self.inner
+            .state
+            .iter()
+            .filter(|s| s.load(Acquire) == COMPLETED)
+            .count()
+    }
+
     /// Moves `node` to priority band `band` (clamped to the highest band) for the rest of the
     /// run: it takes effect when the node becomes ready (a node already queued keeps its
     /// place).
@@ -681,9 +708,7 @@ impl Pool {
     /// [`Prepared::launch`]. Dropping it unlaunched drops the run.
     pub fn prepare<R: NodeRunner>(&self, dag: Arc<Dag>, runner: R) -> Prepared<R> {
         let n = dag.len();
-        let counters = (0..n as u32)
-            .map(|i| AtomicU32::new(dag.in_degree(i)))
-            .collect();
+        let counters = dag.in_degrees().map(AtomicU32::new).collect();
         let state = (0..n).map(|_| AtomicU8::new(PENDING)).collect();
         let cause = (0..n).map(|_| AtomicU32::new(NO_CAUSE)).collect();
         let inner = Arc::new(RunInner {
@@ -692,6 +717,7 @@ impl Pool {
             counters,
             state,
             cause,
+            any_cause: AtomicBool::new(false),
             remaining: AtomicUsize::new(n),
             cancelled: AtomicBool::new(false),
             finished: AtomicBool::new(false),

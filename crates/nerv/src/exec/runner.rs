@@ -448,9 +448,18 @@ impl Runner {
         }
     }
 
-    /// Gives back the node's resources, if it holds them (its attempt ended).
-    #[inline]
+    /// Gives back the node's resources, if it holds them (its attempt ended). Inline: a task
+    /// without options costs one load and a branch here.
+    #[inline(always)]
     fn settle(&self, node: u32) {
+        if self.graph.0.nodes[node as usize].extra.is_some() {
+            self.settle_slow(node);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn settle_slow(&self, node: u32) {
         if let Some(uses) = self.graph.0.nodes[node as usize]
             .extra
             .as_ref()
@@ -1036,6 +1045,14 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
+/// Whether a task's tracing span would be enabled at all: the first test `info_span!` makes
+/// (static and current maximum level), done before building one.
+#[inline(always)]
+fn task_spans_enabled() -> bool {
+    tracing::level_filters::STATIC_MAX_LEVEL >= tracing::Level::INFO
+        && tracing::level_filters::LevelFilter::current() >= tracing::Level::INFO
+}
+
 /// The message of a panic payload (`&str` or `String`), or a placeholder.
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -1119,11 +1136,11 @@ impl Runner {
                 return self.run_fallback(ncx, n);
             }
             let mut permit = None;
-            if let Some(e) = n
+            let gated = n
                 .extra
                 .as_ref()
-                .filter(|e| e.circuit.is_some() || e.rate_limit.is_some())
-            {
+                .filter(|e| e.circuit.is_some() || e.rate_limit.is_some());
+            if let Some(e) = gated {
                 match self.gate(ncx, node, e) {
                     Gate::Go(p) => permit = p,
                     Gate::Again => continue,
@@ -1144,59 +1161,105 @@ impl Runner {
                 || EventData::TaskStarted { attempt },
                 EventKind::TaskStarted,
             );
-            let _span = tracing::info_span!(parent: &self.span, "task", task = %self.full_id(node), attempt).entered();
-            let timeout = self.timeout(n);
-            let cx = TaskContext {
-                ncx,
-                runner: self,
-                attempt,
-                deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
+            // The fast path: no circuit permit, no task span. The span is made only when its
+            // level is enabled (the span macro's own first test), so that without a subscriber
+            // no disabled span is built, entered and dropped per task. `attempt` is inlined here
+            // with a constant `None` permit only: a permit moved in from the variable above
+            // would be copied through the stack per task.
+            let step = if gated.is_none() && !task_spans_enabled() {
+                self.attempt(ncx, n, attempt, None)
+            } else {
+                self.attempt_outlined(ncx, n, attempt, permit)
             };
-            let res = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.graph.0.chunks[n.chunk as usize].start(n.index, &cx)
-            })) {
-                Ok(r) => r,
-                Err(p) => Err(TaskError::panic(panic_message(&*p))),
-            };
-            let err = match res {
-                Ok(Started::Done) => {
-                    if let Some(p) = permit.take() {
-                        p.success();
-                    }
-                    self.stamp_end(node);
-                    self.emit_task(
-                        node,
-                        || EventData::TaskCompleted {
-                            attempt,
-                            output: self.output_bytes(node),
-                        },
-                        EventKind::TaskCompleted,
-                    );
-                    return Verdict::Completed;
-                }
-                Ok(Started::Future(fut)) => {
-                    self.spawn_future(ncx.handle(), node, attempt, fut, timeout, permit);
-                    return Verdict::Deferred;
-                }
-                Ok(Started::Graph(child)) => return self.start_child(ncx.handle(), node, child),
-                Err(e) => match cx.deadline_passed() {
-                    Some(limit) if !e.is_timeout() && !self.cancel.is_cancelled() => {
-                        TaskError::timeout(limit)
-                    }
-                    _ => e,
-                },
-            };
-            if let Some(p) = permit.take() {
-                record_failure(p, &err);
+            match step {
+                Some(v) => return v,
+                None => continue,
             }
-            match self.after_failure(node, attempt, err) {
-                Ok(None) => continue,
-                Ok(Some(d)) => {
-                    self.requeue_later(ncx.handle(), node, d);
-                    return Verdict::Deferred;
+        }
+    }
+
+    /// [`attempt`](Self::attempt) with a circuit permit, or inside the task's tracing span
+    /// when spans are enabled.
+    #[inline(never)]
+    fn attempt_outlined(
+        &self,
+        ncx: &NodeCx<'_, Self>,
+        n: &Node,
+        attempt: u32,
+        permit: Option<CircuitPermit>,
+    ) -> Option<Verdict> {
+        if !task_spans_enabled() {
+            return self.attempt(ncx, n, attempt, permit);
+        }
+        let node = ncx.node();
+        let _span =
+            tracing::info_span!(parent: &self.span, "task", task = %self.full_id(node), attempt)
+                .entered();
+        self.attempt(ncx, n, attempt, permit)
+    }
+
+    /// Runs one counted attempt's work and handles its outcome: the node's verdict, or `None`
+    /// to retry at once.
+    #[inline(always)]
+    fn attempt(
+        &self,
+        ncx: &NodeCx<'_, Self>,
+        n: &Node,
+        attempt: u32,
+        mut permit: Option<CircuitPermit>,
+    ) -> Option<Verdict> {
+        let node = ncx.node();
+        let timeout = self.timeout(n);
+        let cx = TaskContext {
+            ncx,
+            runner: self,
+            attempt,
+            deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
+        };
+        let res = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.graph.0.chunks[n.chunk as usize].start(n.index, &cx)
+        })) {
+            Ok(r) => r,
+            Err(p) => Err(TaskError::panic(panic_message(&*p))),
+        };
+        let err = match res {
+            Ok(Started::Done) => {
+                if let Some(p) = permit.take() {
+                    p.success();
                 }
-                Err(v) => return v,
+                self.stamp_end(node);
+                self.emit_task(
+                    node,
+                    || EventData::TaskCompleted {
+                        attempt,
+                        output: self.output_bytes(node),
+                    },
+                    EventKind::TaskCompleted,
+                );
+                return Some(Verdict::Completed);
             }
+            Ok(Started::Future(fut)) => {
+                self.spawn_future(ncx.handle(), node, attempt, fut, timeout, permit);
+                return Some(Verdict::Deferred);
+            }
+            Ok(Started::Graph(child)) => return Some(self.start_child(ncx.handle(), node, child)),
+            Err(e) => match cx.deadline_passed() {
+                Some(limit) if !e.is_timeout() && !self.cancel.is_cancelled() => {
+                    TaskError::timeout(limit)
+                }
+                _ => e,
+            },
+        };
+        if let Some(p) = permit.take() {
+            record_failure(p, &err);
+        }
+        match self.after_failure(node, attempt, err) {
+            Ok(None) => None,
+            Ok(Some(d)) => {
+                self.requeue_later(ncx.handle(), node, d);
+                Some(Verdict::Deferred)
+            }
+            Err(v) => Some(v),
         }
     }
 
