@@ -57,6 +57,14 @@ type PerRunFn = dyn Fn(u64) -> Option<Arc<dyn RunHook>> + Send + Sync;
 /// A subscription's receiver for one run, made at its first task event.
 type RunCell = OnceLock<Option<Arc<dyn RunHook>>>;
 
+/// A handler that never asks to be removed (a strong subscription's).
+fn strong(handler: impl Fn(&Event) + Send + Sync + 'static) -> Box<HandlerFn> {
+    Box::new(move |e| {
+        handler(e);
+        true
+    })
+}
+
 /// A subscriber's receiver of one run's task events, unbuilt (see the module doc).
 pub(crate) trait RunHook: Send + Sync {
     /// Takes the event, or declines it (false): it then goes to the subscriber's task hook.
@@ -436,15 +444,7 @@ impl EventBus {
         filter: EventFilter,
         handler: impl Fn(&Event) + Send + Sync + 'static,
     ) -> Subscription {
-        self.add_sub(
-            filter,
-            Box::new(move |e| {
-                handler(e);
-                true
-            }),
-            None,
-            None,
-        )
+        self.add_sub(filter, strong(handler), None, None)
     }
 
     /// Like [`EventBus::subscribe`], but the executor's task events reach `task_hook` unbuilt
@@ -462,10 +462,7 @@ impl EventBus {
     ) -> Subscription {
         self.add_sub(
             filter,
-            Box::new(move |e| {
-                handler(e);
-                true
-            }),
+            strong(handler),
             None,
             Some(TaskHook {
                 take: Box::new(task_hook),
