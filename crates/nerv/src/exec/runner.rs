@@ -448,6 +448,20 @@ impl Runner {
         }
     }
 
+    /// Records a completed attempt: its end time and its `TaskCompleted` event (if anyone
+    /// listens). (The synchronous fast path in `attempt` does the same inline.)
+    fn completed(&self, node: u32, attempt: u32) {
+        self.stamp_end(node);
+        self.emit_task(
+            node,
+            || EventData::TaskCompleted {
+                attempt,
+                output: self.output_bytes(node),
+            },
+            EventKind::TaskCompleted,
+        );
+    }
+
     /// Gives back the node's resources, if it holds them (its attempt ended). Inline: a task
     /// without options costs one load and a branch here.
     #[inline(always)]
@@ -704,16 +718,7 @@ impl Runner {
         }));
         match res {
             Ok(Some(Ok(_))) => {
-                self.stamp_end(node);
-                let attempt = cx.attempt;
-                self.emit_task(
-                    node,
-                    || EventData::TaskCompleted {
-                        attempt,
-                        output: self.output_bytes(node),
-                    },
-                    EventKind::TaskCompleted,
-                );
+                self.completed(node, cx.attempt);
                 Verdict::Completed
             }
             Ok(Some(Err(e))) => self.give_up(
@@ -836,15 +841,7 @@ impl Runner {
             }
             let verdict = match res {
                 Ok(()) => {
-                    r.stamp_end(node);
-                    r.emit_task(
-                        node,
-                        || EventData::TaskCompleted {
-                            attempt,
-                            output: r.output_bytes(node),
-                        },
-                        EventKind::TaskCompleted,
-                    );
+                    r.completed(node, attempt);
                     Verdict::Completed
                 }
                 Err(e) => match r.after_failure(node, attempt, e) {
@@ -1227,6 +1224,8 @@ impl Runner {
                 if let Some(p) = permit.take() {
                     p.success();
                 }
+                // `completed`, spelled out: through the helper the chain shape measured
+                // ~1.5 ns/task slower (code layout of this hot path).
                 self.stamp_end(node);
                 self.emit_task(
                     node,
@@ -1293,16 +1292,8 @@ impl Runner {
         let err = match (timed_out, failed) {
             (Some(t), _) => TaskError::timeout(t),
             (None, None) if (link.transfer)(&self.arena, &parent.arena) => {
-                parent.stamp_end(link.node);
                 let attempt = parent.attempts[link.node as usize].load(Relaxed);
-                parent.emit_task(
-                    link.node,
-                    || EventData::TaskCompleted {
-                        attempt,
-                        output: parent.output_bytes(link.node),
-                    },
-                    EventKind::TaskCompleted,
-                );
+                parent.completed(link.node, attempt);
                 parent.settle(link.node);
                 let _ = link.handle.complete(link.node, Verdict::Completed);
                 return;
