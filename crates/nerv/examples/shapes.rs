@@ -8,15 +8,53 @@
 //! `--observed` (attach an event bus with one subscriber counting TASK_COMPLETED events and
 //! the engine's state projector; the count and the projected state are checked against the
 //! task count). `--observed-only counter` or `--observed-only projector` attaches only one
-//! of the two (to see what each costs).
+//! of the two (to see what each costs). The counting subscriber keeps one counter per
+//! publishing thread (on a cache line of its own), as a subscriber that counts on a hot path
+//! would; `--shared-counter` makes it count on one atomic shared by every worker instead (that
+//! line then moves between the workers' caches on every event: it measures the subscriber more
+//! than the engine). `--paired` (with `--observed`) also runs each shape on a bare executor,
+//! alternating bare and observed runs, and adds `bare_ns_per_task` and `ratio` (the median of
+//! the observed/bare ratios of the pairs) to each line: this machine's speed drifts between
+//! phases that last seconds, which a ratio of two separate medians takes for overhead.
+//! `--samples` prints every run's figure to stderr.
 
 use nerv::{
     EngineProjector, EventBus, EventFilter, EventKind, Executor, Graph, GraphBuilder, RunOptions,
     TaskId, TaskStatus, Timing,
 };
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// A count kept per thread, on cache lines of their own, summed when read.
+#[derive(Default)]
+struct Counter {
+    shared: bool,
+    stripes: [Stripe; 16],
+}
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+impl Counter {
+    fn add(&self) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Relaxed);
+        }
+        let i = if self.shared {
+            0
+        } else {
+            STRIPE.with(|s| *s) % 16
+        };
+        self.stripes[i].0.fetch_add(1, Relaxed);
+    }
+
+    fn take(&self) -> u64 {
+        self.stripes.iter().map(|s| s.0.swap(0, Relaxed)).sum()
+    }
+}
 
 fn empty(g: &mut GraphBuilder, i: usize, deps: &[TaskId]) -> TaskId {
     g.task(format!("t{i}"))
@@ -83,6 +121,9 @@ fn main() {
     let mut shapes: Vec<String> = Vec::new();
     let mut timing = Timing::Off;
     let mut observed = false;
+    let mut shared_counter = false;
+    let mut paired = false;
+    let mut print_samples = false;
     let (mut counter_on, mut projector_on) = (true, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -95,6 +136,9 @@ fn main() {
             "--shape" => shapes.push(val()),
             "--timing" => timing = Timing::Tasks,
             "--observed" => observed = true,
+            "--shared-counter" => shared_counter = true,
+            "--paired" => paired = true,
+            "--samples" => print_samples = true,
             "--observed-only" => {
                 observed = true;
                 match val().as_str() {
@@ -113,7 +157,10 @@ fn main() {
             .to_vec();
     }
     let bus = EventBus::new();
-    let completed = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(Counter {
+        shared: shared_counter,
+        ..Counter::default()
+    });
     let projector = EngineProjector::new();
     let mut builder = Executor::builder().workers(workers);
     let _subscriptions = observed.then(|| {
@@ -121,39 +168,75 @@ fn main() {
         let c = completed.clone();
         let counter = counter_on.then(|| {
             bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |_| {
-                c.fetch_add(1, Relaxed);
+                c.add();
             })
         });
         (counter, projector_on.then(|| projector.attach(&bus)))
     });
     let exec = builder.build();
+    // For `--paired`: a bare executor, run alternately with the observed one.
+    let bare = paired.then(|| Executor::builder().workers(workers).build());
+    let one = |exec: &Executor, graph: &Graph, observed: bool| -> f64 {
+        let n = graph.len();
+        completed.take();
+        let t = Instant::now();
+        let report = exec.run_with(graph, RunOptions::default().timing(timing));
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(report.counts().completed, n, "every task completes");
+        if observed && counter_on {
+            assert_eq!(completed.take(), n as u64, "one event per task");
+        }
+        if observed && projector_on {
+            let state = projector.get_state();
+            let wf = state
+                .workflow(report.run_id())
+                .expect("the run is projected");
+            assert_eq!(wf.count(TaskStatus::Completed), n, "projected state");
+            projector.forget(report.run_id());
+        }
+        ns
+    };
     for shape in &shapes {
         let graph = build(shape, tasks);
         let n = graph.len();
-        let mut samples: Vec<f64> = (0..runs.max(1))
-            .map(|_| {
-                completed.store(0, Relaxed);
-                let t = Instant::now();
-                let report = exec.run_with(&graph, RunOptions::default().timing(timing));
-                let ns = t.elapsed().as_nanos() as f64 / n as f64;
-                assert_eq!(report.counts().completed, n, "every task completes");
-                if observed && counter_on {
-                    assert_eq!(completed.load(Relaxed), n as u64, "one event per task");
+        let mut samples = Vec::new();
+        let mut bare_samples = Vec::new();
+        let mut ratios = Vec::new();
+        for i in 0..runs.max(1) {
+            match &bare {
+                Some(b) => {
+                    // Alternate which goes first, so that neither always runs on a warmer cache.
+                    let (o, b) = if i % 2 == 0 {
+                        let b = one(b, &graph, false);
+                        (one(&exec, &graph, observed), b)
+                    } else {
+                        let o = one(&exec, &graph, observed);
+                        (o, one(b, &graph, false))
+                    };
+                    samples.push(o);
+                    bare_samples.push(b);
+                    ratios.push(o / b);
                 }
-                if observed && projector_on {
-                    let state = projector.get_state();
-                    let wf = state
-                        .workflow(report.run_id())
-                        .expect("the run is projected");
-                    assert_eq!(wf.count(TaskStatus::Completed), n, "projected state");
-                    projector.forget(report.run_id());
-                }
-                ns
-            })
-            .collect();
-        samples.sort_by(f64::total_cmp);
-        let median = samples[samples.len() / 2];
-        if json {
+                None => samples.push(one(&exec, &graph, observed)),
+            }
+        }
+        if print_samples {
+            eprintln!("{shape}: observed {samples:.1?}, bare {bare_samples:.1?}");
+        }
+        let median = median_of(&mut samples);
+        if bare.is_some() {
+            let (b, r) = (median_of(&mut bare_samples), median_of(&mut ratios));
+            if json {
+                println!(
+                    "{{\"shape\": \"{shape}\", \"tasks\": {n}, \"workers\": {workers}, \"ns_per_task\": {median:.1}, \"bare_ns_per_task\": {b:.1}, \"ratio\": {r:.2}}}"
+                );
+            } else {
+                println!(
+                    "{shape:>10}: {n} tasks, {workers} workers: {median:.1} ns/task, bare {b:.1} (median ratio of {} pairs: {r:.2})",
+                    ratios.len()
+                );
+            }
+        } else if json {
             println!(
                 "{{\"shape\": \"{shape}\", \"tasks\": {n}, \"workers\": {workers}, \"ns_per_task\": {median:.1}}}"
             );
@@ -166,4 +249,10 @@ fn main() {
             );
         }
     }
+}
+
+/// The median (sorts `v`).
+fn median_of(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }

@@ -272,15 +272,29 @@ impl WorkflowState {
         }
     }
 
-    /// Merges live-table slots of top-graph tasks (`live.rs`), in index order, through one
-    /// cursor (see [`apply_hot_many`](Self::apply_hot_many)).
-    pub(crate) fn merge_plain(&mut self, slots: impl Iterator<Item = (u32, super::live::Plain)>) {
+    /// Merges live-table slots of top-graph tasks (`live.rs`): `read(i)` is task `i`'s slot,
+    /// for every `i` of the `ranges` (ascending, disjoint). A leaf of the task vector at a time
+    /// (one copy-on-write and one lookup per leaf, not per task).
+    pub(crate) fn merge_plain(
+        &mut self,
+        ranges: impl Iterator<Item = std::ops::Range<usize>>,
+        read: impl Fn(usize) -> Option<super::live::Plain>,
+    ) {
+        let len = self.tasks.len();
         let mut focus = self.tasks.focus_mut();
-        for (index, p) in slots {
-            match focus.get_mut(index as usize) {
-                Some(t) => counted(&mut self.live, t, |t| t.merge_plain(p)),
-                None => self.ignored += 1,
+        for r in ranges {
+            let mut i = r.start;
+            while i < r.end.min(len) {
+                let (leaf_range, leaf) = focus.chunk_at(i);
+                let stop = r.end.min(leaf_range.end);
+                for (j, t) in (i..stop).zip(&mut leaf[i - leaf_range.start..]) {
+                    if let Some(p) = read(j) {
+                        counted(&mut self.live, t, |t| t.merge_plain(p));
+                    }
+                }
+                i = stop;
             }
+            self.ignored += (i..r.end).filter(|&j| read(j).is_some()).count() as u64;
         }
     }
 
