@@ -779,3 +779,46 @@ mod resume {
         assert_eq!(calls.load(SeqCst), 3);
     }
 }
+
+#[test]
+fn task_events_carry_the_times_the_report_records() {
+    // With per-task timing on, a task's start and end are read once: its events and its
+    // result tell the same instants.
+    let bus = EventBus::new();
+    let log = Log::default();
+    let _s = log.attach(
+        &bus,
+        EventFilter::kinds([EventKind::TaskStarted, EventKind::TaskCompleted]),
+    );
+    let mut g = Graph::builder();
+    let a = g.task("a").run((), |_, ()| {
+        std::thread::sleep(ms(2));
+        Ok::<_, TaskError>(1)
+    });
+    g.task("b").run(a, |_, x| Ok(*x + 1));
+    let graph = g.build().unwrap();
+    let report = executor(&bus).run(&graph);
+    for id in ["a", "b"] {
+        let r = report.task(id).unwrap();
+        let at = |kind| {
+            log.events()
+                .iter()
+                .find(|e| e.kind() == kind && e.source.task.as_ref().unwrap().id.as_ref() == id)
+                .map(|e| e.timestamp)
+        };
+        assert_eq!(at(EventKind::TaskStarted), r.started_at, "{id} started");
+        assert_eq!(
+            at(EventKind::TaskCompleted),
+            r.completed_at,
+            "{id} completed"
+        );
+    }
+    let a = report.task("a").unwrap();
+    assert!(
+        a.completed_at
+            .unwrap()
+            .duration_since(a.started_at.unwrap())
+            .unwrap()
+            >= ms(2)
+    );
+}

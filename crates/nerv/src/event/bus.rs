@@ -301,6 +301,13 @@ pub(crate) struct Receivers {
     /// Per subscription of `registry`, its receiver for the run (see the module doc), made at
     /// the first task event it gets.
     runs: Box<[RunCell]>,
+    /// Whether every event takes the general path (middleware or a history).
+    general: bool,
+    /// Per kind (by its number), the indices of the subscriptions whose filter takes it: a
+    /// task event visits only those.
+    by_kind: Box<[Box<[u32]>]>,
+    /// The kinds some stream takes.
+    stream_kinds: u32,
 }
 
 impl fmt::Debug for Receivers {
@@ -666,27 +673,54 @@ impl EventBus {
         if self.inner.muted.load(Relaxed) & kind.bit() != 0 {
             return;
         }
-        let loaded;
-        let (reg, runs): (&Registry, &[RunCell]) = match cache {
-            Some(c)
-                if c.generation == self.inner.generation.load(Acquire)
-                    && std::ptr::eq(c.bus.as_ptr(), Arc::as_ptr(&self.inner)) =>
+        let current = cache.filter(|c| {
+            c.generation == self.inner.generation.load(Acquire)
+                && std::ptr::eq(c.bus.as_ptr(), Arc::as_ptr(&self.inner))
+        });
+        let Some(c) = current else {
+            let reg = self.inner.registry.load();
+            if kind == EventKind::Custom
+                || !reg.middleware.is_empty()
+                || self.inner.history.is_some()
             {
-                (&c.registry, &c.runs)
+                self.publish(v.to_event());
+            } else {
+                self.deliver_task(&reg, 0..reg.subs.len() as u32, &[], true, v);
             }
-            _ => {
-                loaded = self.inner.registry.load();
-                (&loaded, &[])
-            }
+            return;
         };
-        if kind == EventKind::Custom || !reg.middleware.is_empty() || self.inner.history.is_some() {
+        if c.general || kind == EventKind::Custom {
             // Named signals and their mutes, middleware, history: the general path.
             self.publish(v.to_event());
             return;
         }
+        let k = kind as usize;
+        self.deliver_task(
+            &c.registry,
+            c.by_kind[k].iter().copied(),
+            &c.runs,
+            c.stream_kinds & kind.bit() != 0,
+            v,
+        );
+    }
+
+    /// Delivers task event `v` to the subscriptions `subs` (indices into `reg.subs`, in
+    /// order; each is still matched against its filter), with their per-run receivers
+    /// `runs` (empty: none), and to the matching streams if `streams`.
+    #[inline]
+    fn deliver_task(
+        &self,
+        reg: &Registry,
+        subs: impl IntoIterator<Item = u32>,
+        runs: &[RunCell],
+        streams: bool,
+        v: &TaskView<'_>,
+    ) {
+        let kind = v.data.kind();
         let mut event: Option<Event> = None;
         let mut dead: Vec<u64> = Vec::new();
-        for (i, s) in reg.subs.iter().enumerate() {
+        for i in subs {
+            let s = &reg.subs[i as usize];
             if !s.filter.matches_task(kind, v) {
                 continue;
             }
@@ -694,7 +728,7 @@ impl EventBus {
                 Some(hook) => {
                     call_guarded(kind, || {
                         let run = runs
-                            .get(i)
+                            .get(i as usize)
                             .and_then(|c| c.get_or_init(|| (hook.per_run)(v.workflow)).as_deref());
                         if !run.is_some_and(|r| r.take(v)) {
                             (hook.take)(v);
@@ -709,11 +743,13 @@ impl EventBus {
                 }
             }
         }
-        for s in &reg.streams {
-            if s.filter.matches_task(kind, v) {
-                let e = event.get_or_insert_with(|| v.to_event());
-                if s.tx.send(e.clone()).is_err() {
-                    dead.push(s.id);
+        if streams {
+            for s in &reg.streams {
+                if s.filter.matches_task(kind, v) {
+                    let e = event.get_or_insert_with(|| v.to_event());
+                    if s.tx.send(e.clone()).is_err() {
+                        dead.push(s.id);
+                    }
                 }
             }
         }
@@ -729,9 +765,24 @@ impl EventBus {
         // The generation first: a change between the two loads leaves the copy marked stale.
         let generation = self.inner.generation.load(Acquire);
         let registry = self.inner.registry.load_full();
+        // Per kind, the subscriptions that may take it (a named filter takes custom events
+        // only, which take the general path).
+        let by_kind = (0..u32::BITS)
+            .map(|k| {
+                (0..registry.subs.len() as u32)
+                    .filter(|&i| {
+                        let f = &registry.subs[i as usize].filter;
+                        f.kinds & (1 << k) != 0 && f.name.is_none()
+                    })
+                    .collect()
+            })
+            .collect();
         Receivers {
             generation,
             runs: registry.subs.iter().map(|_| OnceLock::new()).collect(),
+            general: !registry.middleware.is_empty() || self.inner.history.is_some(),
+            by_kind,
+            stream_kinds: registry.streams.iter().fold(0, |m, s| m | s.filter.kinds),
             registry,
             bus: Arc::downgrade(&self.inner),
         }

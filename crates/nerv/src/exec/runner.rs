@@ -24,6 +24,7 @@ use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
 use futures_util::FutureExt;
 use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
 use std::collections::HashSet;
+use std::mem::ManuallyDrop;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -235,15 +236,35 @@ impl Runner {
     /// out of line).
     #[inline(always)]
     pub(crate) fn emit_task(&self, node: u32, data: impl FnOnce() -> EventData, kind: EventKind) {
+        self.emit_task_at(node, None, data, kind);
+    }
+
+    /// [`emit_task`](Self::emit_task) at the clock's raw time `at` (read for the task's
+    /// timestamps: the event shares the read) or, if `None`, now.
+    #[inline(always)]
+    pub(crate) fn emit_task_at(
+        &self,
+        node: u32,
+        at: Option<u64>,
+        data: impl FnOnce() -> EventData,
+        kind: EventKind,
+    ) {
         if self.wants(kind) {
-            self.publish_task(node, data());
+            self.publish_task_at(node, at, data());
         }
+    }
+
+    /// Publishes a task event now (see [`emit_task_at`](Self::emit_task_at)).
+    pub(crate) fn publish_task(&self, node: u32, data: EventData) {
+        self.publish_task_at(node, None, data);
     }
 
     #[cold]
     #[inline(never)]
-    pub(crate) fn publish_task(&self, node: u32, data: EventData) {
+    fn publish_task_at(&self, node: u32, at: Option<u64>, data: EventData) {
         let Some(o) = &self.obs else { return };
+        // The plain events own nothing: their (out-of-line) drop glue is skipped.
+        let data = ManuallyDrop::new(data);
         // Unbuilt: the bus builds the event only for a receiver that needs one.
         o.bus.publish_task(
             Some(&o.receivers),
@@ -252,10 +273,21 @@ impl Runner {
                 name: self.name_ref(o, node),
                 index: node,
                 subgraph: o.subgraph,
-                ts: self.now_nanos(),
+                ts: self.nanos_at(at.unwrap_or_else(|| self.env.clock.raw())),
                 data: &data,
             },
         );
+        if !matches!(
+            *data,
+            EventData::TaskStarted { .. }
+                | EventData::TaskCancelled { .. }
+                | EventData::TaskCompleted { output: None, .. }
+                | EventData::TaskPending
+                | EventData::MemoHit
+                | EventData::MemoMiss
+        ) {
+            drop(ManuallyDrop::into_inner(data));
+        }
     }
 
     fn task_source(&self, o: &Observer, node: u32) -> Source {
@@ -299,11 +331,11 @@ impl Runner {
         }
     }
 
-    /// The wall-clock time now, from the run's monotonic clock, in nanoseconds since the Unix
+    /// The wall-clock time of the run's clock's raw time `raw`, in nanoseconds since the Unix
     /// epoch (`sys0` plus the clock's time since `t0`, without `SystemTime` arithmetic).
     #[inline]
-    fn now_nanos(&self) -> u64 {
-        self.sys0_ns + self.env.clock.delta_as_nanos(self.t0, self.env.clock.raw())
+    fn nanos_at(&self, raw: u64) -> u64 {
+        self.sys0_ns + self.env.clock.delta_as_nanos(self.t0, raw)
     }
 
     /// Publishes the run's start (created, each task pending, started) to whoever listens.
@@ -451,9 +483,10 @@ impl Runner {
     /// Records a completed attempt: its end time and its `TaskCompleted` event (if anyone
     /// listens). (The synchronous fast path in `attempt` does the same inline.)
     fn completed(&self, node: u32, attempt: u32) {
-        self.stamp_end(node);
-        self.emit_task(
+        let at = self.stamp_end(node);
+        self.emit_task_at(
             node,
+            at,
             || EventData::TaskCompleted {
                 attempt,
                 output: self.output_bytes(node),
@@ -490,11 +523,14 @@ impl Runner {
         }
     }
 
+    /// Records the node's end time if the run records them; returns the clock's raw time
+    /// read for it.
     #[inline]
-    fn stamp_end(&self, node: u32) {
-        if let Some(e) = self.ended.get(node as usize) {
-            e.store(self.env.clock.raw(), Release);
-        }
+    fn stamp_end(&self, node: u32) -> Option<u64> {
+        let e = self.ended.get(node as usize)?;
+        let raw = self.env.clock.raw();
+        e.store(raw, Release);
+        Some(raw)
     }
 
     /// Records a final failure; returns the verdict.
@@ -663,10 +699,11 @@ impl Runner {
     }
 
     fn cancelled_before_start(&self, node: u32) -> Verdict {
-        self.stamp_end(node);
+        let at = self.stamp_end(node);
         let attempt = self.attempts[node as usize].load(Relaxed);
-        self.emit_task(
+        self.emit_task_at(
             node,
+            at,
             || EventData::TaskCancelled { attempt },
             EventKind::TaskCancelled,
         );
@@ -780,9 +817,10 @@ impl Runner {
             tracing::warn!(task = %self.full_id(node), error = %e, "restored output does not decode; running the task again");
             return false;
         }
-        self.stamp_end(node);
-        self.emit_task(
+        let at = self.stamp_end(node);
+        self.emit_task_at(
             node,
+            at,
             || EventData::TaskCompleted {
                 attempt: 0,
                 output: None,
@@ -1092,17 +1130,18 @@ impl Runner {
             match ncx.upstream() {
                 Upstream::Ok => {}
                 Upstream::Failed(root) => {
-                    self.stamp_end(node);
+                    let at = self.stamp_end(node);
                     if self.wants(EventKind::TaskSkipped) {
                         let cause = self.obs.as_ref().map(|o| self.name_arc(o, root));
-                        self.publish_task(node, EventData::TaskSkipped { cause });
+                        self.publish_task_at(node, at, EventData::TaskSkipped { cause });
                     }
                     return Verdict::Skipped;
                 }
                 Upstream::Cancelled => {
-                    self.stamp_end(node);
-                    self.emit_task(
+                    let at = self.stamp_end(node);
+                    self.emit_task_at(
                         node,
+                        at,
                         || EventData::TaskCancelled { attempt: 0 },
                         EventKind::TaskCancelled,
                     );
@@ -1112,10 +1151,11 @@ impl Runner {
         }
         loop {
             if self.cancel.is_cancelled() {
-                self.stamp_end(node);
+                let at = self.stamp_end(node);
                 let attempt = self.attempts[node as usize].load(Relaxed);
-                self.emit_task(
+                self.emit_task_at(
                     node,
+                    at,
                     || EventData::TaskCancelled { attempt },
                     EventKind::TaskCancelled,
                 );
@@ -1148,13 +1188,17 @@ impl Runner {
             let attempts = &self.attempts[node as usize];
             let attempt = attempts.load(Relaxed) + 1;
             attempts.store(attempt, Relaxed);
+            let mut at = None;
             if attempt == 1 {
                 if let Some(s) = self.started.get(node as usize) {
-                    s.store(self.env.clock.raw(), Relaxed);
+                    let raw = self.env.clock.raw();
+                    s.store(raw, Relaxed);
+                    at = Some(raw);
                 }
             }
-            self.emit_task(
+            self.emit_task_at(
                 node,
+                at,
                 || EventData::TaskStarted { attempt },
                 EventKind::TaskStarted,
             );
@@ -1226,9 +1270,10 @@ impl Runner {
                 }
                 // `completed`, spelled out: through the helper the chain shape measured
                 // ~1.5 ns/task slower (code layout of this hot path).
-                self.stamp_end(node);
-                self.emit_task(
+                let at = self.stamp_end(node);
+                self.emit_task_at(
                     node,
+                    at,
                     || EventData::TaskCompleted {
                         attempt,
                         output: self.output_bytes(node),
