@@ -101,20 +101,39 @@ impl TaskView<'_> {
     /// The event (with a fresh id).
     #[inline]
     pub(crate) fn to_event(&self) -> Event {
-        Event::at(
-            UNIX_EPOCH + Duration::from_nanos(self.ts),
-            Source {
-                workflow: Some(self.workflow),
-                task: Some(TaskRef {
-                    id: self.name.clone(),
-                    index: self.index,
-                    subgraph: self.subgraph,
-                }),
-            },
-            self.data.clone(),
-        )
+        let mut event = blank_event();
+        self.write_to(&mut event);
+        event
+    }
+
+    /// Makes a [`blank_event`] the event (with a fresh id), field by field, where it lies:
+    /// an `Event` is some 150 bytes, and building one and moving it copied it with wide loads
+    /// of what had just been stored narrowly (a store-forwarding stall per copy).
+    #[inline]
+    fn write_to(&self, event: &mut Event) {
+        event.id = super::next_id();
+        event.timestamp = UNIX_EPOCH + Duration::from_nanos(self.ts);
+        event.source.workflow = Some(self.workflow);
+        event.source.task = Some(TaskRef {
+            id: self.name.clone(),
+            index: self.index,
+            subgraph: self.subgraph,
+        });
+        event.data = self.data.clone();
     }
 }
+
+/// An event with nothing in it, to be written by [`TaskView::write_to`].
+#[inline]
+fn blank_event() -> Event {
+    Event {
+        id: 0,
+        timestamp: UNIX_EPOCH,
+        source: Source::default(),
+        data: EventData::TaskPending,
+    }
+}
+
 type Middleware = dyn Fn(Event) -> Option<Event> + Send + Sync;
 
 /// Which events a subscription, stream or history query wants: kinds, and optionally one
@@ -711,21 +730,31 @@ impl EventBus {
     fn deliver_task(
         &self,
         reg: &Registry,
-        subs: impl IntoIterator<Item = u32>,
+        subs: impl Iterator<Item = u32> + Clone,
         runs: &[RunCell],
         streams: bool,
         v: &TaskView<'_>,
     ) {
         let kind = v.data.kind();
-        let mut event: Option<Event> = None;
+        // Built once, before delivering, if a handler or a stream takes it (built into a
+        // variable that is then only lent: no copy of the event per receiver).
+        let wanted = subs.clone().any(|i| {
+            let s = &reg.subs[i as usize];
+            s.task_hook.is_none() && s.filter.matches_task(kind, v)
+        }) || (streams && reg.streams.iter().any(|s| s.filter.matches_task(kind, v)));
+        let mut built = blank_event();
+        if wanted {
+            v.write_to(&mut built);
+        }
+        let event = wanted.then_some(&built);
         let mut dead: Vec<u64> = Vec::new();
         for i in subs {
             let s = &reg.subs[i as usize];
             if !s.filter.matches_task(kind, v) {
                 continue;
             }
-            match &s.task_hook {
-                Some(hook) => {
+            match (&s.task_hook, event) {
+                (Some(hook), _) => {
                     call_guarded(kind, || {
                         let run = runs
                             .get(i as usize)
@@ -735,21 +764,18 @@ impl EventBus {
                         }
                     });
                 }
-                None => {
-                    let e = event.get_or_insert_with(|| v.to_event());
+                (None, Some(e)) => {
                     if call_guarded(kind, || (s.handler)(e)) == Some(false) {
                         dead.push(s.id);
                     }
                 }
+                (None, None) => unreachable!("a handler took the event: it was built"),
             }
         }
-        if streams {
+        if let (true, Some(e)) = (streams, event) {
             for s in &reg.streams {
-                if s.filter.matches_task(kind, v) {
-                    let e = event.get_or_insert_with(|| v.to_event());
-                    if s.tx.send(e.clone()).is_err() {
-                        dead.push(s.id);
-                    }
+                if s.filter.matches_task(kind, v) && s.tx.send(e.clone()).is_err() {
+                    dead.push(s.id);
                 }
             }
         }

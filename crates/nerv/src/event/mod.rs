@@ -376,7 +376,7 @@ impl Event {
 
 /// Ids are handed out to each thread in blocks, so that threads publishing at once do not
 /// contend on one counter.
-fn next_id() -> u64 {
+pub(super) fn next_id() -> u64 {
     const BLOCK: u64 = 1024;
     static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
     thread_local! {

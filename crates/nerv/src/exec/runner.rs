@@ -24,7 +24,6 @@ use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
 use futures_util::FutureExt;
 use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
 use std::collections::HashSet;
-use std::mem::ManuallyDrop;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
@@ -263,8 +262,6 @@ impl Runner {
     #[inline(never)]
     fn publish_task_at(&self, node: u32, at: Option<u64>, data: EventData) {
         let Some(o) = &self.obs else { return };
-        // The plain events own nothing: their (out-of-line) drop glue is skipped.
-        let data = ManuallyDrop::new(data);
         // Unbuilt: the bus builds the event only for a receiver that needs one.
         o.bus.publish_task(
             Some(&o.receivers),
@@ -277,8 +274,11 @@ impl Runner {
                 data: &data,
             },
         );
-        if !matches!(
-            *data,
+        // The plain events own nothing: their (out-of-line) drop glue is skipped. (Forgotten
+        // in place: moving the event into a `ManuallyDrop` first copied it with wide loads of
+        // what the caller had just stored narrowly, a store-forwarding stall per event.)
+        if matches!(
+            data,
             EventData::TaskStarted { .. }
                 | EventData::TaskCancelled { .. }
                 | EventData::TaskCompleted { output: None, .. }
@@ -286,7 +286,7 @@ impl Runner {
                 | EventData::MemoHit
                 | EventData::MemoMiss
         ) {
-            drop(ManuallyDrop::into_inner(data));
+            std::mem::forget(data);
         }
     }
 

@@ -301,8 +301,15 @@ impl WorkflowState {
     /// A running run of `n` pending top-graph tasks (for tests).
     #[cfg(test)]
     pub(crate) fn with_pending(n: usize) -> Self {
+        Self::with_pending_from(n, &mut Vector::new())
+    }
+
+    /// [`with_pending`](Self::with_pending), its tasks taken from `blank` as the engine's
+    /// state takes them (for tests).
+    #[cfg(test)]
+    pub(crate) fn with_pending_from(n: usize, blank: &mut Vector<TaskState>) -> Self {
         let mut wf = WorkflowState::new(WorkflowStatus::Running);
-        wf.ensure_tasks(n, &mut Vector::new());
+        wf.ensure_tasks(n, blank);
         wf
     }
 
@@ -345,6 +352,7 @@ pub struct EngineState {
     /// PENDING tasks, as many as the largest run has had: a new run's task vector is a slice of
     /// it (O(log n), sharing its leaves until they are written), instead of 10^6 tasks built
     /// one by one (about 25 ms; the first write of each leaf then copies it: about 7 ns a task).
+    /// (Built by doubling, its leaves shared among themselves, folds measured 3x slower.)
     blank: Vector<TaskState>,
 }
 
