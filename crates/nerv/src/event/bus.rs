@@ -327,7 +327,13 @@ pub(crate) struct Receivers {
     by_kind: Box<[Box<[u32]>]>,
     /// The kinds some stream takes.
     stream_kinds: u32,
+    /// Per kind (by its number), the subscription that is its only receiver, if that has a
+    /// task hook (`NO_SUB` otherwise): such an event goes straight to the hook.
+    solo: Box<[u32]>,
 }
+
+/// No subscription (in [`Receivers::solo`]).
+const NO_SUB: u32 = u32::MAX;
 
 impl fmt::Debug for Receivers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -714,6 +720,14 @@ impl EventBus {
             return;
         }
         let k = kind as usize;
+        if let Some(&i) = c.solo.get(k).filter(|&&i| i != NO_SUB) {
+            // One receiver, a task hook: straight to it.
+            let s = &c.registry.subs[i as usize];
+            if let (true, Some(hook)) = (s.filter.matches_task(kind, v), &s.task_hook) {
+                to_hook(kind, hook, c.runs.get(i as usize), v);
+            }
+            return;
+        }
         self.deliver_task(
             &c.registry,
             c.by_kind[k].iter().copied(),
@@ -742,11 +756,13 @@ impl EventBus {
             let s = &reg.subs[i as usize];
             s.task_hook.is_none() && s.filter.matches_task(kind, v)
         }) || (streams && reg.streams.iter().any(|s| s.filter.matches_task(kind, v)));
-        let mut built = blank_event();
-        if wanted {
-            v.write_to(&mut built);
-        }
-        let event = wanted.then_some(&built);
+        let built;
+        let event = if wanted {
+            built = v.to_event();
+            Some(&built)
+        } else {
+            None
+        };
         let mut dead: Vec<u64> = Vec::new();
         for i in subs {
             let s = &reg.subs[i as usize];
@@ -754,16 +770,7 @@ impl EventBus {
                 continue;
             }
             match (&s.task_hook, event) {
-                (Some(hook), _) => {
-                    call_guarded(kind, || {
-                        let run = runs
-                            .get(i as usize)
-                            .and_then(|c| c.get_or_init(|| (hook.per_run)(v.workflow)).as_deref());
-                        if !run.is_some_and(|r| r.take(v)) {
-                            (hook.take)(v);
-                        }
-                    });
-                }
+                (Some(hook), _) => to_hook(kind, hook, runs.get(i as usize), v),
                 (None, Some(e)) => {
                     if call_guarded(kind, || (s.handler)(e)) == Some(false) {
                         dead.push(s.id);
@@ -793,7 +800,7 @@ impl EventBus {
         let registry = self.inner.registry.load_full();
         // Per kind, the subscriptions that may take it (a named filter takes custom events
         // only, which take the general path).
-        let by_kind = (0..u32::BITS)
+        let by_kind: Box<[Box<[u32]>]> = (0..u32::BITS)
             .map(|k| {
                 (0..registry.subs.len() as u32)
                     .filter(|&i| {
@@ -803,12 +810,26 @@ impl EventBus {
                     .collect()
             })
             .collect();
+        let stream_kinds = registry.streams.iter().fold(0, |m, s| m | s.filter.kinds);
+        let solo = by_kind
+            .iter()
+            .enumerate()
+            .map(|(k, subs)| match **subs {
+                [i] if registry.subs[i as usize].task_hook.is_some()
+                    && stream_kinds & (1 << k) == 0 =>
+                {
+                    i
+                }
+                _ => NO_SUB,
+            })
+            .collect();
         Receivers {
             generation,
+            solo,
+            stream_kinds,
             runs: registry.subs.iter().map(|_| OnceLock::new()).collect(),
             general: !registry.middleware.is_empty() || self.inner.history.is_some(),
             by_kind,
-            stream_kinds: registry.streams.iter().fold(0, |m, s| m | s.filter.kinds),
             registry,
             bus: Arc::downgrade(&self.inner),
         }
@@ -864,6 +885,18 @@ impl EventBus {
 
 /// Runs `f`, catching a panic: a panicking handler or middleware is reported and never
 /// breaks the publisher.
+/// Gives task event `v` to a subscription's task hook: to its receiver for the run (`cell`,
+/// made here at the run's first event) first, to `hook.take` if that declines it.
+#[inline]
+fn to_hook(kind: EventKind, hook: &TaskHook, cell: Option<&RunCell>, v: &TaskView<'_>) {
+    call_guarded(kind, || {
+        let run = cell.and_then(|c| c.get_or_init(|| (hook.per_run)(v.workflow)).as_deref());
+        if !run.is_some_and(|r| r.take(v)) {
+            (hook.take)(v);
+        }
+    });
+}
+
 fn call_guarded<R>(kind: EventKind, f: impl FnOnce() -> R) -> Option<R> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
@@ -1250,6 +1283,37 @@ mod tests {
         bus.publish_task(None, &view(&name, 1, &started));
         assert_eq!(made.load(Relaxed), 2, "no copy: no receiver");
         assert_eq!((picky.0.load(Relaxed), hooked.load(Relaxed)), (3, 4));
+    }
+
+    #[test]
+    fn a_kind_s_only_receiver_still_has_its_filter_and_a_stream_gets_its_copy() {
+        let bus = EventBus::new();
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let h = hooked.clone();
+        let _sub = bus.subscribe_task(
+            EventFilter::kind(EventKind::TaskStarted).workflow(2),
+            |_| {},
+            move |_| {
+                h.fetch_add(1, Relaxed);
+            },
+            |_| None,
+        );
+        let name: Arc<str> = "t".into();
+        let started = EventData::TaskStarted { attempt: 1 };
+        let cache = bus.receivers_cache();
+        assert_ne!(cache.solo[EventKind::TaskStarted as usize], NO_SUB);
+        bus.publish_task(Some(&cache), &view(&name, 1, &started));
+        bus.publish_task(Some(&cache), &view(&name, 2, &started));
+        assert_eq!(hooked.load(Relaxed), 1, "run 2's event only");
+        let mut stream = bus.stream(EventFilter::kind(EventKind::TaskStarted), 8);
+        let cache = bus.receivers_cache();
+        assert_eq!(cache.solo[EventKind::TaskStarted as usize], NO_SUB);
+        bus.publish_task(Some(&cache), &view(&name, 2, &started));
+        assert_eq!(hooked.load(Relaxed), 2);
+        assert_eq!(
+            stream.try_recv().unwrap().unwrap().kind(),
+            EventKind::TaskStarted
+        );
     }
 
     #[test]
