@@ -38,7 +38,10 @@
 //! run that the publisher's registry copy delivers asks the subscriber for it (`per_run`), the
 //! copy keeps it in a cell beside the subscription for the rest of the run, and each task event
 //! goes to it first; the task hook gets the events it declines. (The engine projector's is the
-//! run's live table: a task event becomes a store into the task's slot.)
+//! run's live table: a task event becomes a store into the task's slot.) The copy also lists,
+//! per kind, the subscriptions that take it, so a task event visits only those; a kind whose
+//! only receiver is a task hook goes straight to it. An event that a handler or a stream takes
+//! is built once per publish, before any receiver gets it.
 
 use super::{Event, EventData, EventKind, Payload, Source, TaskRef};
 use arc_swap::ArcSwap;
