@@ -213,10 +213,15 @@ impl Runner {
     }
 
     /// The serialized output of `node`, if it is persisted (for its `TaskCompleted` event).
-    #[cold]
-    #[inline(never)]
+    #[inline]
     pub(crate) fn output_bytes(&self, node: u32) -> Option<Arc<[u8]>> {
         let codec = self.graph.0.codecs.get(node as usize)?.as_ref()?;
+        self.save_output(codec)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn save_output(&self, codec: &Arc<dyn crate::graph::codec::Codec>) -> Option<Arc<[u8]>> {
         codec.save(&self.arena).map(Arc::from)
     }
 
@@ -258,7 +263,6 @@ impl Runner {
         self.publish_task_at(node, None, data);
     }
 
-    #[cold]
     #[inline(never)]
     fn publish_task_at(&self, node: u32, at: Option<u64>, data: EventData) {
         let Some(o) = &self.obs else { return };
