@@ -10,7 +10,9 @@
 //! and `sequential` (a plain loop on one thread, so `"workers": 1`).
 //! The runs of the executors are interleaved, so that noise hits them alike. At the end, one line
 //! per shape: `{"shape": ..., "tasks": N, "workers": W, "nerv_over_rayon_scope": R,
-//! "nerv_over_rayon_spawn": S}`, the ratios of the medians.
+//! "nerv_over_rayon_spawn": S}`, the medians of the runs' ratios (each run's nerv time over the
+//! same run's competitor time: this machine's speed drifts in phases of seconds, which a ratio
+//! of two medians would count as a difference between the executors).
 //!
 //! Options: `--tasks N` (default 10^6), `--workers W` (default 2), `--runs R`, `--shape NAME`
 //! (repeatable; default all four). Graphs are built outside the timed regions.
@@ -82,6 +84,16 @@ fn main() {
                 s.push(t.elapsed().as_nanos() as f64 / n as f64);
             }
         }
+        let per_run = |other: usize| {
+            median(
+                samples[0]
+                    .iter()
+                    .zip(&samples[other])
+                    .map(|(n, o)| n / o)
+                    .collect(),
+            )
+        };
+        let (scope, spawn) = (per_run(2), per_run(3));
         let medians = samples.map(median);
         for (e, executor) in EXECUTORS.iter().enumerate() {
             let w = if *executor == "sequential" {
@@ -97,7 +109,7 @@ fn main() {
             .expect("stdout");
         }
         out.flush().expect("stdout");
-        ratios.push((shape, n, medians[0] / medians[2], medians[0] / medians[3]));
+        ratios.push((shape, n, scope, spawn));
     }
     for (shape, n, scope, spawn) in ratios {
         writeln!(
