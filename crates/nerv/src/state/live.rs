@@ -487,17 +487,10 @@ mod tests {
         assert_eq!((small.len(), big.len()), (10, 20), "too short: fresh slots");
         assert_eq!(big.take(&view(&name, 19, 9, &done)), Took::Yes);
     }
-}
 
-/// What a fold costs (`cargo test --release -p nerv --lib fold_rate -- --ignored --nocapture`):
-/// prints ns per task to fold a fully written 10^6-task table into a new run's state.
-#[cfg(test)]
-mod rate {
-    use super::*;
-    use crate::event::EventData;
-    use std::sync::Arc;
-    use std::time::Instant;
-
+    /// What a fold costs (`cargo test --release -p nerv --lib fold_rate -- --ignored
+    /// --nocapture`): prints ns per task to fold a fully written 10^6-task table into a new
+    /// run's state.
     #[test]
     #[ignore = "prints a figure; run it on its own, in release"]
     fn fold_rate() {
@@ -514,19 +507,11 @@ mod rate {
         for _ in 0..5 {
             let live = LiveRun::new(7, n as usize, 2, None, u64::MAX);
             for i in 0..n {
-                for (ts, data) in [(1 + u64::from(i), &st), (2 + u64::from(i), &done)] {
-                    live.take(&crate::event::TaskView {
-                        workflow: 7,
-                        name: &name,
-                        index: i,
-                        subgraph: false,
-                        ts,
-                        data,
-                    });
-                }
+                live.take(&view(&name, i, 1 + u64::from(i), &st));
+                live.take(&view(&name, i, 2 + u64::from(i), &done));
             }
             let mut wf = WorkflowState::with_pending_from(n as usize, &mut blank);
-            let t = Instant::now();
+            let t = std::time::Instant::now();
             live.fold(&mut wf);
             best = best.min(t.elapsed().as_nanos() as f64 / f64::from(n));
             assert_eq!(wf.count(TaskStatus::Completed), n as usize);
