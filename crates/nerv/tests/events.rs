@@ -481,6 +481,56 @@ fn a_run_publishes_every_transition_in_order() {
 }
 
 #[test]
+fn a_handler_may_run_a_workflow_of_its_own() {
+    // The inner run is started from inside the outer run's handler: each run's handler sees
+    // its own events, whole.
+    let bus = EventBus::new();
+    let inner_bus = EventBus::new();
+    let inner_log = Log::default();
+    let _i = inner_log.attach(&inner_bus, EventFilter::kind(EventKind::TaskCompleted));
+    let inner = {
+        let mut g = Graph::builder();
+        let x = g.task("x").run((), |_, ()| Ok::<_, TaskError>(1));
+        g.task("y").run(x, |_, v| Ok::<_, TaskError>(*v + 1));
+        g.build().unwrap()
+    };
+    let inner_exec = Executor::builder()
+        .workers(1)
+        .events(inner_bus.clone())
+        .build();
+    let outer: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let o = outer.clone();
+    let _s = bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |e| {
+        let name = e.source.task_id().unwrap().to_string();
+        let id = e.id;
+        inner_exec.run(&inner);
+        // The outer event is intact after the inner run published its own.
+        assert_eq!(e.source.task_id().unwrap(), name);
+        assert_eq!(e.id, id);
+        o.lock().unwrap().push((name, id));
+    });
+    let mut g = Graph::builder();
+    for i in 0..4 {
+        g.task(format!("t{i}"))
+            .run((), |_, ()| Ok::<_, TaskError>(()));
+    }
+    executor(&bus).run(&g.build().unwrap());
+    let mut names: Vec<String> = outer.lock().unwrap().iter().map(|x| x.0.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["t0", "t1", "t2", "t3"]);
+    let ids: std::collections::HashSet<u64> = outer.lock().unwrap().iter().map(|x| x.1).collect();
+    assert_eq!(ids.len(), 4, "one id per event");
+    let mut inner_names: Vec<String> = inner_log
+        .events()
+        .iter()
+        .map(|e| e.source.task_id().unwrap().to_string())
+        .collect();
+    inner_names.sort();
+    assert_eq!(inner_names.len(), 8, "two tasks, four runs");
+    assert_eq!(inner_names.iter().filter(|n| *n == "x").count(), 4);
+}
+
+#[test]
 fn retries_and_progress_are_events() {
     let bus = EventBus::new();
     let log = Log::default();
@@ -716,6 +766,37 @@ mod resume {
         let b: u32 = rmp_serde::from_slice(outputs["b"].as_ref().unwrap()).unwrap();
         assert_eq!(b, 6);
         assert_eq!(outputs["c"], None, "not persisted");
+    }
+
+    #[test]
+    fn delivered_outputs_are_not_kept_alive_by_the_bus() {
+        let bus = EventBus::new();
+        let seen: Arc<Mutex<Vec<std::sync::Weak<[u8]>>>> = Arc::default();
+        let s = seen.clone();
+        let _sub = bus.subscribe(EventFilter::kind(EventKind::TaskCompleted), move |e| {
+            if let EventData::TaskCompleted {
+                output: Some(bytes),
+                ..
+            } = &e.data
+            {
+                s.lock().unwrap().push(Arc::downgrade(bytes));
+            }
+        });
+        // Each persisted output is the last event delivered on its thread.
+        let mut g = Graph::builder();
+        for i in 0..2 {
+            let t = g
+                .task(format!("t{i}"))
+                .run((), |_, ()| Ok::<_, TaskError>(vec![7u8; 64]));
+            g.persist(t);
+        }
+        // (The executor, and its workers' threads, outlive the check.)
+        let exec = executor(&bus);
+        exec.run(&g.build().unwrap());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "both are persisted");
+        // The handler only borrowed each event: once delivered, nothing holds the bytes.
+        assert!(seen.iter().all(|w| w.strong_count() == 0));
     }
 
     #[test]

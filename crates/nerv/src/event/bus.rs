@@ -45,6 +45,7 @@
 
 use super::{Event, EventData, EventKind, Payload, Source, TaskRef};
 use arc_swap::ArcSwap;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -103,26 +104,100 @@ pub(crate) struct TaskView<'a> {
 impl TaskView<'_> {
     /// The event (with a fresh id).
     ///
-    /// Written field by field into a blank event where it lies: an `Event` is some 150 bytes,
-    /// and one built from parts and then moved was copied with wide loads of what had just been
-    /// stored narrowly (a store-forwarding stall per copy, seen in profiles).
-    #[inline]
+    /// Built as one expression, inlined into its caller, so that the event is written where
+    /// the caller keeps it: an `Event` is some 150 bytes, and one built in a local and then
+    /// returned or moved was copied (a `memcpy` call per event, with store-forwarding stalls
+    /// on what had just been stored narrowly, seen in profiles). The executor's plain data is
+    /// copied without a call to `EventData::clone`.
+    #[inline(always)]
     pub(crate) fn to_event(&self) -> Event {
-        let mut event = Event {
+        Event {
             id: super::next_id(),
-            timestamp: UNIX_EPOCH,
-            source: Source::default(),
-            data: EventData::TaskPending,
-        };
-        event.timestamp = UNIX_EPOCH + Duration::from_nanos(self.ts);
-        event.source.workflow = Some(self.workflow);
-        event.source.task = Some(TaskRef {
-            id: self.name.clone(),
-            index: self.index,
-            subgraph: self.subgraph,
-        });
-        event.data = self.data.clone();
-        event
+            timestamp: UNIX_EPOCH + Duration::from_nanos(self.ts),
+            source: Source {
+                workflow: Some(self.workflow),
+                task: Some(TaskRef {
+                    id: self.name.clone(),
+                    index: self.index,
+                    subgraph: self.subgraph,
+                }),
+            },
+            data: self.data(),
+        }
+    }
+
+    /// A copy of the data: the executor's plain data without a call to `EventData::clone`.
+    #[inline(always)]
+    fn data(&self) -> EventData {
+        match *self.data {
+            EventData::TaskStarted { attempt } => EventData::TaskStarted { attempt },
+            EventData::TaskCompleted {
+                attempt,
+                output: None,
+            } => EventData::TaskCompleted {
+                attempt,
+                output: None,
+            },
+            EventData::TaskPending => EventData::TaskPending,
+            ref data => data.clone(),
+        }
+    }
+
+    /// Lends the event to `f`, built in this thread's scratch event where it can be: the
+    /// scratch's fields are overwritten in place (no 150-byte event assembled and then moved;
+    /// see [`to_event`](Self::to_event)), and its data is cleared after `f`, so that it keeps
+    /// no task output alive. A publish from inside `f` (a handler running a run of its own)
+    /// finds the scratch lent and builds a fresh event.
+    #[inline]
+    pub(crate) fn with_event<R>(&self, f: impl FnOnce(&Event) -> R) -> R {
+        thread_local! {
+            static SCRATCH: RefCell<Option<Event>> = const { RefCell::new(None) };
+        }
+        SCRATCH.with(|cell| {
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return f(&self.to_event());
+            };
+            let event = match &mut *slot {
+                Some(e) => {
+                    self.refill(e);
+                    e
+                }
+                empty => empty.insert(self.to_event()),
+            };
+            let r = f(event);
+            if !matches!(
+                event.data,
+                EventData::TaskStarted { .. } | EventData::TaskPending
+            ) {
+                event.data = EventData::TaskPending;
+            }
+            r
+        })
+    }
+
+    /// Overwrites `e` with this event (and a fresh id), field by field.
+    #[inline(always)]
+    fn refill(&self, e: &mut Event) {
+        e.id = super::next_id();
+        e.timestamp = UNIX_EPOCH + Duration::from_nanos(self.ts);
+        e.source.workflow = Some(self.workflow);
+        match &mut e.source.task {
+            Some(t) => {
+                if !Arc::ptr_eq(&t.id, self.name) {
+                    t.id = self.name.clone();
+                }
+                t.index = self.index;
+                t.subgraph = self.subgraph;
+            }
+            none => {
+                *none = Some(TaskRef {
+                    id: self.name.clone(),
+                    index: self.index,
+                    subgraph: self.subgraph,
+                })
+            }
+        }
+        e.data = self.data();
     }
 }
 
@@ -748,38 +823,38 @@ impl EventBus {
             let s = &reg.subs[i as usize];
             s.task_hook.is_none() && s.filter.matches_task(kind, v)
         }) || (streams && reg.streams.iter().any(|s| s.filter.matches_task(kind, v)));
-        let built;
-        let event = if wanted {
-            built = v.to_event();
-            Some(&built)
-        } else {
-            None
-        };
-        let mut dead: Vec<u64> = Vec::new();
-        for i in subs {
-            let s = &reg.subs[i as usize];
-            if !s.filter.matches_task(kind, v) {
-                continue;
+        let deliver = |event: Option<&Event>| {
+            let mut dead: Vec<u64> = Vec::new();
+            for i in subs {
+                let s = &reg.subs[i as usize];
+                if !s.filter.matches_task(kind, v) {
+                    continue;
+                }
+                match (&s.task_hook, event) {
+                    (Some(hook), _) => to_hook(kind, hook, runs.get(i as usize), v),
+                    (None, Some(e)) => {
+                        if call_guarded(kind, || (s.handler)(e)) == Some(false) {
+                            dead.push(s.id);
+                        }
+                    }
+                    (None, None) => unreachable!("a handler took the event: it was built"),
+                }
             }
-            match (&s.task_hook, event) {
-                (Some(hook), _) => to_hook(kind, hook, runs.get(i as usize), v),
-                (None, Some(e)) => {
-                    if call_guarded(kind, || (s.handler)(e)) == Some(false) {
+            if let (true, Some(e)) = (streams, event) {
+                for s in &reg.streams {
+                    if s.filter.matches_task(kind, v) && s.tx.send(e.clone()).is_err() {
                         dead.push(s.id);
                     }
                 }
-                (None, None) => unreachable!("a handler took the event: it was built"),
             }
-        }
-        if let (true, Some(e)) = (streams, event) {
-            for s in &reg.streams {
-                if s.filter.matches_task(kind, v) && s.tx.send(e.clone()).is_err() {
-                    dead.push(s.id);
-                }
+            if !dead.is_empty() {
+                self.inner.remove(&dead);
             }
-        }
-        if !dead.is_empty() {
-            self.inner.remove(&dead);
+        };
+        if wanted {
+            v.with_event(|e| deliver(Some(e)));
+        } else {
+            deliver(None);
         }
     }
 
@@ -1164,6 +1239,41 @@ mod tests {
         move |_| {
             n.fetch_add(1, Relaxed);
         }
+    }
+
+    #[test]
+    fn lent_events_are_whole_when_built_inside_one_another() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let started = EventData::TaskStarted { attempt: 2 };
+        let failed = EventData::TaskFailed {
+            attempt: 1,
+            error: crate::TaskError::msg("boom"),
+        };
+        let check = |e: &Event, name: &str, workflow: u64, kind: EventKind| {
+            assert_eq!(e.source.task_id(), Some(name));
+            assert_eq!(e.source.workflow, Some(workflow));
+            assert_eq!(e.kind(), kind);
+            assert_eq!(e.timestamp, UNIX_EPOCH + Duration::from_nanos(5));
+        };
+        // The scratch is filled, then refilled with another task's event and data.
+        let first = view(&a, 1, &started).with_event(|e| e.id);
+        view(&b, 2, &failed).with_event(|outer| {
+            assert_ne!(outer.id, first);
+            check(outer, "b", 2, EventKind::TaskFailed);
+            // Built while the scratch is lent: a fresh event, and the lent one is untouched.
+            let inner = view(&a, 7, &started).with_event(|inner| {
+                check(inner, "a", 7, EventKind::TaskStarted);
+                inner.clone()
+            });
+            assert_ne!(inner.id, outer.id);
+            check(outer, "b", 2, EventKind::TaskFailed);
+            match &outer.data {
+                EventData::TaskFailed { error, attempt: 1 } => {
+                    assert!(error.to_string().contains("boom"))
+                }
+                d => panic!("{d:?}"),
+            }
+        });
     }
 
     #[test]
