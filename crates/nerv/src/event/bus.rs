@@ -41,7 +41,9 @@
 //! run's live table: a task event becomes a store into the task's slot.) The copy also lists,
 //! per kind, the subscriptions that take it, so a task event visits only those; a kind whose
 //! only receiver is a task hook goes straight to it. An event that a handler or a stream takes
-//! is built once per publish, before any receiver gets it.
+//! is built once per publish, before any receiver gets it, into the publishing thread's scratch
+//! event (its fields overwritten in place; `TaskView::with_event`): handlers borrow it, streams
+//! get clones, and its data (a task's output, an error) is dropped once delivery ends.
 
 use super::{Event, EventData, EventKind, Payload, Source, TaskRef};
 use arc_swap::ArcSwap;
