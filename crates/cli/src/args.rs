@@ -216,6 +216,10 @@ pub struct BenchReplayArgs {
     /// A memory budget in bytes (tasks wait until their recorded memory fits).
     #[arg(long, value_name = "BYTES")]
     pub memory_limit: Option<u64>,
+    /// Ready order: `ranked` (longest remaining critical path first) or `searched` (the best
+    /// of many list schedules simulated with the trace's runtimes, searched before the run).
+    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked)]
+    pub order: ReplayOrder,
     /// One JSON object per trace.
     #[arg(long)]
     pub json: bool,
@@ -262,6 +266,19 @@ pub struct RunArgs {
     /// With --replay: a memory budget in bytes (tasks wait until their recorded memory fits).
     #[arg(long, value_name = "BYTES", requires = "replay")]
     pub memory_limit: Option<u64>,
+    /// With --replay: ready order: `ranked` (longest remaining critical path first) or `searched` (the best
+    /// of many list schedules simulated with the trace's runtimes, searched before the run).
+    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked, requires = "replay")]
+    pub order: ReplayOrder,
+}
+
+/// The ready order of a replay (`--order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayOrder {
+    /// Longest remaining critical path first.
+    Ranked,
+    /// Searched by simulation (never worse than `ranked` in simulation).
+    Searched,
 }
 
 /// The folder whose journal a command reads.

@@ -882,7 +882,28 @@ fn a_trace_imports_plans_runs_and_replays() {
         ],
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stdout(&o).contains("makespan"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("ranked makespan"), "{}", stdout(&o));
+    // In a searched order: said in the record, never worse than ranked in simulation.
+    let o = run_in(
+        dir.path(),
+        &[
+            "bench",
+            "replay",
+            trace.to_str().unwrap(),
+            "-j",
+            "2",
+            "--target",
+            "0.05",
+            "--order",
+            "searched",
+            "--json",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rec: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(rec["order"], "searched");
+    assert_eq!(rec["tasks"], 4);
+    assert!(rec["sim_s"].as_f64().unwrap() >= rec["lower_bound_s"].as_f64().unwrap() * 0.999);
     // Not a trace: a clear error naming the file.
     let o = run_in(dir.path(), &["import", "wf.toml"]);
     assert_eq!(code(&o), 1);

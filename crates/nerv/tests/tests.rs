@@ -1818,6 +1818,50 @@ mod priorities {
     }
 
     #[test]
+    fn order_keys_replace_the_critical_path_order() {
+        // The graph of the test above, with order keys that reverse its ready order; `l1` and
+        // `l2` have none (0: last among ready tasks), priorities still come first.
+        let order: Log<&'static str> = Log::new();
+        let mut g = Graph::builder();
+        let root = g.task("root").order_key(9).run((), |_, ()| Ok(()));
+        let add = |g: &mut nerv::GraphBuilder,
+                   id: &'static str,
+                   after: nerv::TaskId,
+                   key: Option<u64>,
+                   priority: Priority| {
+            let o = order.clone();
+            let mut b = g.task(id).estimate(ms(10)).after(after).priority(priority);
+            if let Some(k) = key {
+                b = b.order_key(k);
+            }
+            b.run((), move |_, ()| {
+                o.push(id);
+                Ok(())
+            })
+            .id()
+        };
+        add(&mut g, "short", root.id(), Some(3), Priority::Medium);
+        let long = add(&mut g, "long", root.id(), Some(1), Priority::Medium);
+        let mid = add(&mut g, "mid", root.id(), Some(2), Priority::Medium);
+        let l1 = add(&mut g, "l1", long, None, Priority::Medium);
+        add(&mut g, "l2", l1, None, Priority::Medium);
+        add(&mut g, "m1", mid, Some(5), Priority::Medium);
+        add(&mut g, "urgent", root.id(), Some(0), Priority::High);
+        let graph = g.build().unwrap();
+        assert_eq!(
+            graph.task(graph.find("short").unwrap()).order_key(),
+            Some(3)
+        );
+        assert_eq!(graph.task(graph.find("l1").unwrap()).order_key(), None);
+        let report = exec(1).run(&graph);
+        assert_eq!(report.counts().completed, 8);
+        assert_eq!(
+            order.get(),
+            ["urgent", "short", "mid", "m1", "long", "l1", "l2"]
+        );
+    }
+
+    #[test]
     fn a_low_priority_successor_does_not_overtake_ready_high_priority_tasks() {
         // root → {crit (Critical), high0..high4 (High)}; crit → low (Low, its only
         // dependency). When `crit` finishes, `low` becomes ready while the `high` tasks are

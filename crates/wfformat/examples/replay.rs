@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release -p nerv-wfformat --example replay -- DIR [FILE...] [--scale S] [-j P]
 //!     [--target SECS] [--memory-limit BYTES] [--no-baseline] [--interval-max-tasks N]
-//!     [--estimated] [--banded] [--repeat N] [--json]
+//!     [--estimated] [--banded] [--searched] [--repeat N] [--json]
 //! ```
 //!
 //! Besides the issue's fields, each record has the critical path, work / P, the makespans of
@@ -13,7 +13,10 @@
 //! for traces of at most N tasks (default 200), the tighter interval lower bound
 //! `interval_lower_bound_s`. `--estimated` also times [`Order::Estimated`] (estimates, tasks
 //! in file order) as `estimated_makespan_s`, to show what the ranked insertion order adds;
-//! `--banded` times [`Order::Banded`] (rank quartiles as priorities) as `banded_makespan_s`.
+//! `--banded` times [`Order::Banded`] (rank quartiles as priorities) as `banded_makespan_s`;
+//! `--searched` times [`Order::Searched`] (order keys from `search_order`, searched before the
+//! timed run) as `searched_makespan_s`, with that order's simulated makespan as
+//! `searched_sim_s`.
 //! `--repeat N` runs everything N times and reports each makespan's median.
 //!
 //! Without `--scale`, each trace gets the scale at which its lower bound is `--target`
@@ -21,7 +24,8 @@
 //! then `{"summary": ...}`; otherwise a table.
 
 use nerv_wfformat::{
-    interval_lower_bound, measure, parse_file, replay, scale_for, Order, Replay, ReplayOptions,
+    default_tries, interval_lower_bound, measure, parse_file, replay, scale_for, search_order,
+    Order, Replay, ReplayOptions,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +42,7 @@ struct Args {
     interval_max_tasks: usize,
     estimated: bool,
     banded: bool,
+    searched: bool,
     repeat: usize,
 }
 
@@ -72,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
         interval_max_tasks: 200,
         estimated: false,
         banded: false,
+        searched: false,
         repeat: 1,
     };
     let mut it = std::env::args().skip(1);
@@ -103,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-baseline" => a.baseline = false,
             "--estimated" => a.estimated = true,
             "--banded" => a.banded = true,
+            "--searched" => a.searched = true,
             "--repeat" => {
                 a.repeat = value("--repeat")?
                     .parse::<usize>()
@@ -202,6 +209,7 @@ fn main() -> ExitCode {
             scale,
             memory_limit: args.memory_limit,
             baseline: args.baseline,
+            order: Order::Ranked,
         };
         let mut runs = Vec::new();
         for _ in 0..args.repeat {
@@ -235,6 +243,12 @@ fn main() -> ExitCode {
         for (on, order) in [
             (args.estimated, Order::Estimated),
             (args.banded, Order::Banded),
+            (
+                args.searched,
+                Order::Searched {
+                    workers: args.workers,
+                },
+            ),
         ] {
             if on {
                 let mut ms: Vec<f64> = (0..args.repeat)
@@ -253,6 +267,10 @@ fn main() -> ExitCode {
             let mut v = serde_json::to_value(&rec).expect("a record serializes");
             for (order, m) in &extra {
                 v[format!("{}_makespan_s", order.as_str())] = (*m).into();
+            }
+            if args.searched {
+                let s = search_order(&wf, scale, args.workers, default_tries(&wf));
+                v["searched_sim_s"] = s.makespan.as_secs_f64().into();
             }
             println!("{v}");
         } else {

@@ -10,6 +10,9 @@
 //! - [`Order::Fcfs`]: the baseline. No estimates (nerv then counts every task as one unit, so
 //!   its successor order is by remaining chain length in tasks, not time) and file order: no
 //!   runtime information reaches the scheduler.
+//! - [`Order::Banded`]: ranked, with rank quartiles as priorities.
+//! - [`Order::Searched`]: ranked, and each task's order key from a search over simulated list
+//!   schedules ([`search_order`](crate::search_order)).
 
 use crate::model::Workflow;
 use nerv::{Graph, GraphError, Priority, TaskError};
@@ -32,16 +35,25 @@ pub enum Order {
     /// critical-path-first queue with four buckets. A workaround, not a default: it overrides
     /// user priorities, which a trace does not have.
     Banded,
+    /// [`Order::Ranked`], with each task's place in the ready order found by
+    /// [`search_order`](crate::search_order) for `workers` processors
+    /// ([`default_tries`](crate::default_tries)) and given to nerv as its order key: the best
+    /// of many simulated list schedules, never worse in simulation than critical-path-first.
+    Searched {
+        /// The processors the order is searched for (the executor's workers).
+        workers: usize,
+    },
 }
 
 impl Order {
-    /// A short name (`ranked`, `estimated`, `fcfs`).
+    /// A short name (`ranked`, `estimated`, `fcfs`, `banded`, `searched`).
     pub fn as_str(self) -> &'static str {
         match self {
             Order::Ranked => "ranked",
             Order::Estimated => "estimated",
             Order::Fcfs => "fcfs",
             Order::Banded => "banded",
+            Order::Searched { .. } => "searched",
         }
     }
 }
@@ -109,7 +121,10 @@ impl Workflow {
     /// upward rank at `scale` (ties in file order) for [`Order::Ranked`], file order otherwise.
     pub fn insertion_order(&self, order: Order, scale: f64) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.len()).collect();
-        if matches!(order, Order::Ranked | Order::Banded) {
+        if matches!(
+            order,
+            Order::Ranked | Order::Banded | Order::Searched { .. }
+        ) {
             let rank = self.upward_ranks(scale);
             // A parent's rank is at least its child's; on ties (zero runtimes) keep a
             // topological order by sorting on topological position second.
@@ -138,6 +153,12 @@ impl Workflow {
             .copied()
             .unwrap_or_default()
             .as_secs_f64();
+        let keys = match opts.order {
+            Order::Searched { workers } => {
+                crate::search_order(self, opts.scale, workers, crate::default_tries(self)).keys
+            }
+            _ => Vec::new(),
+        };
         for i in self.insertion_order(opts.order, opts.scale) {
             let t = &self.tasks()[i];
             let d = t.scaled_runtime(opts.scale);
@@ -156,6 +177,9 @@ impl Workflow {
                     q if q >= 0.25 => Priority::Medium,
                     _ => Priority::Low,
                 });
+            }
+            if let Some(&k) = keys.get(i) {
+                b = b.order_key(k);
             }
             if let (Some(limit), Some(bytes)) = (opts.memory_limit, t.memory_bytes) {
                 if bytes > 0 {

@@ -47,4 +47,6 @@ pub use replay::{
     bounds, measure, replay, scale_for, Bounds, Measurement, Replay, ReplayOptions, ReplayRecord,
     TARGET_FACTOR, TARGET_SLACK,
 };
-pub use simulate::{interval_lower_bound, simulate, Policy};
+pub use simulate::{
+    default_tries, interval_lower_bound, search_order, simulate, Policy, SearchedOrder,
+};

@@ -13,7 +13,7 @@
 
 use crate::graph::{GraphOptions, Order, MEMORY_RESOURCE};
 use crate::model::Workflow;
-use crate::simulate::{simulate, Policy};
+use crate::simulate::{default_tries, search_order, simulate, Policy};
 use nerv::{Executor, GraphError, RunStatus};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -34,6 +34,9 @@ pub struct ReplayOptions {
     pub memory_limit: Option<u64>,
     /// Whether [`replay`] also runs the FCFS baseline (default true).
     pub baseline: bool,
+    /// nerv's order in [`replay`]: [`Order::Ranked`] (the default) or, for a better schedule
+    /// found by simulation first, [`Order::Searched`].
+    pub order: Order,
 }
 
 impl Default for ReplayOptions {
@@ -43,6 +46,7 @@ impl Default for ReplayOptions {
             scale: 0.001,
             memory_limit: None,
             baseline: true,
+            order: Order::Ranked,
         }
     }
 }
@@ -84,12 +88,13 @@ pub struct Replay {
     pub scale: f64,
     /// Bounds at that scale.
     pub bounds: Bounds,
-    /// nerv's order ([`Order::Ranked`]).
+    /// nerv's run, in [`ReplayOptions::order`].
     pub nerv: Measurement,
     /// The FCFS baseline, when run.
     pub fcfs: Option<Measurement>,
-    /// The makespan of the ideal critical-path-first list schedule ([`simulate`] with
-    /// [`Policy::Rank`]): what the scheduler can reach without overhead.
+    /// The makespan of the ideal list schedule in nerv's order: critical-path-first
+    /// ([`simulate`] with [`Policy::Rank`]), or for [`Order::Searched`] the searched order's
+    /// ([`search_order`]): what the scheduler can reach without overhead.
     pub simulated: Duration,
     /// The same with [`Policy::Fcfs`].
     pub simulated_fcfs: Duration,
@@ -137,6 +142,7 @@ impl Replay {
             tasks: self.tasks,
             workers: self.workers,
             scale: self.scale,
+            order: self.nerv.order.as_str(),
             makespan_s: self.nerv.makespan.as_secs_f64(),
             lower_bound_s: self.bounds.lower_bound.as_secs_f64(),
             ratio: self.ratio(),
@@ -164,6 +170,8 @@ pub struct ReplayRecord {
     pub workers: usize,
     /// Runtime scale.
     pub scale: f64,
+    /// nerv's order ([`Order::as_str`]).
+    pub order: &'static str,
     /// nerv's makespan, seconds.
     pub makespan_s: f64,
     /// `max(critical path, work / P)`, seconds.
@@ -180,7 +188,7 @@ pub struct ReplayRecord {
     pub work_per_worker_s: f64,
     /// `makespan ≤ 1.05 × lower bound + 20 ms`.
     pub meets_target: bool,
-    /// The ideal critical-path-first list schedule's makespan, seconds (see [`simulate`]).
+    /// The ideal list schedule's makespan in nerv's order, seconds ([`Replay::simulated`]).
     pub sim_s: f64,
     /// The ideal FCFS list schedule's makespan, seconds.
     pub sim_fcfs_s: f64,
@@ -259,13 +267,20 @@ pub fn measure(
 /// baseline, and computes the bound (see the module docs).
 pub fn replay(workflow: &Workflow, opts: &ReplayOptions) -> Result<Replay, GraphError> {
     let bounds = bounds(workflow, opts.scale, opts.workers.max(1))?;
-    let ranked = workflow.to_graph(&graph_options(opts, Order::Ranked))?;
+    let ranked = workflow.to_graph(&graph_options(opts, opts.order))?;
     let fcfs = if opts.baseline {
         Some(workflow.to_graph(&graph_options(opts, Order::Fcfs))?)
     } else {
         None
     };
-    let nerv = time_run(&ranked, Order::Ranked, opts);
+    let nerv = time_run(&ranked, opts.order, opts);
+    let p = opts.workers.max(1);
+    let simulated = match opts.order {
+        Order::Searched { workers } => {
+            search_order(workflow, opts.scale, workers, default_tries(workflow)).makespan
+        }
+        _ => simulate(workflow, opts.scale, p, Policy::Rank),
+    };
     let fcfs = fcfs.map(|g| time_run(&g, Order::Fcfs, opts));
     Ok(Replay {
         trace: workflow.name().to_string(),
@@ -275,7 +290,7 @@ pub fn replay(workflow: &Workflow, opts: &ReplayOptions) -> Result<Replay, Graph
         bounds,
         nerv,
         fcfs,
-        simulated: simulate(workflow, opts.scale, opts.workers.max(1), Policy::Rank),
-        simulated_fcfs: simulate(workflow, opts.scale, opts.workers.max(1), Policy::Fcfs),
+        simulated,
+        simulated_fcfs: simulate(workflow, opts.scale, p, Policy::Fcfs),
     })
 }

@@ -7,10 +7,12 @@
 //! scale on one of `-j` workers (P processors), with its runtime as its estimate, so nerv's
 //! scheduler takes ready tasks by priority, then longest remaining critical path. Without
 //! `--scale`, the scale is chosen so that the lower bound is `--target` seconds (default 2).
+//! `--order searched` first searches a better order by simulating list schedules of the
+//! trace's runtimes (`nerv_wfformat::search_order`) and runs the tasks in it.
 
-use crate::args::{BenchReplayArgs, RunArgs};
+use crate::args::{BenchReplayArgs, ReplayOrder, RunArgs};
 use crate::exit::{CliError, Exit};
-use nerv_wfformat::{parse_file, replay, scale_for, ReplayOptions, Workflow};
+use nerv_wfformat::{parse_file, replay, scale_for, Order, ReplayOptions, Workflow};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ fn options(
     scale: Option<f64>,
     target: f64,
     memory: Option<u64>,
+    order: ReplayOrder,
 ) -> ReplayOptions {
     let scale = scale.unwrap_or_else(|| scale_for(wf, workers, Duration::from_secs_f64(target)));
     ReplayOptions {
@@ -31,6 +34,10 @@ fn options(
         scale,
         memory_limit: memory,
         baseline: true,
+        order: match order {
+            ReplayOrder::Ranked => Order::Ranked,
+            ReplayOrder::Searched => Order::Searched { workers },
+        },
     }
 }
 
@@ -49,11 +56,12 @@ fn one(path: &Path, opts: &ReplayOptions, json: bool) -> Result<bool, CliError> 
         );
     } else {
         println!(
-            "{:<44} {:>5} tasks  P={}  scale {:.3e}  makespan {:.3}s  bound {:.3}s  ratio {:.3} ({})  fcfs {:.3}s ({:.3})  ideal list schedule {:.3}s",
+            "{:<44} {:>5} tasks  P={}  scale {:.3e}  {} makespan {:.3}s  bound {:.3}s  ratio {:.3} ({})  fcfs {:.3}s ({:.3})  ideal list schedule {:.3}s",
             rec.trace,
             rec.tasks,
             rec.workers,
             rec.scale,
+            rec.order,
             rec.makespan_s,
             rec.lower_bound_s,
             rec.ratio,
@@ -70,7 +78,14 @@ fn one(path: &Path, opts: &ReplayOptions, json: bool) -> Result<bool, CliError> 
 pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
     let workers = args.exec.jobs.map_or(4, |j| j as usize);
     let wf = load(&args.file)?;
-    let opts = options(&wf, workers, args.scale, args.target, args.memory_limit);
+    let opts = options(
+        &wf,
+        workers,
+        args.scale,
+        args.target,
+        args.memory_limit,
+        args.order,
+    );
     drop(wf);
     Ok(if one(&args.file, &opts, args.exec.json)? {
         Exit::Success
@@ -101,7 +116,14 @@ pub fn bench(args: BenchReplayArgs) -> Result<Exit, CliError> {
     let mut all_ok = true;
     for f in &files {
         let wf = load(f)?;
-        let opts = options(&wf, args.jobs, args.scale, args.target, args.memory_limit);
+        let opts = options(
+            &wf,
+            args.jobs,
+            args.scale,
+            args.target,
+            args.memory_limit,
+            args.order,
+        );
         drop(wf);
         all_ok &= one(f, &opts, args.json)?;
     }

@@ -140,6 +140,8 @@ pub(crate) struct Extra {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) estimate: Option<Duration>,
+    /// Its place in a ranked graph's ready order, if set (see `TaskBuilder::order_key`).
+    pub(crate) order_key: Option<u64>,
     pub(crate) meta: TaskMetadata,
     /// Named resources the task holds while it runs.
     pub(crate) uses: Option<crate::exec::resources::Uses>,
@@ -488,16 +490,29 @@ impl GraphBuilder {
                 }
             }
         }
-        // Release order: priority first, then the longest remaining critical path.
-        let est = |i: u32| estimate_units(&nodes[i as usize]);
-        let rank = crate::plan::upward_rank(&dag, est);
-        dag.sort_successors_by_key(|s| (nodes[s as usize].priority(), rank[s as usize]));
-        // With durations known (any estimate), ready tasks are taken from one shared heap in
-        // (priority, rank) order by every worker: a list schedule for coarse tasks. Without,
-        // the lock-free deques (release order above) serve fine-grained tasks best.
-        if nodes
+        // Release order: priority first, then the longest remaining critical path, or the
+        // order keys where the graph has any.
+        let keyed = nodes
             .iter()
-            .any(|n| n.extra.as_ref().is_some_and(|e| e.estimate.is_some()))
+            .any(|n| n.extra.as_ref().is_some_and(|e| e.order_key.is_some()));
+        let rank = if keyed {
+            nodes
+                .iter()
+                .map(|n| n.extra.as_ref().and_then(|e| e.order_key).unwrap_or(0))
+                .collect()
+        } else {
+            let est = |i: u32| estimate_units(&nodes[i as usize]);
+            crate::plan::upward_rank(&dag, est)
+        };
+        dag.sort_successors_by_key(|s| (nodes[s as usize].priority(), rank[s as usize]));
+        // With durations known (any estimate) or an order given, ready tasks are taken from
+        // one shared heap in (priority, rank) order by every worker: a list schedule for
+        // coarse tasks. Without, the lock-free deques (release order above) serve fine-grained
+        // tasks best.
+        if keyed
+            || nodes
+                .iter()
+                .any(|n| n.extra.as_ref().is_some_and(|e| e.estimate.is_some()))
         {
             dag.set_ranks(rank);
         } else {
@@ -635,6 +650,18 @@ impl<'g> TaskBuilder<'g> {
     /// An estimate of the task's duration, for the planner's critical path.
     pub fn estimate(mut self, d: Duration) -> Self {
         self.extra().estimate = Some(d);
+        self
+    }
+
+    /// The task's place in the ready order, for a schedule worked out ahead of time (e.g. by
+    /// `nerv-wfformat`'s `search_order`, which simulates list schedules of known durations).
+    ///
+    /// By default, a graph with estimates takes its ready tasks by priority, then by longest
+    /// remaining critical path. Once any task of the graph has an order key, ready tasks are
+    /// taken by priority, then by highest key (a task without one counts as 0), from one queue
+    /// shared by every worker.
+    pub fn order_key(mut self, key: u64) -> Self {
+        self.extra().order_key = Some(key);
         self
     }
 
@@ -982,6 +1009,10 @@ impl<'g> TaskInfo<'g> {
     /// Its duration estimate.
     pub fn estimate(&self) -> Option<Duration> {
         self.extra().and_then(|e| e.estimate)
+    }
+    /// Its order key ([`TaskBuilder::order_key`]).
+    pub fn order_key(&self) -> Option<u64> {
+        self.extra().and_then(|e| e.order_key)
     }
     /// Whether its output is persisted (see [`GraphBuilder::persist`]).
     pub fn is_persisted(&self) -> bool {
