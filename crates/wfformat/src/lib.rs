@@ -48,5 +48,6 @@ pub use replay::{
     TARGET_FACTOR, TARGET_SLACK,
 };
 pub use simulate::{
-    default_tries, interval_lower_bound, search_order, simulate, Policy, SearchedOrder,
+    default_tries, interval_lower_bound, pigeonhole_lower_bound, search_order, simulate, Policy,
+    SearchedOrder,
 };

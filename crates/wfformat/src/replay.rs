@@ -13,7 +13,7 @@
 
 use crate::graph::{GraphOptions, Order, MEMORY_RESOURCE};
 use crate::model::Workflow;
-use crate::simulate::{default_tries, search_order, simulate, Policy};
+use crate::simulate::{default_tries, pigeonhole_lower_bound, search_order, simulate, Policy};
 use nerv::{Executor, GraphError, RunStatus};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -73,6 +73,9 @@ pub struct Bounds {
     pub total_work: Duration,
     /// `max(critical_path, total_work / workers)`.
     pub lower_bound: Duration,
+    /// [`pigeonhole_lower_bound`]: at least `lower_bound`, and above it where some processor
+    /// must run more long tasks than work / P says.
+    pub pigeonhole: Duration,
 }
 
 /// The result of [`replay`].
@@ -149,6 +152,7 @@ impl Replay {
             fcfs_makespan_s: self.fcfs.map(|m| m.makespan.as_secs_f64()),
             fcfs_ratio: self.fcfs_ratio(),
             critical_path_s: self.bounds.critical_path.as_secs_f64(),
+            pigeonhole_bound_s: self.bounds.pigeonhole.as_secs_f64(),
             work_per_worker_s: self.bounds.total_work.as_secs_f64() / self.workers.max(1) as f64,
             meets_target: self.meets_target(),
             sim_s: self.simulated.as_secs_f64(),
@@ -184,6 +188,8 @@ pub struct ReplayRecord {
     pub fcfs_ratio: Option<f64>,
     /// Critical path, seconds.
     pub critical_path_s: f64,
+    /// [`Bounds::pigeonhole`], seconds: where it is above the target, no schedule meets it.
+    pub pigeonhole_bound_s: f64,
     /// Total work / P, seconds.
     pub work_per_worker_s: f64,
     /// `makespan ≤ 1.05 × lower bound + 20 ms`.
@@ -220,6 +226,7 @@ pub fn bounds(workflow: &Workflow, scale: f64, workers: usize) -> Result<Bounds,
         critical_path: plan.critical_path_length(),
         total_work: plan.total_work(),
         lower_bound: plan.lower_bound(workers),
+        pigeonhole: pigeonhole_lower_bound(workflow, scale, workers),
     })
 }
 

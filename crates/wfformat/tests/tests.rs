@@ -3,9 +3,9 @@
 //! `/work/shared/data/wfinstances`); tests that need them say so and pass when it is absent.
 
 use nerv_wfformat::{
-    format_estimate, format_seconds, interval_lower_bound, parse_file, parse_str, replay,
-    search_order, simulate, ErrorKind, ExportOptions, GraphOptions, Order, Policy, ReplayOptions,
-    SchemaVersion, Task, Workflow,
+    format_estimate, format_seconds, interval_lower_bound, parse_file, parse_str,
+    pigeonhole_lower_bound, replay, search_order, simulate, ErrorKind, ExportOptions, GraphOptions,
+    Order, Policy, ReplayOptions, SchemaVersion, Task, Workflow,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -476,6 +476,9 @@ fn simulate_fork_join() {
     assert!(ilb <= Duration::from_secs(4), "{ilb:?}");
     assert!(ilb >= Duration::from_millis(3999), "{ilb:?}");
     assert_eq!(interval_lower_bound(&wf, 1.0, 8), Duration::from_secs(3));
+    // So does counting: two of the 8 on one processor, after the root, before the join.
+    assert_eq!(pigeonhole_lower_bound(&wf, 1.0, 4), Duration::from_secs(4));
+    assert_eq!(pigeonhole_lower_bound(&wf, 1.0, 8), Duration::from_secs(3));
 }
 
 #[test]
@@ -492,6 +495,9 @@ fn a_searched_order_beats_longest_first_where_it_leaves_a_gap() {
     let s = search_order(&wf, 1.0, 2, 200);
     assert_eq!(s.rank_makespan, Duration::from_secs(7));
     assert_eq!(s.makespan, Duration::from_secs(6));
+    // Optimal: three of the five on one processor take at least 2+2+2.
+    assert_eq!(pigeonhole_lower_bound(&wf, 1.0, 2), Duration::from_secs(6));
+    assert_eq!(wf.lower_bound(1.0, 2), Duration::from_secs(6));
     assert_eq!(s.keys.len(), 5);
     assert_eq!(s.tried, 200);
     // The keys are the order: a graph with them runs in 6 s of simulated time, and nerv
@@ -520,6 +526,15 @@ fn searched_orders_are_never_worse_than_critical_path_first() {
         assert_eq!(s, search_order(&wf, 1.0, 4, 100), "deterministic");
         let one = search_order(&wf, 1.0, 4, 1);
         assert_eq!(one.makespan, one.rank_makespan);
+        // A lower bound: never above a schedule found, never below work / P.
+        let ph = pigeonhole_lower_bound(&wf, 1.0, 4);
+        assert!(ph <= s.makespan, "{}", path.display());
+        assert!(ph >= wf.lower_bound(1.0, 4));
+    }
+    // 21 near-equal long tasks on 4 processors: 6 rounds, which work / P does not see.
+    if let Some(wf) = trace("montage-chameleon-2mass") {
+        let ph = pigeonhole_lower_bound(&wf, 1.0, 4);
+        assert!(ph > wf.lower_bound(1.0, 4).mul_f64(1.07), "{ph:?}");
     }
     // A real trace where critical-path-first leaves processors idle at the end.
     if let Some(wf) = trace("1000genome") {
