@@ -266,13 +266,9 @@ pub struct RunArgs {
     /// With --replay: a memory budget in bytes (tasks wait until their recorded memory fits).
     #[arg(long, value_name = "BYTES", requires = "replay")]
     pub memory_limit: Option<u64>,
-    /// With --replay: ready order: `ranked` (longest remaining critical path first) or `searched` (the best
-    /// of many list schedules simulated with the trace's runtimes, searched before the run).
-    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked, requires = "replay")]
-    pub order: ReplayOrder,
 }
 
-/// The ready order of a replay (`--order`).
+/// The ready order of a run or a replay (`--order`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReplayOrder {
     /// Longest remaining critical path first.
@@ -466,6 +462,11 @@ pub struct ExecArgs {
     /// Time between SIGTERM and SIGKILL when a command is stopped.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Ready order among tasks of equal priority: `ranked` (longest remaining critical path
+    /// first, from estimates) or `searched` (the best of many list schedules simulated from
+    /// the estimates on -j workers, searched before the run). Local runs and --replay.
+    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked)]
+    pub order: ReplayOrder,
 }
 
 /// `nerv plan`.

@@ -25,6 +25,13 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Commands::Run(a) if a.replay => cmd::replay::run(&a),
+        Commands::Run(a) if a.db.is_some() && a.exec.order != args::ReplayOrder::Ranked => {
+            Err(exit::CliError::Other(
+                "--order searched is for local runs: with --db, workers take ready tasks by \
+                 priority"
+                    .into(),
+            ))
+        }
         Commands::Run(a) if a.db.is_some() => {
             let url = a.db.clone().unwrap_or_default();
             cmd::db::submit(&a.file, &url, a.detach, a.exec.json)

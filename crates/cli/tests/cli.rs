@@ -850,6 +850,33 @@ fn a_trace_imports_plans_runs_and_replays() {
     assert_eq!(plan["estimated_makespan"].as_f64(), Some(60.0));
     let o = run_in(dir.path(), &["run", "wf.toml", "-j", "2", "--no-journal"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "wf.toml",
+            "-j",
+            "2",
+            "--no-journal",
+            "--order",
+            "searched",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The distributed queue has no such order: said before anything is submitted.
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "wf.toml",
+            "--db",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--order",
+            "searched",
+        ],
+    );
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--order searched"), "{}", stderr(&o));
     // Replay in process, and the bench over a folder, as JSON.
     let o = run_in(
         dir.path(),

@@ -84,7 +84,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
         args.scale,
         args.target,
         args.memory_limit,
-        args.order,
+        args.exec.order,
     );
     drop(wf);
     Ok(if one(&args.file, &opts, args.exec.json)? {

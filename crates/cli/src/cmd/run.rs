@@ -21,7 +21,7 @@
 //!    (0 / 1 / 130, see `exit.rs`).
 //!
 
-use crate::args::{cpus, ExecArgs, RunArgs};
+use crate::args::{cpus, ExecArgs, ReplayOrder, RunArgs};
 use crate::display::{Display, Mode, Summary, UiEvent};
 use crate::exit::{CliError, Exit};
 use crate::history::{self, Writer};
@@ -200,12 +200,20 @@ async fn run_async(
         .as_ref()
         .and_then(|w| w.journal.store().task_durations(&workflow_id, 10).ok())
         .unwrap_or_default();
+    let keys = match args.order {
+        ReplayOrder::Ranked => HashMap::new(),
+        ReplayOrder::Searched => searched_order(&wf, &history, jobs)?,
+    };
     let graph = {
         let logs = logs.clone();
         wf.persisted_graph_with(|b, spec| {
             let b = match (spec.estimate, history.get(&spec.id)) {
                 (None, Some(d)) => b.estimate(*d),
                 _ => b,
+            };
+            let b = match keys.get(&spec.id) {
+                Some(&k) => b.order_key(k),
+                None => b,
             };
             let spec = spec.clone();
             let reaper = reaper.clone();
@@ -389,5 +397,68 @@ fn on_signal(
         *interrupted = true;
         let _ = ui.send(UiEvent::Interrupted { second: false });
         cancel();
+    }
+}
+
+/// `--order searched`: each task's order key, from the best of many list schedules of the
+/// workflow's estimates (its `estimate` keys, else `history`; a task with neither counts as
+/// taking no time) on `jobs` workers, simulated (`nerv_wfformat::search_order`).
+fn searched_order(
+    wf: &Workflow,
+    history: &HashMap<String, Duration>,
+    jobs: usize,
+) -> Result<HashMap<String, u64>, CliError> {
+    let planning = wf.graph_with(|b, spec| {
+        let b = match (spec.estimate, history.get(&spec.id)) {
+            (None, Some(d)) => b.estimate(*d),
+            _ => b,
+        };
+        b.run((), |_, ()| Ok::<(), TaskError>(()));
+    })?;
+    let model = nerv_wfformat::Workflow::from_graph(&wf.name, &planning);
+    let found =
+        nerv_wfformat::search_order(&model, 1.0, jobs, nerv_wfformat::default_tries(&model));
+    Ok(model
+        .tasks()
+        .iter()
+        .zip(found.keys)
+        .map(|(t, k)| (t.id.clone(), k))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nerv_cli::workflow::Format;
+
+    #[test]
+    fn a_searched_order_does_not_start_the_two_longest_first() {
+        // 3, 3, 2, 2, 2 s on 2 workers: longest first ends at 7 s, 3+3 and 2+2+2 at 6 s. In
+        // the searched order the two top keys are not both 3 s tasks. `e` has no estimate
+        // of its own: its history gives one.
+        let src = r#"
+            [tasks.a]
+            run = "true"
+            estimate = "3s"
+            [tasks.b]
+            run = "true"
+            estimate = "3s"
+            [tasks.c]
+            run = "true"
+            estimate = "2s"
+            [tasks.d]
+            run = "true"
+            estimate = "2s"
+            [tasks.e]
+            run = "true"
+        "#;
+        let wf = Workflow::parse(Path::new("lpt.toml"), src, Format::Toml).unwrap();
+        let history = HashMap::from([("e".to_string(), Duration::from_secs(2))]);
+        let keys = searched_order(&wf, &history, 2).unwrap();
+        assert_eq!(keys.len(), 5);
+        let mut ids: Vec<&str> = keys.keys().map(String::as_str).collect();
+        ids.sort_by_key(|id| std::cmp::Reverse(keys[*id]));
+        let top: Vec<&str> = ids[..2].to_vec();
+        assert!(!(top.contains(&"a") && top.contains(&"b")), "{ids:?}");
     }
 }
