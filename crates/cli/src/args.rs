@@ -480,6 +480,10 @@ pub struct PlanArgs {
     /// Print the plan as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also estimate the makespan of this order (`searched`: the best of many list schedules
+    /// simulated from the estimates, as `nerv run --order searched` runs).
+    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked)]
+    pub order: ReplayOrder,
 }
 
 /// Output format of `nerv graph`.

@@ -1081,3 +1081,41 @@ fn plans_estimate_tasks_from_the_history_of_earlier_runs() {
         "{plan}"
     );
 }
+
+/// `nerv plan` with counting and a searched order: three 1 s tasks on 2 workers need 2 s,
+/// not 1.5; 3, 3, 2, 2, 2 s on 2 workers take 7 s longest first and 6 s searched.
+#[test]
+fn plan_shows_the_counting_bound_and_the_searched_order() {
+    let d = tempfile::tempdir().unwrap();
+    let three = "[tasks.a]\nrun = \"true\"\nestimate = \"1s\"\n[tasks.b]\nrun = \"true\"\nestimate = \"1s\"\n[tasks.c]\nrun = \"true\"\nestimate = \"1s\"\n";
+    write(d.path(), "three.toml", three);
+    let o = run_in(d.path(), &["plan", "three.toml", "-j", "2", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(plan["lower_bound"].as_f64(), Some(1500.0));
+    assert_eq!(plan["pigeonhole_bound"].as_f64(), Some(2000.0));
+    assert_eq!(plan["estimated_makespan"].as_f64(), Some(2000.0));
+    assert!(plan.get("searched_makespan").is_none());
+    let o = run_in(d.path(), &["plan", "three.toml", "-j", "2"]);
+    assert!(
+        stdout(&o).contains("lower bound by counting: 2s"),
+        "{}",
+        stdout(&o)
+    );
+    let mut lpt = String::new();
+    for (id, s) in [("a", 3), ("b", 3), ("c", 2), ("d", 2), ("e", 2)] {
+        lpt += &format!("[tasks.{id}]\nrun = \"true\"\nestimate = \"{s}s\"\n");
+    }
+    write(d.path(), "lpt.toml", &lpt);
+    let o = run_in(
+        d.path(),
+        &[
+            "plan", "lpt.toml", "-j", "2", "--order", "searched", "--json",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(plan["estimated_makespan"].as_f64(), Some(7000.0));
+    assert_eq!(plan["searched_makespan"].as_f64(), Some(6000.0));
+    assert_eq!(plan["lower_bound"].as_f64(), Some(6000.0));
+}

@@ -2,7 +2,7 @@
 //! `estimate` keys, else from the journal's history of the workflow's runs (a moving average
 //! over the last 10), else every task counts as one unit.
 
-use crate::args::{cpus, PlanArgs};
+use crate::args::{cpus, PlanArgs, ReplayOrder};
 use crate::exit::{CliError, Exit};
 use nerv::TaskError;
 use nerv_cli::workflow::{Command, Workflow};
@@ -24,10 +24,19 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
             nerv_journal::JournalStore::task_durations(&store, &id, 10).ok()
         })
         .unwrap_or_default();
+    let workers = args.jobs.map_or_else(cpus, |j| j as usize);
+    // Bounds and simulations of the same estimates: the counting bound (never below
+    // max(critical path, work / workers)) and, with `--order searched`, the searched order's
+    // makespan.
+    let model = crate::cmd::run::model(&wf, &history)?;
+    let pigeonhole = nerv_wfformat::pigeonhole_lower_bound(&model, 1.0, workers);
+    let searched = (args.order == ReplayOrder::Searched).then(|| {
+        nerv_wfformat::search_order(&model, 1.0, workers, nerv_wfformat::default_tries(&model))
+            .makespan
+    });
     let plan = nerv::Planner::new()
         .estimate_with(move |t| t.estimate().or_else(|| history.get(t.id()).copied()))
         .plan(&graph);
-    let workers = args.jobs.map_or_else(cpus, |j| j as usize);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if args.json {
         let tasks: Vec<Value> = wf
@@ -74,6 +83,13 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
             },
             "max_parallelism": plan.max_parallelism(), "resources": wf.resources,
         });
+        let mut v = v;
+        if plan.is_timed() {
+            v["pigeonhole_bound"] = json!(ms(pigeonhole));
+            if let Some(m) = searched {
+                v["searched_makespan"] = json!(ms(m));
+            }
+        }
         println!("{v}");
         return Ok(Exit::Success);
     }
@@ -97,10 +113,22 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
             "lower bound on {workers} workers: {} (max(critical path, total work / workers))",
             h(plan.lower_bound(workers))
         );
+        if pigeonhole > plan.lower_bound(workers) {
+            println!(
+                "lower bound by counting: {} (some worker runs ⌈k / {workers}⌉ of the k longest tasks)",
+                h(pigeonhole)
+            );
+        }
         println!(
             "estimated makespan on {workers} workers: {} (nerv's order: priority, then longest remaining path)",
             h(plan.estimated_makespan(workers))
         );
+        if let Some(m) = searched {
+            println!(
+                "estimated makespan on {workers} workers, searched order: {} (`nerv run --order searched`)",
+                h(m)
+            );
+        }
     } else {
         println!(
             "critical path: {path} ({} tasks)",

@@ -400,6 +400,22 @@ fn on_signal(
     }
 }
 
+/// The workflow as a scheduling model: its tasks, dependencies and estimates (`estimate`
+/// keys, else `history`; a task with neither takes no time), for simulations and bounds.
+pub fn model(
+    wf: &Workflow,
+    history: &HashMap<String, Duration>,
+) -> Result<nerv_wfformat::Workflow, CliError> {
+    let planning = wf.graph_with(|b, spec| {
+        let b = match (spec.estimate, history.get(&spec.id)) {
+            (None, Some(d)) => b.estimate(*d),
+            _ => b,
+        };
+        b.run((), |_, ()| Ok::<(), TaskError>(()));
+    })?;
+    Ok(nerv_wfformat::Workflow::from_graph(&wf.name, &planning))
+}
+
 /// `--order searched`: each task's order key, from the best of many list schedules of the
 /// workflow's estimates (its `estimate` keys, else `history`; a task with neither counts as
 /// taking no time) on `jobs` workers, simulated (`nerv_wfformat::search_order`).
@@ -408,14 +424,7 @@ fn searched_order(
     history: &HashMap<String, Duration>,
     jobs: usize,
 ) -> Result<HashMap<String, u64>, CliError> {
-    let planning = wf.graph_with(|b, spec| {
-        let b = match (spec.estimate, history.get(&spec.id)) {
-            (None, Some(d)) => b.estimate(*d),
-            _ => b,
-        };
-        b.run((), |_, ()| Ok::<(), TaskError>(()));
-    })?;
-    let model = nerv_wfformat::Workflow::from_graph(&wf.name, &planning);
+    let model = model(wf, history)?;
     let found =
         nerv_wfformat::search_order(&model, 1.0, jobs, nerv_wfformat::default_tries(&model));
     Ok(model
