@@ -11,6 +11,10 @@
 //!   order and a first-come-first-served baseline ([`ReplayOptions`], [`Replay`]).
 //! - [`simulate`]: the makespan of an ideal, overhead-free list scheduler (critical path first,
 //!   or FCFS), for the plan's estimate next to the bound.
+//! - [`search_order`]: a better list order than critical path first, found by simulating many
+//!   ([`Order::Searched`]; its keys go to nerv as `TaskBuilder::order_key`).
+//! - [`interval_lower_bound`], [`pigeonhole_lower_bound`]: lower bounds tighter than
+//!   `max(critical path, work / P)`, which say when no schedule can reach a target.
 //!
 //! ```
 //! use nerv_wfformat::{parse_str, replay, ReplayOptions};
