@@ -1118,4 +1118,16 @@ fn plan_shows_the_counting_bound_and_the_searched_order() {
     assert_eq!(plan["estimated_makespan"].as_f64(), Some(7000.0));
     assert_eq!(plan["searched_makespan"].as_f64(), Some(6000.0));
     assert_eq!(plan["lower_bound"].as_f64(), Some(6000.0));
+    // Nothing to search without durations: said, and run in the default order.
+    write(
+        d.path(),
+        "bare.toml",
+        "[tasks.a]\nrun = \"true\"\n[tasks.b]\nrun = \"true\"\n",
+    );
+    let o = run_in(
+        d.path(),
+        &["run", "bare.toml", "--no-journal", "--order", "searched"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs durations"), "{}", stderr(&o));
 }

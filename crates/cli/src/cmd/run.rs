@@ -202,7 +202,16 @@ async fn run_async(
         .unwrap_or_default();
     let keys = match args.order {
         ReplayOrder::Ranked => HashMap::new(),
-        ReplayOrder::Searched => searched_order(&wf, &history, jobs)?,
+        ReplayOrder::Searched => {
+            let keys = searched_order(&wf, &history, jobs)?;
+            if keys.is_empty() {
+                eprintln!(
+                    "nerv: warning: --order searched needs durations (`estimate` keys, or an \
+                     earlier recorded run): running in the default order"
+                );
+            }
+            keys
+        }
     };
     let graph = {
         let logs = logs.clone();
@@ -418,13 +427,17 @@ pub fn model(
 
 /// `--order searched`: each task's order key, from the best of many list schedules of the
 /// workflow's estimates (its `estimate` keys, else `history`; a task with neither counts as
-/// taking no time) on `jobs` workers, simulated (`nerv_wfformat::search_order`).
+/// taking no time) on `jobs` workers, simulated (`nerv_wfformat::search_order`). None when no
+/// task has a duration: there is nothing to order by.
 fn searched_order(
     wf: &Workflow,
     history: &HashMap<String, Duration>,
     jobs: usize,
 ) -> Result<HashMap<String, u64>, CliError> {
     let model = model(wf, history)?;
+    if model.tasks().iter().all(|t| t.runtime.is_zero()) {
+        return Ok(HashMap::new());
+    }
     let found =
         nerv_wfformat::search_order(&model, 1.0, jobs, nerv_wfformat::default_tries(&model));
     Ok(model
