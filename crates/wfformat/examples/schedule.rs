@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p nerv-wfformat --example schedule -- FILE.json [-j P] [--target SECS]
-//!     [--order ranked|estimated|fcfs|banded]
+//!     [--order ranked|estimated|fcfs|banded|searched]
 //! ```
 //!
 //! Replays the trace (at the scale where its bound is `--target` seconds, default 2) with the
@@ -25,22 +25,22 @@ fn main() {
     let mut file = None;
     let mut workers = 4usize;
     let mut target = 2.0f64;
-    let mut order = Order::Ranked;
+    let mut order_name = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "-j" => workers = args.next().and_then(|v| v.parse().ok()).unwrap_or(4),
             "--target" => target = args.next().and_then(|v| v.parse().ok()).unwrap_or(2.0),
-            "--order" => {
-                order = match args.next().as_deref() {
-                    Some("estimated") => Order::Estimated,
-                    Some("fcfs") => Order::Fcfs,
-                    Some("banded") => Order::Banded,
-                    _ => Order::Ranked,
-                }
-            }
+            "--order" => order_name = args.next(),
             _ => file = Some(a),
         }
     }
+    let order = match order_name.as_deref() {
+        Some("estimated") => Order::Estimated,
+        Some("fcfs") => Order::Fcfs,
+        Some("banded") => Order::Banded,
+        Some("searched") => Order::Searched { workers },
+        _ => Order::Ranked,
+    };
     let Some(file) = file else {
         eprintln!("usage: schedule FILE.json [-j P] [--target SECS] [--order ORDER]");
         std::process::exit(2);
