@@ -140,6 +140,22 @@ impl Workflow {
     /// Builds the replay graph (see the module docs): task ids are the trace's ids, each task
     /// waits for its parents (by id) and its output is `()`.
     pub fn to_graph(&self, opts: &GraphOptions) -> Result<Graph, GraphError> {
+        let keys = match opts.order {
+            Order::Searched { workers } => {
+                crate::search_order(self, opts.scale, workers, crate::default_tries(self)).keys
+            }
+            _ => Vec::new(),
+        };
+        self.to_graph_keyed(opts, &keys)
+    }
+
+    /// [`to_graph`](Self::to_graph), with task `i`'s order key `keys[i]` (none if `keys` is
+    /// empty): for a caller that searched the order already.
+    pub(crate) fn to_graph_keyed(
+        &self,
+        opts: &GraphOptions,
+        keys: &[u64],
+    ) -> Result<Graph, GraphError> {
         let mut g = Graph::builder();
         g.reserve(self.len(), self.edge_count());
         let ranks = if opts.order == Order::Banded {
@@ -153,12 +169,6 @@ impl Workflow {
             .copied()
             .unwrap_or_default()
             .as_secs_f64();
-        let keys = match opts.order {
-            Order::Searched { workers } => {
-                crate::search_order(self, opts.scale, workers, crate::default_tries(self)).keys
-            }
-            _ => Vec::new(),
-        };
         for i in self.insertion_order(opts.order, opts.scale) {
             let t = &self.tasks()[i];
             let d = t.scaled_runtime(opts.scale);

@@ -274,7 +274,18 @@ pub fn measure(
 /// baseline, and computes the bound (see the module docs).
 pub fn replay(workflow: &Workflow, opts: &ReplayOptions) -> Result<Replay, GraphError> {
     let bounds = bounds(workflow, opts.scale, opts.workers.max(1))?;
-    let ranked = workflow.to_graph(&graph_options(opts, opts.order))?;
+    // A searched order is searched once: for the graph's keys and its simulated makespan.
+    let searched = match opts.order {
+        Order::Searched { workers } => Some(search_order(
+            workflow,
+            opts.scale,
+            workers,
+            default_tries(workflow),
+        )),
+        _ => None,
+    };
+    let keys = searched.as_ref().map_or(&[][..], |s| &s.keys[..]);
+    let ranked = workflow.to_graph_keyed(&graph_options(opts, opts.order), keys)?;
     let fcfs = if opts.baseline {
         Some(workflow.to_graph(&graph_options(opts, Order::Fcfs))?)
     } else {
@@ -282,11 +293,9 @@ pub fn replay(workflow: &Workflow, opts: &ReplayOptions) -> Result<Replay, Graph
     };
     let nerv = time_run(&ranked, opts.order, opts);
     let p = opts.workers.max(1);
-    let simulated = match opts.order {
-        Order::Searched { workers } => {
-            search_order(workflow, opts.scale, workers, default_tries(workflow)).makespan
-        }
-        _ => simulate(workflow, opts.scale, p, Policy::Rank),
+    let simulated = match &searched {
+        Some(s) => s.makespan,
+        None => simulate(workflow, opts.scale, p, Policy::Rank),
     };
     let fcfs = fcfs.map(|g| time_run(&g, Order::Fcfs, opts));
     Ok(Replay {
