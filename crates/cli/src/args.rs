@@ -218,8 +218,8 @@ pub struct BenchReplayArgs {
     pub memory_limit: Option<u64>,
     /// Ready order: `ranked` (longest remaining critical path first) or `searched` (the best
     /// of many list schedules simulated with the trace's runtimes, searched before the run).
-    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked)]
-    pub order: ReplayOrder,
+    #[arg(long, value_enum, default_value_t = ReadyOrder::Ranked)]
+    pub order: ReadyOrder,
     /// One JSON object per trace.
     #[arg(long)]
     pub json: bool,
@@ -270,7 +270,7 @@ pub struct RunArgs {
 
 /// The ready order of a run or a replay (`--order`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReplayOrder {
+pub enum ReadyOrder {
     /// Longest remaining critical path first.
     Ranked,
     /// Searched by simulation (never worse than `ranked` in simulation).
@@ -465,8 +465,8 @@ pub struct ExecArgs {
     /// Ready order among tasks of equal priority: `ranked` (longest remaining critical path
     /// first, from estimates) or `searched` (the best of many list schedules simulated from
     /// the estimates on -j workers, searched before the run). Local runs and --replay.
-    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked)]
-    pub order: ReplayOrder,
+    #[arg(long, value_enum, default_value_t = ReadyOrder::Ranked)]
+    pub order: ReadyOrder,
 }
 
 /// `nerv plan`.
@@ -482,8 +482,8 @@ pub struct PlanArgs {
     pub json: bool,
     /// Also estimate the makespan of this order (`searched`: the best of many list schedules
     /// simulated from the estimates, as `nerv run --order searched` runs).
-    #[arg(long, value_enum, default_value_t = ReplayOrder::Ranked)]
-    pub order: ReplayOrder,
+    #[arg(long, value_enum, default_value_t = ReadyOrder::Ranked)]
+    pub order: ReadyOrder,
 }
 
 /// Output format of `nerv graph`.

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Commands::Run(a) if a.replay => cmd::replay::run(&a),
-        Commands::Run(a) if a.db.is_some() && a.exec.order != args::ReplayOrder::Ranked => {
+        Commands::Run(a) if a.db.is_some() && a.exec.order != args::ReadyOrder::Ranked => {
             Err(exit::CliError::Other(
                 "--order searched is for local runs: with --db, workers take ready tasks by \
                  priority"

@@ -2,7 +2,7 @@
 //! `estimate` keys, else from the journal's history of the workflow's runs (a moving average
 //! over the last 10), else every task counts as one unit.
 
-use crate::args::{cpus, PlanArgs, ReplayOrder};
+use crate::args::{cpus, PlanArgs, ReadyOrder};
 use crate::exit::{CliError, Exit};
 use nerv::TaskError;
 use nerv_cli::workflow::{Command, Workflow};
@@ -30,7 +30,7 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
     // makespan.
     let model = crate::cmd::run::model(&wf, &history)?;
     let pigeonhole = nerv_wfformat::pigeonhole_lower_bound(&model, 1.0, workers);
-    let searched = (args.order == ReplayOrder::Searched).then(|| {
+    let searched = (args.order == ReadyOrder::Searched).then(|| {
         nerv_wfformat::search_order(&model, 1.0, workers, nerv_wfformat::default_tries(&model))
             .makespan
     });

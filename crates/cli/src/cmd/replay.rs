@@ -10,7 +10,7 @@
 //! `--order searched` first searches a better order by simulating list schedules of the
 //! trace's runtimes (`nerv_wfformat::search_order`) and runs the tasks in it.
 
-use crate::args::{BenchReplayArgs, ReplayOrder, RunArgs};
+use crate::args::{BenchReplayArgs, ReadyOrder, RunArgs};
 use crate::exit::{CliError, Exit};
 use nerv_wfformat::{parse_file, replay, scale_for, Order, ReplayOptions, Workflow};
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ fn options(
     scale: Option<f64>,
     target: f64,
     memory: Option<u64>,
-    order: ReplayOrder,
+    order: ReadyOrder,
 ) -> ReplayOptions {
     let scale = scale.unwrap_or_else(|| scale_for(wf, workers, Duration::from_secs_f64(target)));
     ReplayOptions {
@@ -35,8 +35,8 @@ fn options(
         memory_limit: memory,
         baseline: true,
         order: match order {
-            ReplayOrder::Ranked => Order::Ranked,
-            ReplayOrder::Searched => Order::Searched { workers },
+            ReadyOrder::Ranked => Order::Ranked,
+            ReadyOrder::Searched => Order::Searched { workers },
         },
     }
 }

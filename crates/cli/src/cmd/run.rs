@@ -21,7 +21,7 @@
 //!    (0 / 1 / 130, see `exit.rs`).
 //!
 
-use crate::args::{cpus, ExecArgs, ReplayOrder, RunArgs};
+use crate::args::{cpus, ExecArgs, ReadyOrder, RunArgs};
 use crate::display::{Display, Mode, Summary, UiEvent};
 use crate::exit::{CliError, Exit};
 use crate::history::{self, Writer};
@@ -201,8 +201,8 @@ async fn run_async(
         .and_then(|w| w.journal.store().task_durations(&workflow_id, 10).ok())
         .unwrap_or_default();
     let keys = match args.order {
-        ReplayOrder::Ranked => HashMap::new(),
-        ReplayOrder::Searched => {
+        ReadyOrder::Ranked => HashMap::new(),
+        ReadyOrder::Searched => {
             let keys = searched_order(&wf, &history, jobs)?;
             if keys.is_empty() {
                 eprintln!(
