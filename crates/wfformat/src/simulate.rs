@@ -56,6 +56,17 @@ fn durations_and_ranks(workflow: &Workflow, scale: f64) -> (Vec<u64>, Vec<u64>) 
     (dur, rank)
 }
 
+/// Each task's head: the longest chain of its ancestors' durations `p` (its earliest start).
+fn heads(workflow: &Workflow, p: &[u64]) -> Vec<u64> {
+    let mut head = vec![0u64; workflow.len()];
+    for &u in workflow.topological_order() {
+        for &c in workflow.children_of(u) {
+            head[c] = head[c].max(head[u].saturating_add(p[u]));
+        }
+    }
+    head
+}
+
 /// What [`search_order`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchedOrder {
@@ -190,12 +201,7 @@ fn list_schedule(
 pub fn pigeonhole_lower_bound(workflow: &Workflow, scale: f64, workers: usize) -> Duration {
     let n = workflow.len();
     let (p, rank) = durations_and_ranks(workflow, scale);
-    let mut head = vec![0u64; n];
-    for &u in workflow.topological_order() {
-        for &c in workflow.children_of(u) {
-            head[c] = head[c].max(head[u].saturating_add(p[u]));
-        }
-    }
+    let head = heads(workflow, &p);
     let workers = workers.max(1);
     // Longest first: the k longest are a prefix.
     let mut by_len: Vec<usize> = (0..n).collect();
@@ -231,23 +237,9 @@ pub fn pigeonhole_lower_bound(workflow: &Workflow, scale: f64, workers: usize) -
 /// of a few hundred tasks, not for every `nerv plan`.
 pub fn interval_lower_bound(workflow: &Workflow, scale: f64, workers: usize) -> Duration {
     let n = workflow.len();
-    let p: Vec<u64> = workflow
-        .tasks()
-        .iter()
-        .map(|t| t.scaled_runtime(scale).as_nanos().min(u64::MAX as u128) as u64)
-        .collect();
-    let rank: Vec<u64> = workflow
-        .upward_ranks(scale)
-        .iter()
-        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
-        .collect();
+    let (p, rank) = durations_and_ranks(workflow, scale);
     let tail: Vec<u64> = (0..n).map(|i| rank[i] - p[i]).collect();
-    let mut head = vec![0u64; n];
-    for &u in workflow.topological_order() {
-        for &c in workflow.children_of(u) {
-            head[c] = head[c].max(head[u] + p[u]);
-        }
-    }
+    let head = heads(workflow, &p);
     let workers = workers.max(1) as u128;
     let feasible = |c: u64| -> bool {
         let dl: Vec<u64> = (0..n).map(|i| c.saturating_sub(tail[i])).collect();
