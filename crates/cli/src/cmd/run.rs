@@ -216,10 +216,7 @@ async fn run_async(
     let graph = {
         let logs = logs.clone();
         wf.persisted_graph_with(|b, spec| {
-            let b = match (spec.estimate, history.get(&spec.id)) {
-                (None, Some(d)) => b.estimate(*d),
-                _ => b,
-            };
+            let b = estimated(b, spec, &history);
             let b = match keys.get(&spec.id) {
                 Some(&k) => b.order_key(k),
                 None => b,
@@ -409,6 +406,18 @@ fn on_signal(
     }
 }
 
+/// `b`, estimated from `history` if its task has no `estimate` of its own.
+fn estimated<'g>(
+    b: nerv::TaskBuilder<'g>,
+    spec: &TaskSpec,
+    history: &HashMap<String, Duration>,
+) -> nerv::TaskBuilder<'g> {
+    match (spec.estimate, history.get(&spec.id)) {
+        (None, Some(d)) => b.estimate(*d),
+        _ => b,
+    }
+}
+
 /// The workflow as a scheduling model: its tasks, dependencies and estimates (`estimate`
 /// keys, else `history`; a task with neither takes no time), for simulations and bounds.
 pub fn model(
@@ -416,11 +425,7 @@ pub fn model(
     history: &HashMap<String, Duration>,
 ) -> Result<nerv_wfformat::Workflow, CliError> {
     let planning = wf.graph_with(|b, spec| {
-        let b = match (spec.estimate, history.get(&spec.id)) {
-            (None, Some(d)) => b.estimate(*d),
-            _ => b,
-        };
-        b.run((), |_, ()| Ok::<(), TaskError>(()));
+        estimated(b, spec, history).run((), |_, ()| Ok::<(), TaskError>(()));
     })?;
     Ok(nerv_wfformat::Workflow::from_graph(&wf.name, &planning))
 }
