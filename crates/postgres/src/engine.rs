@@ -5,7 +5,10 @@
 //!    the run, its tasks and edges, the roots' `ready` state and the first events in ONE
 //!    transaction, and NOTIFYs `<schema>_ready` at commit: a run is either fully there or absent.
 //! 2. A task's `rank` is its upward rank: its estimate (1 ms when none) plus the largest rank of
-//!    its successors, i.e. the longest remaining path to the end of the run.
+//!    its successors, i.e. the longest remaining path to the end of the run. If any task has an
+//!    order key, the ranks are the keys' places in their sorted order instead (0 for a task
+//!    without one; equal keys, equal ranks): exact in a `double precision` column, whatever
+//!    the keys' size, and ordered as the keys are.
 //! 3. [`Engine::watch`] reads the `events` table from a cursor `(xid, id)` and only past
 //!    transactions older than every transaction still in progress
 //!    (`xid < pg_snapshot_xmin(pg_current_snapshot())`); a bigserial alone is not enough, since
@@ -457,6 +460,15 @@ impl Plan {
             let best = succ[i].iter().map(|&s| rank[s]).fold(0.0, f64::max);
             rank[i] = est + best;
         }
+        if wf.tasks.iter().any(|t| t.order_key.is_some()) {
+            let key = |i: usize| wf.tasks[i].order_key.unwrap_or(0);
+            let mut keys: Vec<u64> = (0..n).map(key).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for (i, r) in rank.iter_mut().enumerate() {
+                *r = keys.partition_point(|&k| k < key(i)) as f64;
+            }
+        }
         Ok(Plan { deps, rank })
     }
 }
@@ -832,6 +844,24 @@ mod tests {
         .unwrap();
         assert_eq!(p.rank, vec![61.0, 6.0, 51.0, 1.0]);
         assert_eq!(p.deps[3], vec![1, 2]);
+    }
+
+    #[test]
+    fn order_keys_replace_the_ranks_in_their_order() {
+        let big = u64::MAX - 1;
+        let p = Plan::build(&wf(vec![
+            TaskSpec::shell("a", "true")
+                .estimate(Duration::from_secs(9))
+                .order_key(5),
+            TaskSpec::shell("b", "true").after(["a"]).order_key(big),
+            TaskSpec::shell("c", "true").after(["a"]).order_key(big + 1),
+            TaskSpec::shell("d", "true").after(["b", "c"]),
+            TaskSpec::shell("e", "true").order_key(5),
+        ]))
+        .unwrap();
+        // Sorted keys 0 (d has none), 5, big, big + 1: distinct ranks even where f64 could
+        // not tell the keys apart.
+        assert_eq!(p.rank, vec![1.0, 2.0, 3.0, 0.0, 1.0]);
     }
 
     #[test]

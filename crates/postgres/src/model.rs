@@ -170,6 +170,12 @@ pub struct TaskSpec {
     /// Estimated duration, used to rank tasks by their remaining critical path.
     #[serde(default, with = "opt_millis")]
     pub estimate: Option<Duration>,
+    /// The task's place in the ready order, for a schedule worked out ahead of time (e.g. by
+    /// `nerv-wfformat`'s `search_order`). Once any task of the workflow has one, workers take
+    /// ready tasks by priority, then highest key (a task without one counts as 0), instead of
+    /// by remaining critical path: as the local executor does with `TaskBuilder::order_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_key: Option<u64>,
     /// Cached command: the worker that claims the task computes its key (reading its inputs
     /// there) and completes it from the shared cache on a hit (see [`Cache`]). Functions are
     /// memoized by their registration instead ([`WorkerBuilder::register_memo`](crate::WorkerBuilder::register_memo)).
@@ -190,6 +196,7 @@ impl TaskSpec {
             uses: BTreeMap::new(),
             tags: Vec::new(),
             estimate: None,
+            order_key: None,
             cache: None,
         }
     }
@@ -253,6 +260,12 @@ impl TaskSpec {
     /// Sets the estimated duration (builder style).
     pub fn estimate(mut self, d: Duration) -> Self {
         self.estimate = Some(d);
+        self
+    }
+
+    /// Sets the task's order key (builder style; see [`TaskSpec::order_key`]).
+    pub fn order_key(mut self, key: u64) -> Self {
+        self.order_key = Some(key);
         self
     }
 

@@ -415,6 +415,35 @@ async fn claims_follow_priority_then_rank() {
         .await
         .unwrap()
         .is_empty());
+    // Order keys replace the ranks (priority still first; no key counts as 0).
+    let keyed = Workflow::new("keyed")
+        .task(
+            TaskSpec::shell("long", "true")
+                .estimate(Duration::from_secs(100))
+                .order_key(1),
+        )
+        .task(TaskSpec::shell("none", "true").estimate(Duration::from_secs(50)))
+        .task(TaskSpec::shell("short", "true").order_key(u64::MAX))
+        .task(
+            TaskSpec::shell("low", "true")
+                .priority(Priority::Low)
+                .order_key(u64::MAX),
+        );
+    e.submit(&keyed).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let l = e
+            .claim("w", &[], &[], 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        order.push(l[0].task.clone());
+    }
+    assert_eq!(order, ["short", "long", "none", "low"]);
+    assert!(e
+        .claim("w", &[], &[], 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
     // Tags and functions restrict who may claim.
     e.submit(
         &Workflow::new("tags")
