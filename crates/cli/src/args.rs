@@ -464,7 +464,8 @@ pub struct ExecArgs {
     pub grace: Duration,
     /// Ready order among tasks of equal priority: `ranked` (longest remaining critical path
     /// first, from estimates) or `searched` (the best of many list schedules simulated from
-    /// the estimates on -j workers, searched before the run). Local runs and --replay.
+    /// the estimates on -j workers, searched before the run). With --db, -j N is how many
+    /// tasks the workers run at once in all.
     #[arg(long, value_enum, default_value_t = ReadyOrder::Ranked)]
     pub order: ReadyOrder,
 }

@@ -25,16 +25,21 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Commands::Run(a) if a.replay => cmd::replay::run(&a),
-        Commands::Run(a) if a.db.is_some() && a.exec.order != args::ReadyOrder::Ranked => {
-            Err(exit::CliError::Other(
-                "--order searched is for local runs: with --db, workers take ready tasks by \
-                 priority"
-                    .into(),
-            ))
-        }
         Commands::Run(a) if a.db.is_some() => {
             let url = a.db.clone().unwrap_or_default();
-            cmd::db::submit(&a.file, &url, a.detach, a.exec.json)
+            match (a.exec.order, a.exec.jobs) {
+                (args::ReadyOrder::Ranked, _) => {
+                    cmd::db::submit(&a.file, &url, a.detach, a.exec.json, None)
+                }
+                (args::ReadyOrder::Searched, Some(j)) => {
+                    cmd::db::submit(&a.file, &url, a.detach, a.exec.json, Some(j as usize))
+                }
+                (args::ReadyOrder::Searched, None) => Err(exit::CliError::Other(
+                    "--order searched with --db needs -j N: how many tasks the workers run at \
+                     once in all (the order is searched for that many)"
+                        .into(),
+                )),
+            }
         }
         Commands::Runs(a) if a.db.is_some() && a.action.is_none() => {
             cmd::db::runs(a.db.as_deref().unwrap_or_default(), a.json)

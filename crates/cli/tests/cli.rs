@@ -863,7 +863,7 @@ fn a_trace_imports_plans_runs_and_replays() {
         ],
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    // The distributed queue has no such order: said before anything is submitted.
+    // With --db, the search needs the workers' slots in all: said before connecting.
     let o = run_in(
         dir.path(),
         &[
@@ -876,7 +876,7 @@ fn a_trace_imports_plans_runs_and_replays() {
         ],
     );
     assert_eq!(code(&o), 1);
-    assert!(stderr(&o).contains("--order searched"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs -j N"), "{}", stderr(&o));
     // Replay in process, and the bench over a folder, as JSON.
     let o = run_in(
         dir.path(),
@@ -1027,6 +1027,34 @@ needs = ["b", "c"]
         "{}",
         stdout(&o)
     );
+    // A searched order goes to the queue as order keys: on 2 slots, tasks of 3, 3, 2, 2 and
+    // 2 s are best started one 3 s task beside a 2 s one (6 s), while the remaining critical
+    // path would start both 3 s tasks first (7 s). The worker's 2 slots take them in key order.
+    let keyed: String = [("a", 3), ("b", 3), ("c", 2), ("d", 2), ("e", 2)]
+        .iter()
+        .map(|(id, s)| {
+            format!("[tasks.{id}]\nrun = \"echo {id} >> order.txt\"\nestimate = \"{s}s\"\n")
+        })
+        .collect();
+    write(dir.path(), "keyed.toml", &keyed);
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "keyed.toml",
+            "--db",
+            &url,
+            "--order",
+            "searched",
+            "-j",
+            "2",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let order = std::fs::read_to_string(dir.path().join("order.txt")).unwrap();
+    let first: Vec<&str> = order.lines().take(2).collect();
+    assert_eq!(order.lines().count(), 5, "{order}");
+    assert!(!(first.contains(&"a") && first.contains(&"b")), "{order}");
     // A detached run that waits on a file never created, then cancelled from here.
     write(
         dir.path(),

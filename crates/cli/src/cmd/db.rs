@@ -163,10 +163,30 @@ pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
     out
 }
 
-/// `nerv run FILE --db URL [--detach] [--json]`.
-pub fn submit(file: &Path, url: &str, detach: bool, json: bool) -> Result<Exit, CliError> {
+/// `nerv run FILE --db URL [--detach] [--json] [--order searched -j N]`; `searched`: the
+/// workers' slots in all, for a searched ready order (`run.rs`'s, from the file's `estimate`
+/// keys), submitted as the tasks' order keys.
+pub fn submit(
+    file: &Path,
+    url: &str,
+    detach: bool,
+    json: bool,
+    searched: Option<usize>,
+) -> Result<Exit, CliError> {
     let wf = Workflow::load(file)?;
-    let pgwf = to_pg(&wf);
+    let mut pgwf = to_pg(&wf);
+    if let Some(slots) = searched {
+        let keys = super::run::searched_order(&wf, &HashMap::new(), slots)?;
+        if keys.is_empty() {
+            eprintln!(
+                "nerv: warning: --order searched needs durations (`estimate` keys): submitted \
+                 in the default order"
+            );
+        }
+        for t in &mut pgwf.tasks {
+            t.order_key = keys.get(&t.id).copied();
+        }
+    }
     let rt = runtime()?;
     rt.block_on(async move {
         let engine = connect(url).await?;

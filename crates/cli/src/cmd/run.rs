@@ -434,7 +434,7 @@ pub fn model(
 /// workflow's estimates (its `estimate` keys, else `history`; a task with neither counts as
 /// taking no time) on `jobs` workers, simulated (`nerv_wfformat::search_order`). None when no
 /// task has a duration: there is nothing to order by.
-fn searched_order(
+pub(crate) fn searched_order(
     wf: &Workflow,
     history: &HashMap<String, Duration>,
     jobs: usize,
