@@ -1055,6 +1055,27 @@ needs = ["b", "c"]
     let first: Vec<&str> = order.lines().take(2).collect();
     assert_eq!(order.lines().count(), 5, "{order}");
     assert!(!(first.contains(&"a") && first.contains(&"b")), "{order}");
+    // Without `estimate` keys, a second run takes its estimates from the server's history of
+    // the workflow: the task that took longest ranks first.
+    write(
+        dir.path(),
+        "hist.toml",
+        "[tasks.quick]\nrun = \"true\"\n[tasks.slow]\nrun = \"sleep 0.3\"\n",
+    );
+    let o = run_in(dir.path(), &["run", "hist.toml", "--db", &url]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run_in(dir.path(), &["run", "hist.toml", "--db", &url, "--detach"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let second = stdout(&o).trim().to_string();
+    let ranked = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-Atc"])
+        .arg(format!(
+            "SELECT name FROM {}.tasks WHERE run_id = {second} ORDER BY rank DESC",
+            _drop_schema.0
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ranked.stdout), "slow\nquick\n");
     // A detached run that waits on a file never created, then cancelled from here.
     write(
         dir.path(),

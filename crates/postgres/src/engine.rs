@@ -120,6 +120,45 @@ impl Engine {
         self.forget_if_broken(&mut g, r)
     }
 
+    /// Duration estimates from history, as the local journal gives them: for each task of the
+    /// workflow named `workflow` that succeeded by running (not from the cache) in one of its
+    /// `last_runs` most recent runs, the mean of those runs' durations (from its last claim to
+    /// its end), a moving average over the window. `nerv run --db` gives them to the tasks
+    /// that have no `estimate` of their own, for their ranks and a searched order.
+    pub async fn task_durations(
+        &self,
+        workflow: &str,
+        last_runs: usize,
+    ) -> Result<HashMap<String, Duration>> {
+        let mut g = self.client().await?;
+        let client = g.as_ref().expect("connected");
+        let last = i64::try_from(last_runs).unwrap_or(i64::MAX);
+        let r = client
+            .query(
+                "SELECT t.name, avg(extract(epoch FROM t.finished_at - t.started_at))::float8
+                   FROM tasks t
+                   JOIN (SELECT id FROM runs WHERE name = $1 ORDER BY id DESC LIMIT $2) r
+                     ON r.id = t.run_id
+                  WHERE t.status = 'succeeded' AND NOT t.cached
+                    AND t.started_at IS NOT NULL AND t.finished_at IS NOT NULL
+                  GROUP BY t.name",
+                &[&workflow, &last],
+            )
+            .await
+            .map_err(self.opts.db("reading task durations"))
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        let secs: f64 = r.get(1);
+                        Duration::try_from_secs_f64(secs)
+                            .ok()
+                            .map(|d| (r.get(0), d))
+                    })
+                    .collect()
+            });
+        self.forget_if_broken(&mut g, r)
+    }
+
     /// Cancels a run from any process: its waiting tasks are cancelled at once, its running
     /// tasks are stopped by their workers at their next heartbeat (woken by a NOTIFY). Returns
     /// false when the run had already finished.

@@ -473,6 +473,55 @@ async fn claims_follow_priority_then_rank() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_durations_average_the_workflows_recent_successes() {
+    let Some(db) = db("durations").await else {
+        return;
+    };
+    let e = &db.engine;
+    // Submits a run of `name`, claims all its tasks, fails `bad`, completes `quick` at once
+    // and the others after 200 ms.
+    let run = |name: &'static str, ids: &'static [&'static str]| async move {
+        let mut wf = Workflow::new(name);
+        for id in ids {
+            wf = wf.task(TaskSpec::shell(*id, "true"));
+        }
+        e.submit(&wf).await.unwrap();
+        let leases = e
+            .claim("w", &[], &[], ids.len(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(leases.len(), ids.len());
+        for l in leases.iter().filter(|l| l.task != "slow") {
+            let r = if l.task == "bad" {
+                Err("no".to_string())
+            } else {
+                Ok(Value::Null)
+            };
+            assert!(e.complete(l, r).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for l in leases.iter().filter(|l| l.task == "slow") {
+            assert!(e.complete(l, Ok(Value::Null)).await.unwrap());
+        }
+    };
+    run("hist", &["oldest", "slow"]).await;
+    run("hist", &["slow", "bad"]).await;
+    run("other", &["elsewhere"]).await;
+    run("hist", &["slow", "quick"]).await;
+    // The last two runs of "hist": not `oldest` (an older run), not `bad` (failed), not
+    // `elsewhere` (another workflow).
+    let d = e.task_durations("hist", 2).await.unwrap();
+    let mut names: Vec<&String> = d.keys().collect();
+    names.sort();
+    assert_eq!(names, ["quick", "slow"]);
+    assert!(d["slow"] >= Duration::from_millis(200), "{d:?}");
+    let d = e.task_durations("hist", 10).await.unwrap();
+    assert!(d.contains_key("oldest") && !d.contains_key("bad"), "{d:?}");
+    assert!(e.task_durations("none", 10).await.unwrap().is_empty());
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_command_and_fails_the_task() {
     let Some(db) = db("timeout").await else {
         return;

@@ -163,9 +163,12 @@ pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
     out
 }
 
-/// `nerv run FILE --db URL [--detach] [--json] [--order searched -j N]`; `searched`: the
-/// workers' slots in all, for a searched ready order (`run.rs`'s, from the file's `estimate`
-/// keys), submitted as the tasks' order keys.
+/// `nerv run FILE --db URL [--detach] [--json] [--order searched -j N]`.
+///
+/// Tasks without an `estimate` get one from the server's history of the workflow (its last 10
+/// runs, [`Engine::task_durations`]), for their ranks. `searched`: the workers' slots in all,
+/// for a searched ready order (`run.rs`'s, from the same estimates), submitted as the tasks'
+/// order keys.
 pub fn submit(
     file: &Path,
     url: &str,
@@ -175,21 +178,25 @@ pub fn submit(
 ) -> Result<Exit, CliError> {
     let wf = Workflow::load(file)?;
     let mut pgwf = to_pg(&wf);
-    if let Some(slots) = searched {
-        let keys = super::run::searched_order(&wf, &HashMap::new(), slots)?;
-        if keys.is_empty() {
-            eprintln!(
-                "nerv: warning: --order searched needs durations (`estimate` keys): submitted \
-                 in the default order"
-            );
-        }
-        for t in &mut pgwf.tasks {
-            t.order_key = keys.get(&t.id).copied();
-        }
-    }
     let rt = runtime()?;
     rt.block_on(async move {
         let engine = connect(url).await?;
+        let history = engine.task_durations(&wf.name, 10).await.map_err(pg)?;
+        for t in &mut pgwf.tasks {
+            t.estimate = t.estimate.or_else(|| history.get(&t.id).copied());
+        }
+        if let Some(slots) = searched {
+            let keys = super::run::searched_order(&wf, &history, slots)?;
+            if keys.is_empty() {
+                eprintln!(
+                    "nerv: warning: --order searched needs durations (`estimate` keys, or an \
+                     earlier run on this server): submitted in the default order"
+                );
+            }
+            for t in &mut pgwf.tasks {
+                t.order_key = keys.get(&t.id).copied();
+            }
+        }
         let run = engine.submit(&pgwf).await.map_err(pg)?;
         eprintln!(
             "nerv: submitted {} ({} tasks) as run {run} on {}",
