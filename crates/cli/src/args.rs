@@ -481,6 +481,9 @@ pub struct PlanArgs {
     /// Print the plan as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Name every task of every level (a level of many tasks is abbreviated otherwise).
+    #[arg(long)]
+    pub full: bool,
     /// Also estimate the makespan of this order (`searched`: the best of many list schedules
     /// simulated from the estimates, as `nerv run --order searched` runs).
     #[arg(long, value_enum, default_value_t = ReadyOrder::Ranked)]

@@ -704,6 +704,16 @@ fn plan_text_and_usage_errors() {
         "{out}"
     );
     assert!(out.contains("lower bound on 2 workers: 3s"), "{out}");
+    // A wide level names its first tasks and counts the rest; --full names them all.
+    let wide: String = (0..15)
+        .map(|i| format!("[tasks.w{i:02}]\nrun = \"true\"\n"))
+        .collect();
+    write(d.path(), "wide.toml", &wide);
+    let out = stdout(&run_in(d.path(), &["plan", "wide.toml"])).to_string();
+    assert!(out.contains("w09 … and 5 more (15 tasks"), "{out}");
+    assert!(!out.contains("w14"), "{out}");
+    let out = stdout(&run_in(d.path(), &["plan", "wide.toml", "--full"])).to_string();
+    assert!(out.contains("w13 w14"), "{out}");
     assert_eq!(code(&run_in(d.path(), &["run"])), 2);
     assert_eq!(
         code(&run_in(

@@ -102,7 +102,7 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
         plan.max_parallelism()
     );
     for (i, l) in levels.iter().enumerate() {
-        println!("  level {i}: {}", l.join(" "));
+        println!("  level {i}: {}", level_line(l, args.full));
     }
     let path = plan.critical_path().join(" → ");
     if plan.is_timed() {
@@ -141,4 +141,21 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+/// Tasks a level line names before it abbreviates (`--full` names them all).
+const LEVEL_NAMES: usize = 10;
+
+/// A level's tasks, in the plan's order (priority, then longest remaining path): all of them
+/// if `full` or if there are few, else the first [`LEVEL_NAMES`] and how many more.
+fn level_line(tasks: &[&str], full: bool) -> String {
+    if full || tasks.len() <= LEVEL_NAMES + 2 {
+        return tasks.join(" ");
+    }
+    format!(
+        "{} … and {} more ({} tasks; --full lists them)",
+        tasks[..LEVEL_NAMES].join(" "),
+        tasks.len() - LEVEL_NAMES,
+        tasks.len()
+    )
 }
