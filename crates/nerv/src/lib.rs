@@ -63,7 +63,7 @@ pub use manager::{
     WorkflowManager, WorkflowManagerBuilder, WorkflowReport, WorkflowStatus, WorkflowSummary,
 };
 pub use memo::{InMemoryMemo, Memo, MemoEntry, MemoStore};
-pub use plan::{Plan, Planner};
+pub use plan::{Plan, Planner, SearchedOrder};
 pub use policy::circuit_breaker::{
     CallOutcome, CircuitBreakerConfig, CircuitBreakers, CircuitOpen, CircuitPermit, CircuitState,
     Transition, TransitionCause,

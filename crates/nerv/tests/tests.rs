@@ -2993,4 +2993,87 @@ mod estimated_makespan {
         assert_eq!(plan.estimated_makespan(2), ms(11));
         assert_eq!(plan.lower_bound(2), ms(11));
     }
+
+    /// Five independent tasks of 3, 3, 2, 2 and 2 ms (`a` to `e`), logged as they start.
+    fn lpt(order: &Log<&'static str>, search: Option<usize>) -> Graph {
+        let mut g = Graph::builder();
+        if let Some(w) = search {
+            g.search_order(w);
+        }
+        for (id, est) in [("a", 3), ("b", 3), ("c", 2), ("d", 2), ("e", 2)] {
+            let o = order.clone();
+            g.task(id).estimate(ms(est)).run((), move |_, ()| {
+                o.push(id);
+                Ok::<_, TaskError>(())
+            });
+        }
+        g.build().unwrap()
+    }
+
+    #[test]
+    fn a_searched_order_fills_the_workers_better_than_the_critical_path() {
+        // On 2 workers, longest first runs a, b, then c, d, then e: 7 ms. Pairing a 3 ms task
+        // with a 2 ms one gives 3 + 3 beside 2 + 2 + 2: 6 ms, the bound.
+        let plan = lpt(&Log::new(), None).plan();
+        assert_eq!(plan.estimated_makespan(2), ms(7));
+        assert_eq!(plan.lower_bound(2), ms(6));
+        let found = plan.search_order(2, plan.default_tries());
+        assert_eq!(found.ranked_makespan, ms(7));
+        assert_eq!(found.makespan, ms(6));
+        assert_eq!(found.keys.len(), 5);
+        // The two highest keys are not both 3 ms tasks.
+        let mut by_key: Vec<usize> = (0..5).collect();
+        by_key.sort_by_key(|&i| std::cmp::Reverse(found.keys[i]));
+        assert!(
+            !(by_key[..2].contains(&0) && by_key[..2].contains(&1)),
+            "{found:?}"
+        );
+        // Deterministic.
+        assert_eq!(plan.search_order(2, plan.default_tries()), found);
+    }
+
+    #[test]
+    fn a_graph_built_with_a_searched_order_runs_in_it() {
+        let order: Log<&'static str> = Log::new();
+        let graph = lpt(&order, Some(2));
+        assert!(graph.tasks().all(|t| t.order_key().is_some()));
+        // The plan follows the graph's keys.
+        assert_eq!(graph.plan().estimated_makespan(2), ms(6));
+        // One worker takes ready tasks in key order: not both 3 ms tasks first.
+        let report = Executor::builder().workers(1).build().run(&graph);
+        assert_eq!(report.counts().completed, 5);
+        let started = order.get();
+        assert!(
+            !(started[..2].contains(&"a") && started[..2].contains(&"b")),
+            "{started:?}"
+        );
+        // Priorities still come first: a short critical task starts before any key.
+        let order: Log<&'static str> = Log::new();
+        let mut g = Graph::builder();
+        g.search_order(2);
+        for (id, est, p) in [
+            ("long", 9, Priority::Medium),
+            ("short", 1, Priority::Critical),
+        ] {
+            let o = order.clone();
+            g.task(id)
+                .estimate(ms(est))
+                .priority(p)
+                .run((), move |_, ()| {
+                    o.push(id);
+                    Ok::<_, TaskError>(())
+                });
+        }
+        Executor::builder()
+            .workers(1)
+            .build()
+            .run(&g.build().unwrap());
+        assert_eq!(order.get(), ["short", "long"]);
+        // Without estimates there is nothing to search: no keys, the default order.
+        let mut g = Graph::builder();
+        g.search_order(2);
+        g.task("x").run((), |_, ()| Ok::<_, TaskError>(()));
+        let graph = g.build().unwrap();
+        assert!(graph.tasks().all(|t| t.order_key().is_none()));
+    }
 }

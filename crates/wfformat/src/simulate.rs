@@ -10,6 +10,7 @@
 //! release their children (a child is ready when its last parent finished), then (2) free
 //! processors take ready tasks best first, then (3) time jumps to the next finish.
 
+use crate::graph::{GraphOptions, Order};
 use crate::model::Workflow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -82,7 +83,9 @@ pub struct SearchedOrder {
     pub tried: usize,
 }
 
-/// Searches for a better list-schedule order than critical-path-first, by simulation.
+/// Searches for a better list-schedule order than critical-path-first, by simulation: nerv's
+/// own search ([`nerv::Plan::search_order`]) over the trace's runtimes at `scale`, on a
+/// planning graph in file order.
 ///
 /// Critical-path-first is a good order, not the best: on a trace whose bound is work / P,
 /// starting a long task a little later can fill the processors better. This tries `tries`
@@ -97,38 +100,18 @@ pub fn search_order(
     workers: usize,
     tries: usize,
 ) -> SearchedOrder {
-    let (dur, rank) = durations_and_ranks(workflow, scale);
-    let run =
-        |keys: &[u64]| list_schedule(workflow, &dur, workers, |i, _| (keys[i], 0, Reverse(i)));
-    let rank_makespan = run(&rank);
-    let (mut best, mut best_keys) = (rank_makespan, rank.clone());
-    let top = rank.iter().copied().max().unwrap_or(0);
-    // xorshift64: reproducible, and enough to scatter the keys.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let mut keys = vec![0u64; rank.len()];
-    for t in 1..tries.max(1) {
-        let spread = (top as f64 * [0.02, 0.05, 0.1, 0.3, 1.0][t % 5]) as u64;
-        let from = if t % 2 == 0 { &rank } else { &best_keys };
-        for (k, &r) in keys.iter_mut().zip(from) {
-            *k = r.saturating_add(next() % spread.max(1));
-        }
-        let m = run(&keys);
-        if m < best {
-            best = m;
-            best_keys.copy_from_slice(&keys);
-        }
-    }
+    let opts = GraphOptions::scaled(scale)
+        .order(Order::Estimated)
+        .without_sleep();
+    let graph = workflow
+        .to_graph_keyed(&opts, &[])
+        .expect("a parsed workflow is a valid graph");
+    let found = graph.plan().search_order(workers, tries);
     SearchedOrder {
-        keys: best_keys,
-        makespan: Duration::from_nanos(best),
-        rank_makespan: Duration::from_nanos(rank_makespan),
-        tried: tries.max(1),
+        keys: found.keys,
+        makespan: found.makespan,
+        rank_makespan: found.ranked_makespan,
+        tried: found.tried,
     }
 }
 

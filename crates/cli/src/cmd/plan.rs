@@ -25,18 +25,16 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
         })
         .unwrap_or_default();
     let workers = args.jobs.map_or_else(cpus, |j| j as usize);
-    // Bounds and simulations of the same estimates: the counting bound (never below
-    // max(critical path, work / workers)) and, with `--order searched`, the searched order's
-    // makespan.
+    // The counting bound of the same estimates (never below max(critical path, work /
+    // workers)).
     let model = crate::cmd::run::model(&wf, &history)?;
     let pigeonhole = nerv_wfformat::pigeonhole_lower_bound(&model, 1.0, workers);
-    let searched = (args.order == ReadyOrder::Searched).then(|| {
-        nerv_wfformat::search_order(&model, 1.0, workers, nerv_wfformat::default_tries(&model))
-            .makespan
-    });
     let plan = nerv::Planner::new()
         .estimate_with(move |t| t.estimate().or_else(|| history.get(t.id()).copied()))
         .plan(&graph);
+    // With `--order searched`, the searched order's simulated makespan.
+    let searched = (args.order == ReadyOrder::Searched)
+        .then(|| plan.search_order(workers, plan.default_tries()).makespan);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if args.json {
         let tasks: Vec<Value> = wf

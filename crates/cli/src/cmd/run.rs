@@ -432,24 +432,26 @@ pub fn model(
 
 /// `--order searched`: each task's order key, from the best of many list schedules of the
 /// workflow's estimates (its `estimate` keys, else `history`; a task with neither counts as
-/// taking no time) on `jobs` workers, simulated (`nerv_wfformat::search_order`). None when no
-/// task has a duration: there is nothing to order by.
+/// taking no time) on `jobs` workers, simulated with the tasks' priorities
+/// ([`nerv::Plan::search_order`]). None when no task has a duration: there is nothing to
+/// order by.
 pub(crate) fn searched_order(
     wf: &Workflow,
     history: &HashMap<String, Duration>,
     jobs: usize,
 ) -> Result<HashMap<String, u64>, CliError> {
-    let model = model(wf, history)?;
-    if model.tasks().iter().all(|t| t.runtime.is_zero()) {
+    let planning = wf.graph_with(|b, spec| {
+        estimated(b, spec, history).run((), |_, ()| Ok::<(), TaskError>(()));
+    })?;
+    let plan = planning.plan();
+    if !plan.is_timed() || plan.total_work().is_zero() {
         return Ok(HashMap::new());
     }
-    let found =
-        nerv_wfformat::search_order(&model, 1.0, jobs, nerv_wfformat::default_tries(&model));
-    Ok(model
+    let found = plan.search_order(jobs, plan.default_tries());
+    Ok(planning
         .tasks()
-        .iter()
         .zip(found.keys)
-        .map(|(t, k)| (t.id.clone(), k))
+        .map(|(t, k)| (t.id().to_string(), k))
         .collect())
 }
 

@@ -207,6 +207,8 @@ pub struct GraphBuilder {
     graph: u32,
     /// Codecs of the persisted tasks.
     codecs: Vec<(u32, Arc<dyn codec::Codec>)>,
+    /// Workers to search a ready order for at build ([`GraphBuilder::search_order`]).
+    search: Option<usize>,
 }
 
 impl Default for GraphBuilder {
@@ -241,7 +243,19 @@ impl GraphBuilder {
             created: SystemTime::now(),
             graph: NEXT_GRAPH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             codecs: Vec::new(),
+            search: None,
         }
+    }
+
+    /// Orders ready tasks by the best of many list schedules on `workers` workers, simulated
+    /// from the tasks' estimates when the graph is built ([`Plan::search_order`](crate::Plan::search_order)): each task
+    /// gets the [`order_key`](TaskBuilder::order_key) the search found. Priorities still come
+    /// first. Worth it for coarse tasks of known durations where critical-path-first leaves
+    /// workers idle (it is never worse in simulation). Nothing is searched if no task has an
+    /// estimate, or if some task has an order key of its own. Costs about 0.1-0.3 s at build
+    /// ([`Plan::default_tries`](crate::Plan::default_tries) simulations).
+    pub fn search_order(&mut self, workers: usize) {
+        self.search = Some(workers.max(1));
     }
 
     /// Marks the task of `h` as persisted: its output is serialized (MessagePack) into its
@@ -420,6 +434,7 @@ impl GraphBuilder {
             created,
             graph,
             codecs,
+            search,
             ..
         } = self;
         if let Some(p) = problems.drain(..).next() {
@@ -490,6 +505,9 @@ impl GraphBuilder {
                 }
             }
         }
+        if let Some(workers) = search {
+            search_order_keys(&dag, &mut nodes, workers);
+        }
         // Release order: priority first, then the longest remaining critical path, or the
         // order keys where the graph has any.
         let keyed = nodes
@@ -548,6 +566,31 @@ impl GraphBuilder {
 }
 
 /// A task's duration estimate in nanoseconds for ranking (1 when unknown: equal durations).
+/// [`GraphBuilder::search_order`]: gives every node the order key of the best list schedule
+/// found for `workers` workers, if some node has an estimate and none has a key of its own.
+/// Durations as the planner counts them: a node without an estimate takes no time.
+fn search_order_keys(dag: &Dag, nodes: &mut [Node], workers: usize) {
+    let estimate = |n: &Node| n.extra.as_ref().and_then(|e| e.estimate);
+    if !nodes.iter().any(|n| estimate(n).is_some())
+        || nodes
+            .iter()
+            .any(|n| n.extra.as_ref().is_some_and(|e| e.order_key.is_some()))
+    {
+        return;
+    }
+    let weight: Vec<u64> = nodes
+        .iter()
+        .map(|n| estimate(n).map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64))
+        .collect();
+    let rank = crate::plan::upward_rank(dag, |u| weight[u as usize]);
+    let tries = crate::plan::default_tries(nodes.len(), dag.edge_count());
+    let prio = |i: u32| nodes[i as usize].priority();
+    let (keys, _, _) = crate::plan::search_keys(dag, &weight, prio, &rank, workers, tries);
+    for (n, k) in nodes.iter_mut().zip(keys) {
+        n.extra.get_or_insert_with(Default::default).order_key = Some(k);
+    }
+}
+
 pub(crate) fn estimate_units(n: &Node) -> u64 {
     n.extra
         .as_ref()
