@@ -159,7 +159,12 @@ impl Replay {
             sim_fcfs_s: self.simulated_fcfs.as_secs_f64(),
             ratio_to_sim: ratio(self.nerv.makespan, self.simulated),
             interval_lower_bound_s: None,
+            target_s: self.target().as_secs_f64(),
+            best_bound_s: 0.0,
+            best_bound_ratio: 0.0,
+            target_reachable: true,
         }
+        .with_best_bound()
     }
 }
 
@@ -204,6 +209,42 @@ pub struct ReplayRecord {
     /// computed it (it is expensive on large traces; [`Replay::record`] leaves it `None`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval_lower_bound_s: Option<f64>,
+    /// The target, `1.05 × lower bound + 20 ms`, seconds.
+    pub target_s: f64,
+    /// The best proven lower bound: the largest of `lower_bound_s`, `pigeonhole_bound_s` and
+    /// `interval_lower_bound_s` (when computed), seconds. No schedule on P processors finishes
+    /// sooner.
+    pub best_bound_s: f64,
+    /// `makespan_s / best_bound_s`: how far nerv is from what any scheduler could reach.
+    pub best_bound_ratio: f64,
+    /// Whether any schedule could meet the target: `best_bound_s ≤ target_s`. Where this is
+    /// false, the target is below a proven lower bound and its miss says nothing of the
+    /// scheduler.
+    pub target_reachable: bool,
+}
+
+impl ReplayRecord {
+    /// Sets the interval bound (computed by the caller) and the fields that depend on it.
+    pub fn set_interval_bound(&mut self, seconds: f64) {
+        self.interval_lower_bound_s = Some(seconds);
+        *self = self.clone().with_best_bound();
+    }
+
+    /// The record with `best_bound_s`, `best_bound_ratio` and `target_reachable` computed from
+    /// its bounds.
+    fn with_best_bound(mut self) -> Self {
+        self.best_bound_s = self
+            .lower_bound_s
+            .max(self.pigeonhole_bound_s)
+            .max(self.interval_lower_bound_s.unwrap_or(0.0));
+        self.best_bound_ratio = if self.best_bound_s > 0.0 {
+            self.makespan_s / self.best_bound_s
+        } else {
+            f64::INFINITY
+        };
+        self.target_reachable = self.best_bound_s <= self.target_s;
+        self
+    }
 }
 
 /// The scale at which the trace's lower bound on `workers` processors is `target` (1 for an

@@ -582,6 +582,44 @@ fn a_searched_replay_completes_every_task_and_says_so() {
 }
 
 #[test]
+fn a_record_says_when_no_schedule_can_meet_the_target() {
+    // The fork-join of `simulate_fork_join` at 50 ms a task: bound max(CP, work / 4) = 150 ms,
+    // target 1.05 × 150 + 20 = 177.5 ms, but two of the 8 middle tasks share a processor:
+    // 200 ms at least, whatever the order.
+    let mut tasks = vec![Task::new("root", Duration::from_secs(1))];
+    let mut join = Task::new("join", Duration::from_secs(1));
+    for i in 0..8 {
+        let id = format!("m{i}");
+        tasks.push(Task::new(&id, Duration::from_secs(1)).with_parent("root"));
+        join = join.with_parent(id);
+    }
+    tasks.push(join);
+    let wf = Workflow::new("fj", tasks).unwrap();
+    let opts = ReplayOptions {
+        workers: 4,
+        scale: 0.05,
+        baseline: false,
+        ..ReplayOptions::default()
+    };
+    let mut rec = replay(&wf, &opts).unwrap().record();
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(
+        near(rec.lower_bound_s, 0.15) && near(rec.target_s, 0.1775),
+        "{rec:?}"
+    );
+    assert!(near(rec.best_bound_s, 0.2), "{rec:?}");
+    assert!(!rec.target_reachable && !rec.meets_target, "{rec:?}");
+    // Nothing runs faster than a proven bound.
+    assert!(rec.best_bound_ratio >= 1.0, "{rec:?}");
+    // A larger bound from the caller raises the best one.
+    rec.set_interval_bound(0.25);
+    assert!(near(rec.best_bound_s, 0.25), "{rec:?}");
+    assert!(near(rec.best_bound_ratio, rec.makespan_s / 0.25));
+    let v = serde_json::to_value(&rec).unwrap();
+    assert_eq!(v["target_reachable"], false);
+}
+
+#[test]
 fn tiny_replay_completes_every_task() {
     // Every trace at a scale where its bound is 5 ms: both orders complete every task.
     for path in traces() {
