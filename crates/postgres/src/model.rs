@@ -171,7 +171,7 @@ pub struct TaskSpec {
     #[serde(default, with = "opt_millis")]
     pub estimate: Option<Duration>,
     /// The task's place in the ready order, for a schedule worked out ahead of time (e.g. by
-    /// `nerv-wfformat`'s `search_order`). Once any task of the workflow has one, workers take
+    /// `nerv::Plan::search_order`). Once any task of the workflow has one, workers take
     /// ready tasks by priority, then highest key (a task without one counts as 0), instead of
     /// by remaining critical path: as the local executor does with `TaskBuilder::order_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

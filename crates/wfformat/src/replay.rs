@@ -140,7 +140,7 @@ impl Replay {
 
     /// The benchmark's JSON record (field names of `nerv bench replay --json`).
     pub fn record(&self) -> ReplayRecord {
-        ReplayRecord {
+        let mut rec = ReplayRecord {
             trace: self.trace.clone(),
             tasks: self.tasks,
             workers: self.workers,
@@ -163,8 +163,9 @@ impl Replay {
             best_bound_s: 0.0,
             best_bound_ratio: 0.0,
             target_reachable: true,
-        }
-        .with_best_bound()
+        };
+        rec.update_best_bound();
+        rec
     }
 }
 
@@ -227,12 +228,11 @@ impl ReplayRecord {
     /// Sets the interval bound (computed by the caller) and the fields that depend on it.
     pub fn set_interval_bound(&mut self, seconds: f64) {
         self.interval_lower_bound_s = Some(seconds);
-        *self = self.clone().with_best_bound();
+        self.update_best_bound();
     }
 
-    /// The record with `best_bound_s`, `best_bound_ratio` and `target_reachable` computed from
-    /// its bounds.
-    fn with_best_bound(mut self) -> Self {
+    /// Computes `best_bound_s`, `best_bound_ratio` and `target_reachable` from its bounds.
+    fn update_best_bound(&mut self) {
         self.best_bound_s = self
             .lower_bound_s
             .max(self.pigeonhole_bound_s)
@@ -243,7 +243,6 @@ impl ReplayRecord {
             f64::INFINITY
         };
         self.target_reachable = self.best_bound_s <= self.target_s;
-        self
     }
 }
 

@@ -248,9 +248,9 @@ impl GraphBuilder {
     }
 
     /// Orders ready tasks by the best of many list schedules on `workers` workers, simulated
-    /// from the tasks' estimates when the graph is built ([`Plan::search_order`](crate::Plan::search_order)): each task
-    /// gets the [`order_key`](TaskBuilder::order_key) the search found. Priorities still come
-    /// first. Worth it for coarse tasks of known durations where critical-path-first leaves
+    /// from the tasks' estimates when the graph is built
+    /// ([`Plan::search_order`](crate::Plan::search_order)): each task gets the
+    /// [`order_key`](TaskBuilder::order_key) the search found. Priorities still come first. Worth it for coarse tasks of known durations where critical-path-first leaves
     /// workers idle (it is never worse in simulation). Nothing is searched if no task has an
     /// estimate, or if some task has an order key of its own. Costs
     /// [`Plan::default_tries`](crate::Plan::default_tries) simulations at build: 0.1-0.3 s up
@@ -566,7 +566,6 @@ impl GraphBuilder {
     }
 }
 
-/// A task's duration estimate in nanoseconds for ranking (1 when unknown: equal durations).
 /// [`GraphBuilder::search_order`]: gives every node the order key of the best list schedule
 /// found for `workers` workers, if some node has an estimate and none has a key of its own.
 /// Durations as the planner counts them: a node without an estimate takes no time.
@@ -592,6 +591,7 @@ fn search_order_keys(dag: &Dag, nodes: &mut [Node], workers: usize) {
     }
 }
 
+/// A task's duration estimate in nanoseconds for ranking (1 when unknown: equal durations).
 pub(crate) fn estimate_units(n: &Node) -> u64 {
     n.extra
         .as_ref()
@@ -698,7 +698,8 @@ impl<'g> TaskBuilder<'g> {
     }
 
     /// The task's place in the ready order, for a schedule worked out ahead of time (e.g. by
-    /// `nerv-wfformat`'s `search_order`, which simulates list schedules of known durations).
+    /// [`Plan::search_order`](crate::Plan::search_order), which simulates list schedules of
+    /// known durations; [`GraphBuilder::search_order`] sets every task's key from it).
     ///
     /// By default, a graph with estimates takes its ready tasks by priority, then by longest
     /// remaining critical path. Once any task of the graph has an order key, ready tasks are
