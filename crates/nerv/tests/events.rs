@@ -858,6 +858,8 @@ mod resume {
         let r = executor(&bus).run_with(&graph, RunOptions::default().resume("y", restore));
         assert_eq!(r.output(c).map(String::as_str), Some("sum=6"));
         assert_eq!(calls.load(SeqCst), 3);
+        // It ran once: not counted as restored.
+        assert_eq!(r.task("a").unwrap().attempts, 1);
     }
 }
 

@@ -1098,6 +1098,55 @@ mod retries {
     }
 
     #[test]
+    fn attempts_are_counted_on_every_way_a_task_runs() {
+        // Sync, async, a subgraph, a task that waits for a resource first (its second run is
+        // its first attempt), a retried one and a panicking one.
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut g = Graph::builder();
+        let sync = g.task("sync").run((), |_, ()| Ok(1u8));
+        let asynk = g.task("async").run_async((), |_, ()| async { Ok(2u8) });
+        let dynamic = g.task("dyn").run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            let one = sb.task("one").run((), |_, ()| Ok(3u8));
+            Ok(Subgraph::new(sb, one))
+        });
+        let holders: Vec<TaskId> = (0..3)
+            .map(|i| {
+                g.task(format!("slot{i}"))
+                    .uses("slot", 1)
+                    .run((), |_, ()| {
+                        std::thread::sleep(ms(5));
+                        Ok(())
+                    })
+                    .id()
+            })
+            .collect();
+        let f = flaky(&calls, 2);
+        let retried = g
+            .task("retried")
+            .retry(RetryPolicy::retries(3).backoff(Duration::ZERO))
+            .run((), move |_, ()| f());
+        let panics = g
+            .task("panics")
+            .run((), |_, ()| -> Result<u8, TaskError> { panic!("boom") });
+        let ex = Executor::builder().workers(2).resource("slot", 1).build();
+        let report = ex.run(&g.build().unwrap());
+        let attempts = |t: TaskId| report.result(t).attempts;
+        assert_eq!(attempts(sync.id()), 1);
+        assert_eq!(attempts(asynk.id()), 1);
+        assert_eq!(attempts(dynamic.id()), 1);
+        assert_eq!(report.task("dyn/one").unwrap().attempts, 1);
+        for h in holders {
+            assert_eq!(attempts(h), 1, "{}", report.result(h).id);
+        }
+        // Fails twice, then succeeds.
+        assert_eq!(attempts(retried.id()), 3);
+        assert_eq!(calls.load(SeqCst), 3);
+        let p = report.result(panics.id());
+        assert_eq!((p.status, p.attempts), (TaskStatus::Failed, 1));
+    }
+
+    #[test]
     fn zero_backoff_retries_at_once() {
         let calls = Arc::new(AtomicU32::new(0));
         let mut g = Graph::builder();

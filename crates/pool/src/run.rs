@@ -119,6 +119,7 @@ pub trait NodeRunner: Send + Sync + Sized + 'static {
 pub struct NodeCx<'a, R: NodeRunner> {
     run: &'a RunInner<R>,
     node: u32,
+    first: bool,
 }
 
 impl<R: NodeRunner> NodeCx<'_, R> {
@@ -126,6 +127,15 @@ impl<R: NodeRunner> NodeCx<'_, R> {
     #[inline]
     pub fn node(&self) -> u32 {
         self.node
+    }
+
+    /// Whether this is the node's first run in this run: it was claimed ready, not re-queued
+    /// after a [`Verdict::Deferred`]. Nothing the runner did for the node before can have
+    /// happened, so a runner may skip reading its own per-node records (a cache line per node
+    /// on the hot path).
+    #[inline]
+    pub fn is_first_run(&self) -> bool {
+        self.first
     }
 
     /// Why the node's predecessors did not all complete, if they did not.
@@ -242,26 +252,33 @@ impl<R: NodeRunner> RunInner<R> {
         self.pool.shared().inject(self.job(node), self.band(node));
     }
 
-    /// Claims a ready (or re-queued) node for running. No other thread writes the state of
-    /// a `PENDING` node whose counter reached zero or of a `QUEUED` node (only the one job that
-    /// exists for it runs this), so a plain store suffices.
+    /// Claims a ready (or re-queued) node for running: `Some(true)` if it was ready for the
+    /// first time (`PENDING`), `Some(false)` if re-queued (`QUEUED`), `None` if it is not
+    /// this job's to run. No other thread writes the state of a `PENDING` node whose counter
+    /// reached zero or of a `QUEUED` node (only the one job that exists for it runs this), so
+    /// a plain store suffices.
     #[inline(always)]
-    fn claim(&self, node: u32) -> bool {
+    fn claim(&self, node: u32) -> Option<bool> {
         let st = &self.state[node as usize];
-        match st.load(Acquire) {
+        let prior = st.load(Acquire);
+        match prior {
             PENDING | QUEUED => {
                 st.store(RUNNING, Relaxed);
-                true
+                Some(prior == PENDING)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Runs the runner on a claimed node; returns its final state, or `None` if the node is
-    /// deferred (someone else will finish it).
+    /// Runs the runner on a claimed node (`first`: claimed from `PENDING`); returns its final
+    /// state, or `None` if the node is deferred (someone else will finish it).
     #[inline(always)]
-    fn attempt(&self, node: u32) -> Option<u8> {
-        let verdict = self.runner.run(&NodeCx { run: self, node });
+    fn attempt(&self, node: u32, first: bool) -> Option<u8> {
+        let verdict = self.runner.run(&NodeCx {
+            run: self,
+            node,
+            first,
+        });
         let st = &self.state[node as usize];
         let fin = match verdict {
             Verdict::Completed => COMPLETED,
@@ -411,7 +428,12 @@ impl<R: NodeRunner> RunInner<R> {
     /// the last node, while the pool's reference is still held.
     fn finish(&self) {
         self.finished.store(true, Release);
-        let handle = NodeCx { run: self, node: 0 }.handle();
+        let handle = NodeCx {
+            run: self,
+            node: 0,
+            first: false,
+        }
+        .handle();
         self.runner.finished(&handle);
         drop(handle);
         let wakers = {
@@ -440,10 +462,10 @@ impl<R: NodeRunner> Execute for RunInner<R> {
             }
         }
         loop {
-            if !self.claim(node) {
+            let Some(first) = self.claim(node) else {
                 return;
-            }
-            let Some(fin) = self.attempt(node) else {
+            };
+            let Some(fin) = self.attempt(node, first) else {
                 return;
             };
             w.done += 1;

@@ -120,6 +120,10 @@ impl NodeRunner for Probe {
         }
         self.seen.upstream[node as usize].store(encode(cx.upstream()), Relaxed);
         let attempt = self.seen.runs[node as usize].fetch_add(1, Relaxed);
+        // Only a node's first run is claimed ready; every later one was re-queued.
+        if cx.is_first_run() != (attempt == 0) {
+            self.seen.bad.fetch_add(1, Relaxed);
+        }
         (self.plan)(&self.seen, cx, attempt)
     }
 

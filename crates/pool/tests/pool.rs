@@ -161,6 +161,13 @@ impl NodeRunner for Probe {
         }
         *self.seen_upstream[i].lock().unwrap() = Some(cx.upstream());
         let attempt = self.runs[i].fetch_add(1, SeqCst);
+        if cx.is_first_run() != (attempt == 0) {
+            self.complain(format!(
+                "node {node}: is_first_run() is {} on run {}",
+                cx.is_first_run(),
+                attempt + 1
+            ));
+        }
         if attempt == 0 {
             self.order.lock().unwrap().push(node);
         }

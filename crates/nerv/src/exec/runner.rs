@@ -107,7 +107,14 @@ pub(crate) struct Runner {
     pub(crate) run_id: u64,
     /// Prefix of task ids in this run (`parent/` for a subgraph).
     pub(crate) prefix: String,
+    /// Attempts started, per node; except that a first attempt made on the node's first run
+    /// that completed synchronously is not recorded (the hot path: it would cost every task
+    /// a cache line); [`attempts_of`](Self::attempts_of) counts it. Every other way out of an
+    /// attempt records it before anything can read it.
     attempts: Box<[AtomicU32]>,
+    /// With a restore: the nodes completed from it (no attempt), to tell them apart from those
+    /// whose one attempt was not recorded. Empty without a restore.
+    restored_marks: Box<[std::sync::atomic::AtomicBool]>,
     /// Raw clock ticks at the first attempt's start (0: never started).
     started: Box<[AtomicU64]>,
     /// Raw clock ticks at the final status (0: not reached, or never ran).
@@ -184,6 +191,13 @@ impl Runner {
             branch_skips: Mutex::new(Vec::new()),
             arena,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            restored_marks: (0..if parent.is_none() && opts.resume.is_some() {
+                n
+            } else {
+                0
+            })
+                .map(|_| Default::default())
+                .collect(),
             started: (0..stamps).map(zeros).collect(),
             ended: (0..stamps).map(zeros).collect(),
             errors: Mutex::new(Vec::new()),
@@ -821,6 +835,9 @@ impl Runner {
             tracing::warn!(task = %self.full_id(node), error = %e, "restored output does not decode; running the task again");
             return false;
         }
+        if let Some(m) = self.restored_marks.get(node as usize) {
+            m.store(true, Relaxed);
+        }
         let at = self.stamp_end(node);
         self.emit_task_at(
             node,
@@ -832,6 +849,22 @@ impl Runner {
             EventKind::TaskCompleted,
         );
         true
+    }
+
+    /// Attempts `node` made, as its result reports them (see `attempts`): a completed node
+    /// with none recorded made one, unless it was restored.
+    fn attempts_of(&self, node: u32, status: TaskStatus) -> u32 {
+        let a = self.attempts[node as usize].load(Relaxed);
+        let restored = || {
+            self.restored_marks
+                .get(node as usize)
+                .is_some_and(|m| m.load(Relaxed))
+        };
+        if a == 0 && status == TaskStatus::Completed && !restored() {
+            1
+        } else {
+            a
+        }
     }
 
     /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
@@ -1013,7 +1046,7 @@ impl Runner {
             } else {
                 Duration::ZERO
             },
-            attempts: self.attempts[node as usize].load(Relaxed),
+            attempts: self.attempts_of(node, status),
             fallback: if status == TaskStatus::Completed
                 && g.nodes[node as usize]
                     .extra
@@ -1153,6 +1186,9 @@ impl Runner {
                 }
             }
         }
+        // On the node's first run nothing has counted an attempt yet: the first one is 1
+        // without reading the record (see `attempts`).
+        let mut first = ncx.is_first_run();
         loop {
             if self.cancel.is_cancelled() {
                 let at = self.stamp_end(node);
@@ -1188,10 +1224,17 @@ impl Runner {
                     Gate::Done(v) => return v,
                 }
             }
-            // Attempts of one node never overlap: a plain load and store suffice.
-            let attempts = &self.attempts[node as usize];
-            let attempt = attempts.load(Relaxed) + 1;
-            attempts.store(attempt, Relaxed);
+            // Attempts of one node never overlap: a plain load and store suffice. A first
+            // attempt on the first run is recorded only if it does not complete at once
+            // (`attempt`).
+            let attempt = if std::mem::take(&mut first) {
+                1
+            } else {
+                let attempts = &self.attempts[node as usize];
+                let attempt = attempts.load(Relaxed) + 1;
+                attempts.store(attempt, Relaxed);
+                attempt
+            };
             let mut at = None;
             if attempt == 1 {
                 if let Some(s) = self.started.get(node as usize) {
@@ -1286,11 +1329,16 @@ impl Runner {
                 );
                 return Some(Verdict::Completed);
             }
+            // Any other outcome records the attempt before it can be read (see `attempts`).
             Ok(Started::Future(fut)) => {
+                self.attempts[node as usize].store(attempt, Relaxed);
                 self.spawn_future(ncx.handle(), node, attempt, fut, timeout, permit);
                 return Some(Verdict::Deferred);
             }
-            Ok(Started::Graph(child)) => return Some(self.start_child(ncx.handle(), node, child)),
+            Ok(Started::Graph(child)) => {
+                self.attempts[node as usize].store(attempt, Relaxed);
+                return Some(self.start_child(ncx.handle(), node, child));
+            }
             Err(e) => match cx.deadline_passed() {
                 Some(limit) if !e.is_timeout() && !self.cancel.is_cancelled() => {
                     TaskError::timeout(limit)
@@ -1298,6 +1346,7 @@ impl Runner {
                 _ => e,
             },
         };
+        self.attempts[node as usize].store(attempt, Relaxed);
         if let Some(p) = permit.take() {
             record_failure(p, &err);
         }
