@@ -176,12 +176,29 @@ impl<'a> TaskContext<'a> {
         &self.runner.arena
     }
 
+    /// The run's outputs, as this task's inputs read them.
+    pub(crate) fn outputs(&self) -> crate::graph::inputs::Outputs<'a> {
+        crate::graph::inputs::Outputs::new(&self.runner.arena, self.ncx)
+    }
+
     pub(crate) fn run_handle(&self) -> RunHandle<Runner> {
         self.ncx.handle()
     }
 
     pub(crate) fn graph_id_of(&self, t: TaskId) -> String {
         self.runner.full_id(t.index() as u32)
+    }
+}
+
+impl crate::graph::inputs::Done for NodeCx<'_, Runner> {
+    fn done(&self, node: u32) -> bool {
+        self.state_of(node) == nerv_pool::NodeState::Completed
+    }
+}
+
+impl crate::graph::inputs::Done for RunHandle<Runner> {
+    fn done(&self, node: u32) -> bool {
+        self.state(node) == nerv_pool::NodeState::Completed
     }
 }
 

@@ -55,8 +55,8 @@ pub use exec::{
     RunReport, RunStatus, StatusCounts, Timing, Workload, CIRCUIT_SIGNAL,
 };
 pub use graph::{
-    BatchItems, Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, Restore,
-    TaskBuilder, TaskId, TaskInfo, TriggerRule, UnknownTriggerRule,
+    BatchItems, Branch, Gather, Graph, GraphBuilder, GraphError, Handle, Inputs, Optional, Outputs,
+    Restore, TaskBuilder, TaskId, TaskInfo, TriggerRule, UnknownTriggerRule,
 };
 pub use manager::{
     ExecutionId, ExecutionSummary, ManagerError, OwnedInputs, TaskDef, TaskInputs, WorkflowId,

@@ -769,6 +769,45 @@ mod resume {
     }
 
     #[test]
+    fn a_persisted_unit_output_is_recorded_and_restored() {
+        // Unit outputs are not stored in the run (their task's completion is their value),
+        // yet a persisted one rides on its event and a resumed run restores it.
+        let bus = EventBus::new();
+        let log = Log::default();
+        let _s = log.attach(&bus, EventFilter::kind(EventKind::TaskCompleted));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let graph = {
+            let mut g = Graph::builder();
+            let c = calls.clone();
+            let u = g.task("u").run((), move |_, ()| {
+                c.fetch_add(1, SeqCst);
+                Ok::<_, TaskError>(())
+            });
+            g.task("after").run(u, |_, ()| Ok::<_, TaskError>(1u8));
+            g.persist(u);
+            g.build().unwrap()
+        };
+        executor(&bus).run(&graph);
+        let bytes = log
+            .events()
+            .iter()
+            .find_map(|e| match &e.data {
+                EventData::TaskCompleted { output, .. } if e.source.task_id() == Some("u") => {
+                    output.as_ref().map(|b| b.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the unit output is recorded");
+        let () = rmp_serde::from_slice(&bytes).unwrap();
+        let restore: Restore = [("u", bytes)].into_iter().collect();
+        let r = executor(&bus).run_with(&graph, RunOptions::default().resume("u1", restore));
+        assert_eq!(calls.load(SeqCst), 1, "restored, not run again");
+        let u = r.task("u").unwrap();
+        assert_eq!((u.status, u.attempts), (TaskStatus::Completed, 0));
+        assert_eq!(r.task("after").unwrap().status, TaskStatus::Completed);
+    }
+
+    #[test]
     fn delivered_outputs_are_not_kept_alive_by_the_bus() {
         let bus = EventBus::new();
         let seen: Arc<Mutex<Vec<std::sync::Weak<[u8]>>>> = Arc::default();

@@ -506,6 +506,51 @@ mod dataflow {
     }
 
     #[test]
+    fn a_unit_output_is_there_exactly_when_its_task_completed() {
+        // Unit outputs are not stored: their presence is their task's completion. Read by a
+        // dependent, as an optional input after a failure, from a subgraph, an async task and
+        // a fan-in, and in the report.
+        let mut g = Graph::builder();
+        let ok = g.task("ok").run((), |_, ()| Ok(()));
+        let bad = g
+            .task("bad")
+            .run((), |_, ()| Err::<(), _>(TaskError::msg("no")));
+        let asynk = g.task("async").run_async((), |_, ()| async { Ok(()) });
+        let sub = g.task("sub").run_dynamic((), |_, ()| {
+            let mut sb = Graph::builder();
+            let inner = sb.task("inner").run((), |_, ()| Ok(()));
+            Ok(Subgraph::new(sb, inner))
+        });
+        let reads = g
+            .task("reads")
+            .run((ok, asynk, sub, vec![ok, asynk]), |_, (a, b, c, all)| {
+                Ok((*a, *b, *c, all.iter().count()))
+            });
+        let cleanup = g
+            .task("cleanup")
+            .trigger(nerv::TriggerRule::AllDone)
+            .run((ok.optional(), bad.optional()), |_, (a, b)| {
+                Ok((a.is_some(), b.is_some()))
+            });
+        let strict = g
+            .task("strict")
+            .trigger(nerv::TriggerRule::AllDone)
+            .run(bad, |_, ()| Ok(()));
+        let report = exec(2).run(&g.build().unwrap());
+        assert_eq!(report.output(ok), Some(&()));
+        assert_eq!(report.output(asynk), Some(&()));
+        assert_eq!(report.output(sub), Some(&()));
+        assert_eq!(report.output(reads), Some(&((), (), (), 2)));
+        assert_eq!(report.output(bad), None);
+        assert_eq!(report.output(cleanup), Some(&(true, false)));
+        // A unit input whose task failed is missing, as any other.
+        let s = report.result(strict);
+        assert_eq!(s.status, TaskStatus::Failed, "{report}");
+        assert!(s.error.unwrap().to_string().contains("has no value"));
+        assert_eq!(report.output(strict), None);
+    }
+
+    #[test]
     fn large_fan_out_and_fan_in_pass_every_value() {
         // More successors than the engine releases in one batch.
         let mut g = Graph::builder();

@@ -150,6 +150,12 @@ impl<R: NodeRunner> NodeCx<'_, R> {
         self.run.cancelled.load(Relaxed)
     }
 
+    /// The state of another node of the run (as [`RunHandle::state`], without a handle).
+    #[inline]
+    pub fn state_of(&self, node: u32) -> NodeState {
+        self.run.node_state(node)
+    }
+
     /// The run's topology.
     #[inline]
     pub fn dag(&self) -> &Dag {
@@ -204,6 +210,19 @@ enum Sink<'s, 'w> {
 }
 
 impl<R: NodeRunner> RunInner<R> {
+    /// The state of `node` (Acquire: a `Completed` node's writes are visible).
+    fn node_state(&self, node: u32) -> NodeState {
+        match self.state[node as usize].load(Acquire) {
+            PENDING | QUEUED => NodeState::Pending,
+            RUNNING | DEFERRED | REQUEUE => NodeState::Running,
+            c if c >= COMPLETING => NodeState::Running,
+            COMPLETED => NodeState::Completed,
+            FAILED => NodeState::Failed,
+            SKIPPED => NodeState::Skipped,
+            _ => NodeState::Cancelled,
+        }
+    }
+
     /// The priority band `node` is queued at.
     #[inline(always)]
     fn band(&self, node: u32) -> u8 {
@@ -614,15 +633,7 @@ impl<R: NodeRunner> RunHandle<R> {
 
     /// The state of `node`.
     pub fn state(&self, node: u32) -> NodeState {
-        match self.inner.state[node as usize].load(Acquire) {
-            PENDING | QUEUED => NodeState::Pending,
-            RUNNING | DEFERRED | REQUEUE => NodeState::Running,
-            c if c >= COMPLETING => NodeState::Running,
-            COMPLETED => NodeState::Completed,
-            FAILED => NodeState::Failed,
-            SKIPPED => NodeState::Skipped,
-            _ => NodeState::Cancelled,
-        }
+        self.inner.node_state(node)
     }
 
     /// How many nodes are [`NodeState::Completed`] now: one tight pass over the node states

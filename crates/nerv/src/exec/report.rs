@@ -153,7 +153,7 @@ impl RunReport {
     /// If the handle belongs to another graph.
     pub fn output<T: Send + Sync + 'static>(&self, h: Handle<T>) -> Option<&T> {
         assert!(self.runner().graph.owns(h.id()), "handle of another graph");
-        self.runner().arena.get(h.slot)
+        crate::graph::inputs::Outputs::new(&self.runner().arena, &self.handle).get(&h)
     }
 
     /// The result of a task of the graph.

@@ -95,13 +95,15 @@ where
     #[inline]
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
         let arena = cx.arena();
-        let refs = self.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+        let refs = self
+            .inputs
+            .fetch(&cx.outputs())
+            .map_err(|t| missing(cx, t))?;
         let v = (self.f)(cx, refs)?;
         if let Some(limit) = cx.deadline_passed() {
             return Err(TaskError::timeout(limit));
         }
-        arena
-            .set(self.out, v)
+        super::inputs::set_output(arena, self.out, v)
             .map_err(|_| TaskError::msg("output already set"))?;
         Ok(Started::Done)
     }
@@ -128,10 +130,12 @@ where
         h: impl for<'a> FnOnce(&TaskContext<'_>, I::Refs<'a>) -> Result<T, TaskError>,
     ) -> Result<Started, TaskError> {
         let arena = cx.arena();
-        let refs = self.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+        let refs = self
+            .inputs
+            .fetch(&cx.outputs())
+            .map_err(|t| missing(cx, t))?;
         let v = h(cx, refs)?;
-        arena
-            .set(self.out, v)
+        super::inputs::set_output(arena, self.out, v)
             .map_err(|_| TaskError::msg("output already set"))?;
         Ok(Started::Done)
     }
@@ -175,7 +179,10 @@ where
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
         use crate::memo;
         let arena = cx.arena();
-        let refs = self.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+        let refs = self
+            .inputs
+            .fetch(&cx.outputs())
+            .map_err(|t| missing(cx, t))?;
         let id = cx.task_id();
         let key = memo::key(&id, &self.memo.version, &refs);
         let store = cx.memo_store();
@@ -183,8 +190,7 @@ where
         if let Ok(key) = &key {
             if let Some(v) = store.get(key, now).and_then(|b| memo::decode::<T>(&b)) {
                 cx.memo_looked_up(true);
-                arena
-                    .set(self.out, v)
+                super::inputs::set_output(arena, self.out, v)
                     .map_err(|_| TaskError::msg("output already set"))?;
                 return Ok(Started::Done);
             }
@@ -202,8 +208,7 @@ where
         if let Err(e) = stored {
             tracing::warn!(task = %id, error = %e, "not memoized: the inputs or the output do not serialize");
         }
-        arena
-            .set(self.out, v)
+        super::inputs::set_output(arena, self.out, v)
             .map_err(|_| TaskError::msg("output already set"))?;
         Ok(Started::Done)
     }
@@ -224,15 +229,16 @@ where
     Fut: Future<Output = Result<T, TaskError>> + Send + 'static,
 {
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
-        let refs = self.inputs.fetch(cx.arena()).map_err(|t| missing(cx, t))?;
+        let refs = self
+            .inputs
+            .fetch(&cx.outputs())
+            .map_err(|t| missing(cx, t))?;
         let fut = (self.f)(cx, refs);
         let run = cx.run_handle();
         let out = self.out;
         Ok(Started::Future(Box::pin(async move {
             let v = fut.await?;
-            run.runner()
-                .arena
-                .set(out, v)
+            super::inputs::set_output(&run.runner().arena, out, v)
                 .map_err(|_| TaskError::msg("output already set"))
         })))
     }
@@ -259,10 +265,13 @@ where
     fn fallback(&self, cx: &TaskContext<'_>) -> Option<Result<Started, TaskError>> {
         let run = || {
             let arena = cx.arena();
-            let refs = self.inner.inputs.fetch(arena).map_err(|t| missing(cx, t))?;
+            let refs = self
+                .inner
+                .inputs
+                .fetch(&cx.outputs())
+                .map_err(|t| missing(cx, t))?;
             let v = (self.g)(cx, refs)?;
-            arena
-                .set(self.inner.out, v)
+            super::inputs::set_output(arena, self.inner.out, v)
                 .map_err(|_| TaskError::msg("output already set"))?;
             Ok(Started::Done)
         };
@@ -286,7 +295,10 @@ where
         + 'static,
 {
     fn start(&self, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
-        let refs = self.inputs.fetch(cx.arena()).map_err(|t| missing(cx, t))?;
+        let refs = self
+            .inputs
+            .fetch(&cx.outputs())
+            .map_err(|t| missing(cx, t))?;
         let sub = (self.f)(cx, refs)?;
         Ok(Started::Graph(Box::new(sub.into_child(self.out))))
     }

@@ -16,7 +16,8 @@ use std::marker::PhantomData;
 
 /// Saves and restores one task's output slot.
 pub(crate) trait Codec: Send + Sync {
-    /// The output's bytes, if the task has an output and it serializes.
+    /// The output's bytes, if the task has an output and it serializes. Called as the task
+    /// completes (a unit output, never written to the arena, is `()` then).
     fn save(&self, arena: &OnceArena) -> Option<Vec<u8>>;
     /// Puts the value decoded from `bytes` in the output slot.
     fn load(&self, bytes: &[u8], arena: &OnceArena) -> Result<(), String>;
@@ -29,13 +30,15 @@ pub(crate) struct MsgPack<T> {
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Codec for MsgPack<T> {
     fn save(&self, arena: &OnceArena) -> Option<Vec<u8>> {
+        if super::inputs::is_unit::<T>() {
+            return rmp_serde::to_vec(&()).ok();
+        }
         arena.get(self.slot).and_then(|v| rmp_serde::to_vec(v).ok())
     }
 
     fn load(&self, bytes: &[u8], arena: &OnceArena) -> Result<(), String> {
         let v: T = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
-        arena
-            .set(self.slot, v)
+        super::inputs::set_output(arena, self.slot, v)
             .map_err(|_| "the output was already set".to_string())
     }
 }

@@ -142,7 +142,7 @@ where
         let arena = cx.arena();
         let refs = self
             .inputs
-            .fetch(arena)
+            .fetch(&cx.outputs())
             .map_err(|t: TaskId| super::body::missing(cx, t))?;
         let branch = (self.f)(cx, refs)?;
         let dependents = cx.dependents();
@@ -156,8 +156,7 @@ where
                 ),
             ));
         }
-        arena
-            .set(self.out, branch)
+        super::inputs::set_output(arena, self.out, branch)
             .map_err(|_| TaskError::msg("output already set"))?;
         Ok(Started::Done)
     }

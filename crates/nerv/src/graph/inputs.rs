@@ -6,7 +6,65 @@
 //! dependency, so the value is complete before the body runs; no `Any`, no string keys.
 
 use super::{Handle, TaskId};
-use nerv_pool::OnceArena;
+use nerv_pool::{OnceArena, SlotKey};
+use std::any::{Any, TypeId};
+
+/// Whether `T` is `()`. A unit output is never written to the run's arena: its value is
+/// there exactly when its task completed (the state every reader can ask the run), so a
+/// task that returns `()` costs no store to a line of its own and no load of its output key
+/// (measured: 25-30 % of an empty task's time on the binary tree shape). Folds to a constant.
+#[inline(always)]
+pub(crate) fn is_unit<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<()>()
+}
+
+/// Stores a task's output in the run's arena; a unit output is not written (see [`is_unit`]).
+/// Gives the value back if the slot was written already.
+#[inline(always)]
+pub(crate) fn set_output<T: Send + Sync + 'static>(
+    arena: &OnceArena,
+    slot: SlotKey<T>,
+    value: T,
+) -> Result<(), T> {
+    if is_unit::<T>() {
+        return Ok(());
+    }
+    arena.set(slot, value)
+}
+
+/// Whether a task of the run completed: where a unit output's presence comes from.
+pub(crate) trait Done {
+    /// Whether the task at graph index `node` completed.
+    fn done(&self, node: u32) -> bool;
+}
+
+/// The run's outputs as tasks read them: the values in the run's arena, and for unit outputs
+/// (never written, see `set_output`) whether their task completed.
+#[derive(Clone, Copy)]
+pub struct Outputs<'a> {
+    arena: &'a OnceArena,
+    done: &'a dyn Done,
+}
+
+impl<'a> Outputs<'a> {
+    pub(crate) fn new(arena: &'a OnceArena, done: &'a dyn Done) -> Self {
+        Outputs { arena, done }
+    }
+
+    /// The output of `h`'s task, if it has one (the task completed).
+    #[inline]
+    pub fn get<T: Send + Sync + 'static>(&self, h: &Handle<T>) -> Option<&'a T> {
+        if is_unit::<T>() {
+            // A handle's slot index is its task's index in the graph.
+            return if self.done.done(h.slot.index()) {
+                (&() as &dyn Any).downcast_ref::<T>()
+            } else {
+                None
+            };
+        }
+        self.arena.get(h.slot)
+    }
+}
 
 /// A set of typed inputs (see the module documentation).
 pub trait Inputs: Send + Sync + 'static {
@@ -18,14 +76,14 @@ pub trait Inputs: Send + Sync + 'static {
 
     /// The references, or the first input whose value is missing (its producer did not
     /// complete: possible only for a task whose trigger rule lets it run after a failure).
-    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Self::Refs<'a>, TaskId>;
+    fn fetch<'a>(&'a self, out: &Outputs<'a>) -> Result<Self::Refs<'a>, TaskId>;
 }
 
 impl Inputs for () {
     type Refs<'a> = ();
     fn each_source(&self, _: &mut dyn FnMut(TaskId)) {}
     #[inline]
-    fn fetch<'a>(&'a self, _: &'a OnceArena) -> Result<(), TaskId> {
+    fn fetch<'a>(&'a self, _: &Outputs<'a>) -> Result<(), TaskId> {
         Ok(())
     }
 }
@@ -36,8 +94,8 @@ impl<T: Send + Sync + 'static> Inputs for Handle<T> {
         f(self.id())
     }
     #[inline]
-    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<&'a T, TaskId> {
-        arena.get(self.slot).ok_or(self.id())
+    fn fetch<'a>(&'a self, out: &Outputs<'a>) -> Result<&'a T, TaskId> {
+        out.get(self).ok_or(self.id())
     }
 }
 
@@ -57,8 +115,8 @@ impl<T: Send + Sync + 'static> Inputs for Optional<T> {
         f(self.0.id())
     }
     #[inline]
-    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Option<&'a T>, TaskId> {
-        Ok(arena.get(self.0.slot))
+    fn fetch<'a>(&'a self, out: &Outputs<'a>) -> Result<Option<&'a T>, TaskId> {
+        Ok(out.get(&self.0))
     }
 }
 
@@ -71,8 +129,8 @@ impl<T: Send + Sync + 'static> Inputs for Vec<Optional<T>> {
             f(h.0.id())
         }
     }
-    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Vec<Option<&'a T>>, TaskId> {
-        Ok(self.iter().map(|h| arena.get(h.0.slot)).collect())
+    fn fetch<'a>(&'a self, out: &Outputs<'a>) -> Result<Vec<Option<&'a T>>, TaskId> {
+        Ok(self.iter().map(|h| out.get(&h.0)).collect())
     }
 }
 
@@ -86,7 +144,7 @@ impl<T: Send + Sync + serde::Serialize + 'static> serde::Serialize for Gather<'_
 /// The outputs of a list of same-typed tasks, in the order their handles were given.
 pub struct Gather<'a, T> {
     handles: &'a [Handle<T>],
-    arena: &'a OnceArena,
+    out: Outputs<'a>,
 }
 
 impl<'a, T: Send + Sync + 'static> Gather<'a, T> {
@@ -102,17 +160,15 @@ impl<'a, T: Send + Sync + 'static> Gather<'a, T> {
 
     /// The `i`-th input's value.
     pub fn get(&self, i: usize) -> Option<&'a T> {
-        self.handles.get(i).and_then(|h| self.arena.get(h.slot))
+        self.handles.get(i).and_then(|h| self.out.get(h))
     }
 
     /// The values in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a T> + '_ {
-        let arena = self.arena;
-        self.handles.iter().map(move |h| {
-            arena
-                .get(h.slot)
-                .expect("Gather holds only completed inputs")
-        })
+        let out = self.out;
+        self.handles
+            .iter()
+            .map(move |h| out.get(h).expect("Gather holds only completed inputs"))
     }
 }
 
@@ -123,13 +179,13 @@ impl<T: Send + Sync + 'static> Inputs for Vec<Handle<T>> {
             f(h.id())
         }
     }
-    fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Gather<'a, T>, TaskId> {
-        if let Some(h) = self.iter().find(|h| arena.get(h.slot).is_none()) {
+    fn fetch<'a>(&'a self, out: &Outputs<'a>) -> Result<Gather<'a, T>, TaskId> {
+        if let Some(h) = self.iter().find(|h| out.get(h).is_none()) {
             return Err(h.id());
         }
         Ok(Gather {
             handles: self,
-            arena,
+            out: *out,
         })
     }
 }
@@ -145,9 +201,9 @@ macro_rules! tuple_inputs {
             }
             #[allow(non_snake_case)]
             #[inline]
-            fn fetch<'a>(&'a self, arena: &'a OnceArena) -> Result<Self::Refs<'a>, TaskId> {
+            fn fetch<'a>(&'a self, out: &Outputs<'a>) -> Result<Self::Refs<'a>, TaskId> {
                 let ($($name,)+) = self;
-                Ok(($($name.fetch(arena)?,)+))
+                Ok(($($name.fetch(out)?,)+))
             }
         }
     };

@@ -18,7 +18,7 @@ mod body;
 pub(crate) mod codec;
 mod error;
 mod flow;
-mod inputs;
+pub(crate) mod inputs;
 
 pub use batch::BatchItems;
 pub(crate) use body::Started;
@@ -26,7 +26,7 @@ use body::{Body, BodyChunk, Chunk};
 pub use codec::Restore;
 pub use error::GraphError;
 pub use flow::{Branch, TriggerRule, UnknownTriggerRule};
-pub use inputs::{Gather, Inputs, Optional};
+pub use inputs::{Gather, Inputs, Optional, Outputs};
 
 use crate::context::TaskContext;
 use crate::dynamic::Subgraph;
