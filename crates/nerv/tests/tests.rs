@@ -551,6 +551,46 @@ mod dataflow {
     }
 
     #[test]
+    fn a_graph_of_one_closure_fails_skips_and_passes_values_like_any_other() {
+        // Tasks made by one closure and without options (the executor's plain fast path):
+        // r0 → r1 → r2 (panics) → r3 (skipped); r4 fails; r5 completes.
+        let mut g = Graph::builder();
+        let mut handles: Vec<Handle<u32>> = Vec::new();
+        for i in 0..6u32 {
+            let b = g.task(format!("r{i}"));
+            let b = match handles.last() {
+                Some(p) if (1..=3).contains(&i) => b.after(*p),
+                _ => b,
+            };
+            handles.push(b.run((), move |_, ()| {
+                if i == 2 {
+                    panic!("boom {i}");
+                }
+                if i == 4 {
+                    return Err(TaskError::msg("no"));
+                }
+                Ok(i)
+            }));
+        }
+        let report = exec(2).run(&g.build().unwrap());
+        let st = |i: usize| report.result(handles[i]).status;
+        assert_eq!(st(2), TaskStatus::Failed);
+        let err = report.result(handles[2]).error.unwrap().to_string();
+        assert!(err.contains("boom 2"), "{err}");
+        assert_eq!(st(3), TaskStatus::Skipped);
+        assert_eq!(
+            report.result(handles[3]).skipped_because.as_deref(),
+            Some("r2")
+        );
+        assert_eq!(st(4), TaskStatus::Failed);
+        for i in [0, 1, 5] {
+            assert_eq!(st(i), TaskStatus::Completed);
+            assert_eq!(report.output(handles[i]), Some(&(i as u32)));
+            assert_eq!(report.result(handles[i]).attempts, 1);
+        }
+    }
+
+    #[test]
     fn large_fan_out_and_fan_in_pass_every_value() {
         // More successors than the engine releases in one batch.
         let mut g = Graph::builder();

@@ -543,7 +543,12 @@ impl GraphBuilder {
         for c in &mut chunks {
             c.shrink();
         }
+        // One body type and no options: a task's node record says nothing its index does not
+        // (chunk 0, its index there), so the executor need not read it.
+        let plain = chunks.len() <= 1 && nodes.iter().all(|n| n.extra.is_none());
+        debug_assert!(!plain || nodes.iter().enumerate().all(|(i, n)| n.index as usize == i));
         Ok(Graph(Arc::new(GraphInner {
+            plain,
             chunks: chunks.into_boxed_slice(),
             dag: Arc::new(dag),
             nodes: nodes.into_boxed_slice(),
@@ -968,6 +973,9 @@ impl<'g> TaskBuilder<'g> {
 }
 
 pub(crate) struct GraphInner {
+    /// Every task's body is of one type and no task has options (`Node::extra`): node `i` is
+    /// body `i` of chunk 0, with defaults for everything else.
+    pub(crate) plain: bool,
     pub(crate) chunks: Box<[Box<dyn BodyChunk>]>,
     pub(crate) dag: Arc<Dag>,
     pub(crate) nodes: Box<[Node]>,
@@ -1162,5 +1170,35 @@ impl Graph {
 
     pub(crate) fn owns(&self, id: TaskId) -> bool {
         id.graph == self.0.graph && (id.index as usize) < self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three tasks made by one closure; with `options`, the second has a priority.
+    fn one_closure(options: bool) -> Graph {
+        let mut g = Graph::builder();
+        for i in 0..3u8 {
+            let b = g.task(format!("t{i}"));
+            let b = if options && i == 1 {
+                b.priority(Priority::High)
+            } else {
+                b
+            };
+            b.run((), move |_, ()| Ok::<_, TaskError>(i));
+        }
+        g.build().unwrap()
+    }
+
+    #[test]
+    fn only_a_graph_of_one_body_type_without_options_is_plain() {
+        assert!(one_closure(false).0.plain);
+        assert!(!one_closure(true).0.plain);
+        let mut g = Graph::builder();
+        g.task("a").run((), |_, ()| Ok::<_, TaskError>(1u8));
+        g.task("b").run((), |_, ()| Ok::<_, TaskError>(2u16));
+        assert!(!g.build().unwrap().0.plain, "two body types");
     }
 }
