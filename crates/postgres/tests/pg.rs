@@ -383,6 +383,22 @@ async fn invalid_url_and_unreachable_server_fail_fast_naming_the_host() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
 }
 
+/// The tasks of `n` claims of one task each, in claim order (fewer if the queue runs dry).
+async fn claim_one_by_one(e: &Engine, n: usize) -> Vec<String> {
+    let mut order = Vec::new();
+    for _ in 0..n {
+        let l = e
+            .claim("w", &[], &[], 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        match l.first() {
+            Some(l) => order.push(l.task.clone()),
+            None => break,
+        }
+    }
+    order
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_follow_priority_then_rank() {
     let Some(db) = db("priority").await else {
@@ -400,21 +416,10 @@ async fn claims_follow_priority_then_rank() {
                 .estimate(Duration::from_millis(500)),
         );
     e.submit(&wf).await.unwrap();
-    let mut order = Vec::new();
-    for _ in 0..4 {
-        let l = e
-            .claim("w", &[], &[], 1, Duration::from_secs(30))
-            .await
-            .unwrap();
-        order.push(l[0].task.clone());
-    }
+    let order = claim_one_by_one(e, 4).await;
     // "short" outranks "long": its successor makes its remaining path 501 ms.
     assert_eq!(order, ["crit", "short", "long", "low"]);
-    assert!(e
-        .claim("w", &[], &[], 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(claim_one_by_one(e, 1).await.is_empty());
     // Order keys replace the ranks (priority still first; no key counts as 0).
     let keyed = Workflow::new("keyed")
         .task(
@@ -430,20 +435,9 @@ async fn claims_follow_priority_then_rank() {
                 .order_key(u64::MAX),
         );
     e.submit(&keyed).await.unwrap();
-    let mut order = Vec::new();
-    for _ in 0..4 {
-        let l = e
-            .claim("w", &[], &[], 1, Duration::from_secs(30))
-            .await
-            .unwrap();
-        order.push(l[0].task.clone());
-    }
+    let order = claim_one_by_one(e, 4).await;
     assert_eq!(order, ["short", "long", "none", "low"]);
-    assert!(e
-        .claim("w", &[], &[], 1, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(claim_one_by_one(e, 1).await.is_empty());
     // Tags and functions restrict who may claim.
     e.submit(
         &Workflow::new("tags")

@@ -456,9 +456,8 @@ fn duration_formats() {
     assert_eq!(format_estimate(Duration::ZERO), "0ms");
 }
 
-#[test]
-fn simulate_fork_join() {
-    // 1 root, 8 middle tasks, 1 join, 1 s each: on 4 workers the middle needs two rounds.
+/// 1 root, 8 middle tasks, 1 join, 1 s each.
+fn fork_join() -> Workflow {
     let mut tasks = vec![Task::new("root", Duration::from_secs(1))];
     let mut join = Task::new("join", Duration::from_secs(1));
     for i in 0..8 {
@@ -467,7 +466,13 @@ fn simulate_fork_join() {
         join = join.with_parent(id);
     }
     tasks.push(join);
-    let wf = Workflow::new("fj", tasks).unwrap();
+    Workflow::new("fj", tasks).unwrap()
+}
+
+#[test]
+fn simulate_fork_join() {
+    // On 4 workers the middle needs two rounds.
+    let wf = fork_join();
     assert_eq!(wf.lower_bound(1.0, 4), Duration::from_secs(3));
     assert_eq!(simulate(&wf, 1.0, 4, Policy::Rank), Duration::from_secs(4));
     assert_eq!(simulate(&wf, 1.0, 8, Policy::Fcfs), Duration::from_secs(3));
@@ -583,18 +588,10 @@ fn a_searched_replay_completes_every_task_and_says_so() {
 
 #[test]
 fn a_record_says_when_no_schedule_can_meet_the_target() {
-    // The fork-join of `simulate_fork_join` at 50 ms a task: bound max(CP, work / 4) = 150 ms,
-    // target 1.05 × 150 + 20 = 177.5 ms, but two of the 8 middle tasks share a processor:
-    // 200 ms at least, whatever the order.
-    let mut tasks = vec![Task::new("root", Duration::from_secs(1))];
-    let mut join = Task::new("join", Duration::from_secs(1));
-    for i in 0..8 {
-        let id = format!("m{i}");
-        tasks.push(Task::new(&id, Duration::from_secs(1)).with_parent("root"));
-        join = join.with_parent(id);
-    }
-    tasks.push(join);
-    let wf = Workflow::new("fj", tasks).unwrap();
+    // The fork-join at 50 ms a task: bound max(CP, work / 4) = 150 ms, target 1.05 × 150 +
+    // 20 = 177.5 ms, but two of the 8 middle tasks share a processor: 200 ms at least,
+    // whatever the order.
+    let wf = fork_join();
     let opts = ReplayOptions {
         workers: 4,
         scale: 0.05,
