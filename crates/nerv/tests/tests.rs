@@ -1232,6 +1232,47 @@ mod retries {
     }
 
     #[test]
+    fn a_live_report_counts_the_attempt_in_progress_and_none_while_waiting() {
+        // `holder` runs, holding the one slot, until released; `waiter` becomes ready once
+        // `holder` started (after `tick`) and waits for the slot.
+        let (started, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let mut g = Graph::builder();
+        let (s, r) = (started.clone(), release.clone());
+        let holder = g.task("holder").uses("slot", 1).run((), move |_, ()| {
+            s.store(true, SeqCst);
+            assert!(wait_for(LIMIT, || r.load(SeqCst)), "not released");
+            Ok(())
+        });
+        let s = started.clone();
+        let tick = g.task("tick").run((), move |_, ()| {
+            assert!(wait_for(LIMIT, || s.load(SeqCst)), "holder did not start");
+            Ok(())
+        });
+        let waiter = g
+            .task("waiter")
+            .uses("slot", 1)
+            .after(tick)
+            .run((), |_, ()| Ok(()));
+        let ex = Executor::builder().workers(2).resource("slot", 1).build();
+        let run = ex.start(&g.build().unwrap());
+        assert!(wait_for(LIMIT, || started.load(SeqCst)));
+        let live = run.report().result(holder);
+        assert_eq!((live.status, live.attempts), (TaskStatus::Running, 1));
+        // Waiting for the slot: running, no attempt made.
+        assert!(wait_for(LIMIT, || {
+            let w = run.report().result(waiter);
+            w.status == TaskStatus::Running && w.attempts == 0
+        }));
+        release.store(true, SeqCst);
+        let report = run.wait();
+        assert_eq!(report.result(holder).attempts, 1);
+        assert_eq!(report.result(waiter).attempts, 1);
+    }
+
+    #[test]
     fn zero_backoff_retries_at_once() {
         let calls = Arc::new(AtomicU32::new(0));
         let mut g = Graph::builder();

@@ -636,6 +636,13 @@ impl<R: NodeRunner> RunHandle<R> {
         self.inner.node_state(node)
     }
 
+    /// Whether `node` is deferred: its runner returned [`Verdict::Deferred`] and it waits for
+    /// [`complete`](Self::complete) or [`requeue`](Self::requeue) (a
+    /// [`NodeState::Running`] node that no worker is running now).
+    pub fn is_deferred(&self, node: u32) -> bool {
+        self.inner.state[node as usize].load(Acquire) == DEFERRED
+    }
+
     /// How many nodes are [`NodeState::Completed`] now: one tight pass over the node states
     /// (a finished run's report checks this before counting every state one by one).
     pub fn completed_count(&self) -> usize {

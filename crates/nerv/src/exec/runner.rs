@@ -851,20 +851,23 @@ impl Runner {
         true
     }
 
-    /// Attempts `node` made, as its result reports them (see `attempts`): a completed node
-    /// with none recorded made one, unless it was restored.
-    fn attempts_of(&self, node: u32, status: TaskStatus) -> u32 {
+    /// Attempts `node` made, as its result reports them (see `attempts`): with none recorded,
+    /// a completed node made one unless it was restored, and a node being run is in its first
+    /// (a deferred one, waiting for resources, has made none).
+    fn attempts_of(&self, h: &RunHandle<Runner>, node: u32, status: TaskStatus) -> u32 {
         let a = self.attempts[node as usize].load(Relaxed);
-        let restored = || {
-            self.restored_marks
-                .get(node as usize)
-                .is_some_and(|m| m.load(Relaxed))
-        };
-        if a == 0 && status == TaskStatus::Completed && !restored() {
-            1
-        } else {
-            a
+        if a != 0 {
+            return a;
         }
+        let one = match status {
+            TaskStatus::Completed => !self
+                .restored_marks
+                .get(node as usize)
+                .is_some_and(|m| m.load(Relaxed)),
+            TaskStatus::Running => !h.is_deferred(node),
+            _ => false,
+        };
+        u32::from(one)
     }
 
     /// Requeues `node` after `delay`, or at once if the run is cancelled meanwhile.
@@ -1046,7 +1049,7 @@ impl Runner {
             } else {
                 Duration::ZERO
             },
-            attempts: self.attempts_of(node, status),
+            attempts: self.attempts_of(h, node, status),
             fallback: if status == TaskStatus::Completed
                 && g.nodes[node as usize]
                     .extra
