@@ -1,5 +1,5 @@
-//! Per-node cost of the pool alone (no nerv layer) on a chain: `cargo run --release -p
-//! nerv-pool --example pool_chain`.
+//! Per-node cost of the pool alone (no nerv layer), 10^6 nodes on 2 workers: `cargo run
+//! --release -p nerv-pool --example pool_chain [chain|wavefront]` (default: chain).
 use nerv_pool::{Dag, NodeCx, NodeRunner, Pool, Verdict};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +13,26 @@ impl NodeRunner for Empty {
 }
 
 fn main() {
-    let n = 1_000_000u32;
-    let edges: Vec<(u32, u32)> = (1..n).map(|i| (i - 1, i)).collect();
+    let shape = std::env::args().nth(1).unwrap_or_else(|| "chain".into());
+    let (n, edges): (u32, Vec<(u32, u32)>) = match shape.as_str() {
+        "chain" => (1_000_000, (1..1_000_000).map(|i| (i - 1, i)).collect()),
+        "wavefront" => {
+            let k = 1000u32;
+            let mut e = Vec::new();
+            for r in 0..k {
+                for c in 0..k {
+                    if r > 0 {
+                        e.push(((r - 1) * k + c, r * k + c));
+                    }
+                    if c > 0 {
+                        e.push((r * k + c - 1, r * k + c));
+                    }
+                }
+            }
+            (k * k, e)
+        }
+        other => panic!("unknown shape {other} (chain, wavefront)"),
+    };
     let dag = Arc::new(Dag::new(n as usize, &edges).unwrap());
     let pool = Pool::new(2, "bench");
     let mut v: Vec<f64> = (0..9)
@@ -26,5 +44,5 @@ fn main() {
         })
         .collect();
     v.sort_by(f64::total_cmp);
-    println!("pool-only chain: {:.1} ns/node (median of 9)", v[4]);
+    println!("pool-only {shape}: {:.1} ns/node (median of 9)", v[4]);
 }

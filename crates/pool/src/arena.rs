@@ -24,6 +24,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32 as StdAtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
+/// Zero: an arena's slot states start as zeroed memory (`OnceArena::new`).
 const EMPTY: u8 = 0;
 const WRITING: u8 = 1;
 const FULL: u8 = 2;
@@ -182,7 +183,8 @@ impl OnceArena {
                 None => alloc::handle_alloc_error(l),
             }
         };
-        let state = (0..layout.slots).map(|_| AtomicU8::new(EMPTY)).collect();
+        // EMPTY is zero: zeroed memory, nothing written per slot.
+        let state = crate::sync::zeroed_u8(layout.slots as usize);
         OnceArena {
             layout_id: layout.id,
             mem,

@@ -10,7 +10,7 @@
 //! - [`OnceArena`]: one allocation per run for every node's typed, write-once output.
 //!
 //! The hot path of one task: claim (one CAS), run, release each successor (one atomic
-//! decrement, none when it has a single predecessor), push the ones that became ready. No lock,
+//! increment, none when it has a single predecessor), push the ones that became ready. No lock,
 //! no allocation, no hashing.
 
 #![warn(missing_docs)]

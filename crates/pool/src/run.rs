@@ -2,8 +2,8 @@
 //! causes, and the protocol that moves a node from pending to finished.
 //!
 //! Node states (one byte each; who moves a node out of a state is listed after the arrow):
-//! - `PENDING`: waiting for predecessors → the releaser whose decrement makes its join
-//!   counter reach zero (or the start of the run, for roots) runs or queues it, and the worker
+//! - `PENDING`: waiting for predecessors → the releaser whose count is the node's last one
+//!   (or the start of the run, for roots) runs or queues it, and the worker
 //!   that runs it CASes it to `RUNNING`.
 //! - `RUNNING`: its runner is executing on a worker → the worker, with the runner's verdict: a
 //!   final state (a plain store: nobody else writes a `RUNNING` node's final state), or
@@ -20,14 +20,19 @@
 //!
 //! Releasing a finished node: for each successor in order, record the upstream cause if the
 //! node did not complete (first cause wins; the run's `any_cause` flag is set before the
-//! first one, so that a run without causes never reads them), then decrement the successor's
-//! join counter (AcqRel; a counter already at 1 — a single predecessor, or all others arrived —
-//! is not decremented: this release is the last); the best successor that becomes ready is
-//! returned to run inline, the others are queued and sleepers are woken.
+//! first one, so that a run without causes never reads them), then count the node on the
+//! successor's join counter, which counts finished predecessors up from zero (AcqRel; a
+//! successor with a single predecessor is ready without touching its counter, and a counter
+//! already at `in_degree - 1`, all others arrived, is not incremented: this release is the
+//! last); the best successor that becomes ready is returned to run inline, the others are
+//! queued and sleepers are woken. A run's counters, states and causes start as zeroed memory:
+//! setting up a run writes nothing per node, and pages nobody writes are never touched.
 
 use crate::dag::Dag;
 use crate::pool::{Execute, Job, Pool, Shared, WorkerCtx};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Condvar, Mutex};
+use crate::sync::{
+    lock, zeroed_u32, zeroed_u8, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Condvar, Mutex,
+};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::task::{Context, Poll, Waker};
@@ -47,12 +52,15 @@ const CANCELLED: u8 = 8;
 /// while its runner was still running; the worker applies it when the runner returns.
 const COMPLETING: u8 = 9;
 
-/// No upstream problem.
-const NO_CAUSE: u32 = u32::MAX;
+/// No upstream problem. A failed root `r` is recorded as `r + 1` (node indices stop below
+/// `u32::MAX - 1`, see `Dag::new`), so that a run's causes start as zeroed memory.
+const NO_CAUSE: u32 = 0;
 /// Most successors one call of `release` makes ready (see there).
 const RELEASE_BATCH: usize = 256;
 /// An upstream node was cancelled.
-const CANCEL_CAUSE: u32 = u32::MAX - 1;
+const CANCEL_CAUSE: u32 = u32::MAX;
+// A run's records start as zeroed memory (`Pool::prepare`).
+const _: () = assert!(PENDING == 0 && NO_CAUSE == 0);
 
 /// What a runner says about one attempt at a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +262,7 @@ impl<R: NodeRunner> RunInner<R> {
         match self.cause[node as usize].load(Relaxed) {
             NO_CAUSE => Upstream::Ok,
             CANCEL_CAUSE => Upstream::Cancelled,
-            c => Upstream::Failed(c),
+            c => Upstream::Failed(c - 1),
         }
     }
 
@@ -352,9 +360,9 @@ impl<R: NodeRunner> RunInner<R> {
         let succ = &all[from..end];
         let cause = match fin {
             COMPLETED => NO_CAUSE,
-            FAILED => node,
+            FAILED => node + 1,
             SKIPPED => match self.cause[node as usize].load(Relaxed) {
-                NO_CAUSE => node, // skipped by its runner's own choice: it is the root
+                NO_CAUSE => node + 1, // skipped by its runner's own choice: it is the root
                 c => c,
             },
             _ => CANCEL_CAUSE,
@@ -387,11 +395,7 @@ impl<R: NodeRunner> RunInner<R> {
             if cause != NO_CAUSE {
                 let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
             }
-            // A counter that reads 1 means every other predecessor has already decremented
-            // it (or there is no other): this release is the last one and needs no RMW. The
-            // Acquire load pairs with the other predecessors' releasing decrements.
-            let c = &self.counters[s as usize];
-            let ready = c.load(Acquire) == 1 || c.fetch_sub(1, AcqRel) == 1;
+            let ready = self.count_release(s);
             if ready {
                 if let Some(prev) = next.replace(s) {
                     match &mut sink {
@@ -408,6 +412,24 @@ impl<R: NodeRunner> RunInner<R> {
             }
         }
         next
+    }
+
+    /// Counts one predecessor of `s` as finished; returns whether it was the last one.
+    ///
+    /// A counter counts the predecessors that finished, up from zero (a run's counters start
+    /// as zeroed memory, so that setting up a run writes nothing per node). A node with one
+    /// predecessor is ready at once, without touching its counter. A counter that reads
+    /// `in_degree - 1` means every other predecessor has already counted itself: this release
+    /// is the last one and needs no RMW. The Acquire load pairs with the other predecessors'
+    /// releasing increments.
+    #[inline(always)]
+    fn count_release(&self, s: u32) -> bool {
+        let last = self.dag.in_degree(s) - 1;
+        if last == 0 {
+            return true;
+        }
+        let c = &self.counters[s as usize];
+        c.load(Acquire) == last || c.fetch_add(1, AcqRel) == last
     }
 
     /// [`release`](Self::release) for a ranked run: every successor that became ready goes to
@@ -429,8 +451,7 @@ impl<R: NodeRunner> RunInner<R> {
             if cause != NO_CAUSE {
                 let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
             }
-            let c = &self.counters[s as usize];
-            if c.load(Acquire) == 1 || c.fetch_sub(1, AcqRel) == 1 {
+            if self.count_release(s) {
                 ready.push((self.job(s), self.band(s), self.dag.rank(s).unwrap_or(0)));
             }
         }
@@ -748,9 +769,11 @@ impl Pool {
     /// [`Prepared::launch`]. Dropping it unlaunched drops the run.
     pub fn prepare<R: NodeRunner>(&self, dag: Arc<Dag>, runner: R) -> Prepared<R> {
         let n = dag.len();
-        let counters = dag.in_degrees().map(AtomicU32::new).collect();
-        let state = (0..n).map(|_| AtomicU8::new(PENDING)).collect();
-        let cause = (0..n).map(|_| AtomicU32::new(NO_CAUSE)).collect();
+        // Zeroed memory (PENDING, no count, NO_CAUSE): nothing is written per node here, and
+        // a page nobody writes during the run is never touched.
+        let counters = zeroed_u32(n);
+        let state = zeroed_u8(n);
+        let cause = zeroed_u32(n);
         let inner = Arc::new(RunInner {
             dag,
             runner,

@@ -15,6 +15,31 @@ pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
 pub(crate) use std::thread;
 
+/// `n` atomics that read zero, from zeroed memory (`calloc`): nothing is written per element,
+/// and the pages of a large array are mapped only when first written.
+#[cfg(not(loom))]
+pub(crate) fn zeroed_u32(n: usize) -> Box<[AtomicU32]> {
+    bytemuck::zeroed_slice_box(n)
+}
+
+/// [`zeroed_u32`] for bytes.
+#[cfg(not(loom))]
+pub(crate) fn zeroed_u8(n: usize) -> Box<[AtomicU8]> {
+    bytemuck::zeroed_slice_box(n)
+}
+
+/// Loom's atomics are not plain memory: built one by one.
+#[cfg(loom)]
+pub(crate) fn zeroed_u32(n: usize) -> Box<[AtomicU32]> {
+    (0..n).map(|_| AtomicU32::new(0)).collect()
+}
+
+/// Loom's atomics are not plain memory: built one by one.
+#[cfg(loom)]
+pub(crate) fn zeroed_u8(n: usize) -> Box<[AtomicU8]> {
+    (0..n).map(|_| AtomicU8::new(0)).collect()
+}
+
 /// Locks a mutex, ignoring poisoning: the pool never panics while holding its locks (an
 /// engine panic aborts), so a poisoned lock only means a user callback panicked elsewhere.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

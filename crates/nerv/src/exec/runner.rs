@@ -156,7 +156,6 @@ impl Runner {
         let n = graph.len();
         let arena = OnceArena::new(&graph.0.layout);
         let stamps = if opts.timing == Timing::Off { 0 } else { n };
-        let zeros = |_| AtomicU64::new(0);
         let run_id = next_id();
         // Taken together: a task event's time is `sys0` plus the clock's time since `t0`.
         let t0 = env.clock.raw();
@@ -190,16 +189,19 @@ impl Runner {
             fallbacks: Mutex::new(Vec::new()),
             branch_skips: Mutex::new(Vec::new()),
             arena,
-            attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            restored_marks: (0..if parent.is_none() && opts.resume.is_some() {
-                n
-            } else {
-                0
-            })
-                .map(|_| Default::default())
-                .collect(),
-            started: (0..stamps).map(zeros).collect(),
-            ended: (0..stamps).map(zeros).collect(),
+            // Zeroed memory: nothing is written per task here, and the pages of a record
+            // that no task writes (attempts, in a run where every task completes at once)
+            // are never touched.
+            attempts: bytemuck::zeroed_slice_box(n),
+            restored_marks: bytemuck::zeroed_slice_box(
+                if parent.is_none() && opts.resume.is_some() {
+                    n
+                } else {
+                    0
+                },
+            ),
+            started: bytemuck::zeroed_slice_box(stamps),
+            ended: bytemuck::zeroed_slice_box(stamps),
             errors: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
             parent,
