@@ -9,7 +9,7 @@
 //! 3. A database at a newer version than this library knows is refused
 //!    ([`Error::SchemaTooNew`](crate::Error::SchemaTooNew)), never downgraded.
 //!
-//! Tables (version 2):
+//! Tables (version 2 and on):
 //! - `runs`: one row per submission: name, status, `total` tasks, times. Completions never
 //!   write it: only submit, cancel and the run's finalization (once) do.
 //! - `run_counts`: `(run_id, slot)` → tasks that reached a terminal state (`done`) and failed
@@ -32,6 +32,10 @@
 //! counters (their values move into a `v1` slot), `runs_running` indexes running runs,
 //! `tasks.cache` (what a cached command's key is made of) and `tasks.cached` (completed from the
 //! cache), and `memo` is rebuilt with its listing columns (version 1's was never written).
+//!
+//! Version 3: `runs_name` indexes runs by workflow name, newest first: the history of one
+//! workflow (`Engine::task_durations`, its last N runs) reads those runs only, instead of
+//! scanning every run of the schema.
 
 use tokio_postgres::Client;
 
@@ -39,7 +43,7 @@ use crate::conn::ConnectOptions;
 use crate::error::{Error, Result};
 
 /// The migrations, in order; index + 1 is the version.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = r#"
 CREATE TABLE runs (
@@ -144,6 +148,10 @@ CREATE TABLE memo (
     expires_at timestamptz
 );
 CREATE INDEX memo_task ON memo (task);
+"#;
+
+const V3: &str = r#"
+CREATE INDEX runs_name ON runs (name, id DESC);
 "#;
 
 /// The newest schema version this library knows.

@@ -907,7 +907,7 @@ async fn a_reaper_finishes_a_run_whose_finisher_died() {
 }
 
 /// A version-1 schema (counters on the run row, the unused memo table) upgrades on open:
-/// counts move to `run_counts`, and runs go on from there.
+/// counts move to `run_counts`, runs get their index by name, and runs go on from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_schema_upgrades_on_open() {
     let Some(db) = db("upgrade").await else {
@@ -931,7 +931,17 @@ async fn a_version_1_schema_upgrades_on_open() {
         .unwrap()
         .get(0);
     assert_eq!(v, nerv_postgres::SCHEMA_VERSION);
-    assert_eq!(v, 2);
+    assert_eq!(v, 3);
+    // Version 3's index of runs by name.
+    let idx: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'runs_name'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idx, 1);
     let r = engine.runs().await.unwrap();
     assert_eq!((r[0].id, r[0].tasks, r[0].unfinished), (7, 3, 1));
     assert!(engine.memo_entries().await.unwrap().is_empty());
