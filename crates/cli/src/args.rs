@@ -488,6 +488,10 @@ pub struct PlanArgs {
     /// simulated from the estimates, as `nerv run --order searched` runs).
     #[arg(long, value_enum, default_value_t = ReadyOrder::Ranked)]
     pub order: ReadyOrder,
+    /// Estimate tasks without an `estimate` from this PostgreSQL server's history of the
+    /// workflow (its last 10 runs), as `nerv run --db` does, instead of this machine's journal.
+    #[arg(long, value_name = "URL", env = "NERV_DB")]
+    pub db: Option<String>,
 }
 
 /// Output format of `nerv graph`.

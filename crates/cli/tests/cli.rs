@@ -1086,6 +1086,23 @@ needs = ["b", "c"]
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&ranked.stdout), "slow\nquick\n");
+    // `nerv plan --db` plans with the same history: both tasks estimated, `slow` on the
+    // critical path with its 0.3 s.
+    let o = run_in(dir.path(), &["plan", "hist.toml", "--db", &url, "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(plan["history"], "server", "{plan}");
+    assert_eq!(plan["estimated_from_history"], 2, "{plan}");
+    assert!(
+        plan["critical_path_length"].as_f64().unwrap() >= 300.0,
+        "{plan}"
+    );
+    let o = run_in(dir.path(), &["plan", "hist.toml", "--db", &url]);
+    assert!(
+        stdout(&o).contains("estimates: 2 of 2 tasks from the server's history"),
+        "{}",
+        stdout(&o)
+    );
     // A detached run that waits on a file never created, then cancelled from here.
     write(
         dir.path(),
@@ -1134,6 +1151,8 @@ fn plans_estimate_tasks_from_the_history_of_earlier_runs() {
     let o = run_in(dir.path(), &["plan", "wf.toml", "--json"]);
     let plan: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(plan["timed"], true, "{plan}");
+    assert_eq!(plan["history"], "journal", "{plan}");
+    assert_eq!(plan["estimated_from_history"], 2, "{plan}");
     // `a` slept 50 ms: at least that much of the critical path.
     assert!(
         plan["critical_path_length"].as_f64().unwrap() >= 50.0,

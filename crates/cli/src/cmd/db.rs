@@ -163,6 +163,15 @@ pub fn to_pg(wf: &Workflow) -> nerv_postgres::Workflow {
     out
 }
 
+/// The server's history of workflow `name`: each task's mean duration over its last 10 runs
+/// (successful, uncached), for `nerv plan --db`.
+pub fn server_history(url: &str, name: &str) -> Result<HashMap<String, Duration>, CliError> {
+    runtime()?.block_on(async {
+        let engine = connect(url).await?;
+        engine.task_durations(name, 10).await.map_err(pg)
+    })
+}
+
 /// `nerv run FILE --db URL [--detach] [--json] [--order searched -j N]`.
 ///
 /// Tasks without an `estimate` get one from the server's history of the workflow (its last 10

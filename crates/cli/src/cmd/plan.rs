@@ -1,6 +1,7 @@
 //! `nerv plan FILE`: levels, critical path, total work and lower bound, from the tasks'
-//! `estimate` keys, else from the journal's history of the workflow's runs (a moving average
-//! over the last 10), else every task counts as one unit.
+//! `estimate` keys, else from the history of the workflow's runs (a moving average over the
+//! last 10: the journal's, or with `--db` the PostgreSQL server's), else every task counts as
+//! one unit.
 
 use crate::args::{cpus, PlanArgs, ReadyOrder};
 use crate::exit::{CliError, Exit};
@@ -15,15 +16,27 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
     let graph = wf.graph_with(|b, _| {
         b.run((), |_, ()| Ok::<(), TaskError>(()));
     })?;
-    // Tasks without an `estimate` are estimated from the journal's history of this workflow
-    // (a moving average over its last 10 runs), when there is one.
-    let history = crate::cmd::run::workflow_id(&args.file)
-        .ok()
-        .and_then(|id| {
-            let store = crate::history::open_reader(&wf.base_dir).ok()?;
-            nerv_journal::JournalStore::task_durations(&store, &id, 10).ok()
-        })
-        .unwrap_or_default();
+    // Tasks without an `estimate` are estimated from the history of this workflow (a moving
+    // average over its last 10 runs): the server's with `--db`, else the journal's.
+    let (history, source) = match &args.db {
+        Some(url) => (crate::cmd::db::server_history(url, &wf.name)?, "server"),
+        None => (
+            crate::cmd::run::workflow_id(&args.file)
+                .ok()
+                .and_then(|id| {
+                    let store = crate::history::open_reader(&wf.base_dir).ok()?;
+                    nerv_journal::JournalStore::task_durations(&store, &id, 10).ok()
+                })
+                .unwrap_or_default(),
+            "journal",
+        ),
+    };
+    // How many tasks the history estimates (those without an `estimate` of their own).
+    let from_history = wf
+        .tasks
+        .iter()
+        .filter(|t| t.estimate.is_none() && history.contains_key(&t.id))
+        .count();
     let workers = args.jobs.map_or_else(cpus, |j| j as usize);
     // The counting bound of the same estimates (never below max(critical path, work /
     // workers)).
@@ -80,6 +93,7 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
                 json!(plan.estimated_makespan(workers).as_nanos() as u64)
             },
             "max_parallelism": plan.max_parallelism(), "resources": wf.resources,
+            "estimated_from_history": from_history, "history": source,
         });
         let mut v = v;
         if plan.is_timed() {
@@ -103,6 +117,12 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
         println!("  level {i}: {}", level_line(l, args.full));
     }
     let path = plan.critical_path().join(" → ");
+    if from_history > 0 {
+        println!(
+            "estimates: {from_history} of {} tasks from the {source}'s history of this workflow (mean of its last 10 runs)",
+            wf.tasks.len()
+        );
+    }
     if plan.is_timed() {
         let h = |d: Duration| humantime::format_duration(round_ms(d)).to_string();
         println!("critical path: {path} ({})", h(plan.critical_path_length()));
