@@ -12,6 +12,7 @@ mod cmd;
 mod display;
 mod exit;
 mod history;
+mod out;
 mod process;
 
 use args::{BenchCommand, Cli, Commands};

@@ -1209,3 +1209,42 @@ fn plan_shows_the_counting_bound_and_the_searched_order() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stderr(&o).contains("needs durations"), "{}", stderr(&o));
 }
+
+/// A reader that goes away (`nerv plan wf.toml | head -1`) ends a command that prints its
+/// result quietly and successfully, instead of a panic about a broken pipe.
+#[test]
+fn commands_end_quietly_when_their_reader_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wf = String::new();
+    for i in 0..40 {
+        let needs = if i > 0 {
+            format!("needs = [\"t{}\"]\n", i - 1)
+        } else {
+            String::new()
+        };
+        wf += &format!("[tasks.t{i}]\nrun = \"true\"\n{needs}");
+    }
+    write(dir.path(), "wf.toml", &wf);
+    assert_eq!(code(&run_in(dir.path(), &["run", "wf.toml"])), 0);
+    for args in [
+        &["plan", "wf.toml"][..],
+        &["plan", "wf.toml", "--json"],
+        &["graph", "wf.toml"],
+        &["validate", "wf.toml"],
+        &["runs"],
+        &["status", "1"],
+    ] {
+        let mut child = nerv()
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The only reader of the child's stdout goes away before it writes anything.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0, "nerv {args:?}: {}", stderr(&o));
+        assert!(stderr(&o).is_empty(), "nerv {args:?}: {}", stderr(&o));
+    }
+}

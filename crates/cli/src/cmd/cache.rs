@@ -7,6 +7,7 @@ use crate::args::{CacheAction, CacheArgs, CacheLsArgs, CacheRmArgs};
 use crate::cmd::runs::print_table;
 use crate::exit::{CliError, Exit};
 use crate::history::{self, journal_error};
+use crate::out::outln;
 use nerv::MemoEntry;
 use serde_json::json;
 use std::time::SystemTime;
@@ -36,7 +37,7 @@ fn ls(args: CacheLsArgs) -> Result<Exit, CliError> {
         .map_err(journal_error)?;
     if args.json {
         for e in &entries {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "task": e.task, "key": nerv_cli::cache::short_hex(&e.key), "size": e.size,
@@ -49,7 +50,7 @@ fn ls(args: CacheLsArgs) -> Result<Exit, CliError> {
         return Ok(Exit::Success);
     }
     if entries.is_empty() {
-        println!(
+        outln!(
             "the cache is empty ({}); tasks with `cache = true` fill it",
             nerv_journal::JournalStore::path(&store).display()
         );
@@ -104,6 +105,6 @@ fn rm(args: CacheRmArgs) -> Result<Exit, CliError> {
             n
         }
     };
-    println!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
+    outln!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
     Ok(Exit::Success)
 }

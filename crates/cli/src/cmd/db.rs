@@ -18,6 +18,7 @@
 
 use crate::display::{Display, Mode, Summary, UiEvent};
 use crate::exit::{CliError, Exit};
+use crate::out::outln;
 use nerv_cli::workflow::{Command, Workflow};
 use nerv_postgres::{
     Cache, ConnectOptions, Engine, Priority as PgPriority, Retry, RunState, TaskSpec, TaskState,
@@ -214,7 +215,7 @@ pub fn submit(
             engine.options().host()
         );
         if detach {
-            println!("{run}");
+            outln!("{run}");
             return Ok(Exit::Success);
         }
         let t0 = Instant::now();
@@ -323,9 +324,9 @@ pub fn runs(url: &str, json: bool) -> Result<Exit, CliError> {
         let engine = connect(url).await?;
         for r in engine.runs().await.map_err(pg)? {
             if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!(
+                outln!(
                     "{:>6}  {:<10} {:>5} tasks ({} unfinished)  {}",
                     r.id,
                     format!("{:?}", r.state).to_lowercase(),
@@ -346,11 +347,11 @@ pub fn status(url: &str, run: &str, json: bool) -> Result<Exit, CliError> {
         let engine = connect(url).await?;
         let st = engine.status(id).await.map_err(pg)?;
         if json {
-            println!("{}", serde_json::to_string(&st).unwrap_or_default());
+            outln!("{}", serde_json::to_string(&st).unwrap_or_default());
         } else {
-            println!("run {} ({}): {:?}", st.run.id, st.run.name, st.run.state);
+            outln!("run {} ({}): {:?}", st.run.id, st.run.name, st.run.state);
             for t in &st.tasks {
-                println!(
+                outln!(
                     "  {:<30} {:<10} attempt {}{}{}{}",
                     t.id,
                     format!("{:?}", t.state).to_lowercase(),
@@ -392,7 +393,7 @@ pub fn cache_ls(url: &str, json: bool) -> Result<Exit, CliError> {
         let entries = engine.memo_entries().await.map_err(pg)?;
         if json {
             for e in &entries {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "task": e.task, "key": nerv_cli::cache::short_hex(&e.key), "size": e.size,
@@ -405,7 +406,7 @@ pub fn cache_ls(url: &str, json: bool) -> Result<Exit, CliError> {
             return Ok(Exit::Success);
         }
         if entries.is_empty() {
-            println!(
+            outln!(
                 "the cache on {} (schema {}) is empty; tasks with `cache = true` run with --db fill it",
                 engine.options().host(),
                 engine.options().schema_name()
@@ -468,7 +469,7 @@ pub fn cache_rm(url: &str, task: Option<&str>) -> Result<Exit, CliError> {
                 n
             }
         };
-        println!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
+        outln!("removed {n} cache entr{}", if n == 1 { "y" } else { "ies" });
         Ok(Exit::Success)
     })
 }
@@ -491,7 +492,7 @@ pub fn runs_rm(
         let engine = connect(url).await?;
         let n = engine.prune_runs(older_than, keep).await.map_err(pg)?;
         let left = engine.runs().await.map_err(pg)?.len();
-        println!(
+        outln!(
             "deleted {n} run{} ({left} left)",
             if n == 1 { "" } else { "s" }
         );

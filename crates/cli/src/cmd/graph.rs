@@ -2,6 +2,7 @@
 
 use crate::args::{GraphArgs, GraphFormat};
 use crate::exit::{CliError, Exit};
+use crate::out::outln;
 use nerv_cli::workflow::Workflow;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -13,7 +14,7 @@ pub fn run(args: GraphArgs) -> Result<Exit, CliError> {
         GraphFormat::Dot => dot(&wf),
         GraphFormat::Mermaid => mermaid(&wf),
     };
-    print!("{out}");
+    outln!("{}", out.strip_suffix('\n').unwrap_or(&out));
     Ok(Exit::Success)
 }
 

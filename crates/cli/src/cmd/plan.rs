@@ -5,6 +5,7 @@
 
 use crate::args::{cpus, PlanArgs, ReadyOrder};
 use crate::exit::{CliError, Exit};
+use crate::out::outln;
 use nerv::TaskError;
 use nerv_cli::workflow::{Command, Workflow};
 use serde_json::{json, Value};
@@ -102,11 +103,11 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
                 v["searched_makespan"] = json!(ms(m));
             }
         }
-        println!("{v}");
+        outln!("{v}");
         return Ok(Exit::Success);
     }
     let levels = plan.levels();
-    println!(
+    outln!(
         "plan: {} ({} tasks, {} levels, at most {} at once)",
         wf.name,
         wf.tasks.len(),
@@ -114,45 +115,45 @@ pub fn run(args: PlanArgs) -> Result<Exit, CliError> {
         plan.max_parallelism()
     );
     for (i, l) in levels.iter().enumerate() {
-        println!("  level {i}: {}", level_line(l, args.full));
+        outln!("  level {i}: {}", level_line(l, args.full));
     }
     let path = plan.critical_path().join(" → ");
     if from_history > 0 {
-        println!(
+        outln!(
             "estimates: {from_history} of {} tasks from the {source}'s history of this workflow (mean of its last 10 runs)",
             wf.tasks.len()
         );
     }
     if plan.is_timed() {
         let h = |d: Duration| humantime::format_duration(round_ms(d)).to_string();
-        println!("critical path: {path} ({})", h(plan.critical_path_length()));
-        println!("total work: {}", h(plan.total_work()));
-        println!(
+        outln!("critical path: {path} ({})", h(plan.critical_path_length()));
+        outln!("total work: {}", h(plan.total_work()));
+        outln!(
             "lower bound on {workers} workers: {} (max(critical path, total work / workers))",
             h(plan.lower_bound(workers))
         );
         if pigeonhole > plan.lower_bound(workers) {
-            println!(
+            outln!(
                 "lower bound by counting: {} (some worker runs ⌈k / {workers}⌉ of the k longest tasks)",
                 h(pigeonhole)
             );
         }
-        println!(
+        outln!(
             "estimated makespan on {workers} workers: {} (nerv's order: priority, then longest remaining path)",
             h(plan.estimated_makespan(workers))
         );
         if let Some(m) = searched {
-            println!(
+            outln!(
                 "estimated makespan on {workers} workers, searched order: {} (`nerv run --order searched`)",
                 h(m)
             );
         }
     } else {
-        println!(
+        outln!(
             "critical path: {path} ({} tasks)",
             plan.critical_path().len()
         );
-        println!("(add `estimate = \"2s\"` to tasks for a critical path and lower bound in time)");
+        outln!("(add `estimate = \"2s\"` to tasks for a critical path and lower bound in time)");
     }
     Ok(Exit::Success)
 }

@@ -12,6 +12,7 @@
 
 use crate::args::{BenchReplayArgs, ReadyOrder, RunArgs};
 use crate::exit::{CliError, Exit};
+use crate::out::outln;
 use nerv_wfformat::{parse_file, replay, scale_for, Order, ReplayOptions, Workflow};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,12 +51,12 @@ fn one(path: &Path, opts: &ReplayOptions, json: bool) -> Result<bool, CliError> 
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or(rec.trace);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&rec).expect("a record serializes")
         );
     } else {
-        println!(
+        outln!(
             "{:<44} {:>5} tasks  P={}  scale {:.3e}  {} makespan {:.3}s  bound {:.3}s  ratio {:.3} ({})  fcfs {:.3}s ({:.3})  ideal list schedule {:.3}s",
             rec.trace,
             rec.tasks,

@@ -20,6 +20,7 @@ use crate::history::{self, journal_error};
 use nerv_cli::workflow::Workflow;
 use nerv_journal::{RunStatus, TaskStatus};
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::Path;
 
 /// Runs `nerv resume`.
@@ -92,7 +93,9 @@ pub fn run(args: ResumeArgs) -> Result<Exit, CliError> {
         .filter(|t| t.status == TaskStatus::Completed && now.contains(t.task.as_str()))
         .count();
     if !args.exec.json {
-        println!(
+        // Like the run's display: a reader that went away does not stop the resume.
+        let _ = writeln!(
+            std::io::stdout(),
             "nerv: resuming run {} ({}, {}): {} of {} tasks completed, the rest runs",
             run.id,
             run.name,

@@ -3,6 +3,7 @@
 use crate::args::{RunsAction, RunsArgs, RunsRmArgs};
 use crate::exit::{CliError, Exit};
 use crate::history::{self, journal_error};
+use crate::out::outln;
 use nerv_journal::{JournalStore, RunSummary};
 use serde_json::json;
 use std::collections::HashSet;
@@ -20,12 +21,12 @@ pub fn run(args: RunsArgs) -> Result<Exit, CliError> {
     let runs = store.runs().map_err(journal_error)?;
     if args.json {
         for r in &runs {
-            println!("{}", run_json(r));
+            outln!("{}", run_json(r));
         }
         return Ok(Exit::Success);
     }
     if runs.is_empty() {
-        println!("no runs recorded in {}", store.path().display());
+        outln!("no runs recorded in {}", store.path().display());
         return Ok(Exit::Success);
     }
     let rows: Vec<[String; 8]> = runs
@@ -114,7 +115,7 @@ pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
                 s.push_str(&" ".repeat(width[i] - c.chars().count() + 2));
             }
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end());
     };
     line(header.to_vec());
     for r in rows {
@@ -162,7 +163,7 @@ fn remove(args: RunsRmArgs) -> Result<Exit, CliError> {
             }
         }
     }
-    println!(
+    outln!(
         "deleted {n} run{} ({} left)",
         if n == 1 { "" } else { "s" },
         after.len()

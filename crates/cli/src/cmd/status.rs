@@ -4,6 +4,7 @@ use crate::args::StatusArgs;
 use crate::cmd::runs::{print_table, run_json};
 use crate::exit::{CliError, Exit};
 use crate::history::{self, journal_error};
+use crate::out::outln;
 use nerv_journal::{JournalStore, TaskStatus, TaskSummary};
 use serde_json::json;
 
@@ -14,7 +15,7 @@ pub fn run(args: StatusArgs) -> Result<Exit, CliError> {
     let tasks = store.tasks(run.id).map_err(journal_error)?;
     if args.json {
         let tasks: Vec<_> = tasks.iter().map(task_json).collect();
-        println!("{}", json!({"run": run_json(&run), "tasks": tasks}));
+        outln!("{}", json!({"run": run_json(&run), "tasks": tasks}));
         return Ok(Exit::Success);
     }
     let took = run
@@ -26,19 +27,19 @@ pub fn run(args: StatusArgs) -> Result<Exit, CliError> {
             )
         })
         .unwrap_or_default();
-    println!(
+    outln!(
         "run {} ({}): {}, started {}{took}",
         run.id,
         run.name,
         run.status,
         history::rfc3339(run.started)
     );
-    println!("workflow: {}", history::show_path(&run.workflow));
+    outln!("workflow: {}", history::show_path(&run.workflow));
     if let Some(old) = run.resumed_from {
-        println!("resumes run {old}");
+        outln!("resumes run {old}");
     }
     if let Some(e) = &run.error {
-        println!("error: {e}");
+        outln!("error: {e}");
     }
     let rows: Vec<[String; 7]> = tasks
         .iter()
@@ -61,7 +62,7 @@ pub fn run(args: StatusArgs) -> Result<Exit, CliError> {
             ]
         })
         .collect();
-    println!();
+    outln!();
     print_table(
         &[
             "TASK", "STATUS", "ATTEMPTS", "STARTED", "FINISHED", "DURATION", "ERROR",

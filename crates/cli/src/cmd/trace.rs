@@ -14,6 +14,7 @@
 use crate::args::TraceArgs;
 use crate::exit::{CliError, Exit};
 use crate::history::{self, journal_error};
+use crate::out::outln;
 use nerv_journal::{JournalStore, TaskRecord, TaskStatus};
 use serde_json::json;
 use std::cmp::Reverse;
@@ -150,7 +151,7 @@ pub fn run(args: TraceArgs) -> Result<Exit, CliError> {
         .output
         .unwrap_or_else(|| PathBuf::from(format!("nerv-trace-{}.json", run.id)));
     if out.as_os_str() == "-" {
-        println!("{text}");
+        outln!("{text}");
     } else {
         std::fs::write(&out, text).map_err(|e| {
             CliError::Other(format!("cannot write the trace to {}: {e}", out.display()))

@@ -2,6 +2,7 @@
 
 use crate::args::FileArgs;
 use crate::exit::{CliError, Exit};
+use crate::out::outln;
 use nerv_cli::workflow::Workflow;
 
 /// Runs `nerv validate`.
@@ -9,7 +10,7 @@ pub fn run(args: FileArgs) -> Result<Exit, CliError> {
     let wf = Workflow::load(&args.file)?;
     let edges: usize = wf.tasks.iter().map(|t| t.needs.len()).sum();
     let keys: std::collections::BTreeSet<&str> = wf.tasks.iter().map(|t| t.name.as_str()).collect();
-    println!(
+    outln!(
         "{}: ok: {} tasks ({} in the file), {} dependencies",
         args.file.display(),
         wf.tasks.len(),
