@@ -335,6 +335,14 @@ impl Runner {
             &o.names
         };
         let names = names.get_or_init(|| {
+            // Built once per graph (per subgraph run), by the first event that needs one: a
+            // top run's names are its ids as they are (no formatting: a tenth of the first
+            // observed run of a graph of empty tasks went to `format!` here).
+            if self.prefix.is_empty() {
+                return (0..self.graph.len())
+                    .map(|i| Arc::from(ids.get(i)))
+                    .collect();
+            }
             (0..self.graph.len())
                 .map(|i| Arc::from(format!("{}{}", self.prefix, ids.get(i))))
                 .collect()
