@@ -691,7 +691,12 @@ fn expand(path: &Path, raw: RawFile, loc: &Locator<'_>) -> Result<Workflow, Work
                         n,
                         format!("task `{id}` needs `{n_sub}`, which is not a task"),
                     );
-                    let names = groups.keys().copied().chain(all_ids.keys().copied());
+                    // Never the task itself: a task cannot need itself.
+                    let names = groups
+                        .keys()
+                        .copied()
+                        .chain(all_ids.keys().copied())
+                        .filter(|c| *c != key.as_str() && *c != id.as_str());
                     e = match closest(&n_sub, names) {
                         Some(c) => e.with_hint(format!("did you mean `{c}`?")),
                         None => e.with_hint(format!(

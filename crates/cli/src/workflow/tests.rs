@@ -89,6 +89,9 @@ fn unknown_needs_names_line_and_hint() {
     );
     assert_eq!(e.hint(), Some("did you mean `fetch`?"));
     assert_eq!(e.task(), Some("parse"));
+    // The only close name is the task itself, which it cannot need: no such suggestion.
+    let e = toml("[tasks.a]\nrun = \"true\"\nneeds = [\"b\"]\n").unwrap_err();
+    assert_eq!(e.hint(), Some("the tasks are: a"));
 }
 
 #[test]
