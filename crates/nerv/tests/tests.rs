@@ -955,6 +955,36 @@ mod timeouts {
         assert_eq!(report.output(own), Some(&5), "{report}");
     }
 
+    /// A plain graph (one closure type, no task option) run without events, restore, timing
+    /// or timeout takes a leaner copy of the task path: each of those still applies when set.
+    #[test]
+    fn a_plain_graph_keeps_the_runs_timeout_and_timing() {
+        let mut g = Graph::builder();
+        let ids: Vec<_> = (0..2)
+            .map(|i| {
+                g.task(format!("t{i}")).run((), |cx, ()| {
+                    wait_until_cancelled(cx, Duration::from_secs(2))
+                })
+            })
+            .collect();
+        let graph = g.build().unwrap();
+        let report = exec(2).run_with(&graph, RunOptions::default().timeout(ms(10)));
+        for &id in &ids {
+            let r = report.result(id);
+            assert!(r.error.unwrap().is_timeout(), "{report}");
+            assert!(r.started_at.is_some());
+        }
+        let report = exec(2).run_with(
+            &graph,
+            RunOptions::default().timeout(ms(10)).timing(Timing::Off),
+        );
+        for &id in &ids {
+            let r = report.result(id);
+            assert!(r.error.unwrap().is_timeout(), "{report}");
+            assert_eq!(r.started_at, None);
+        }
+    }
+
     #[test]
     fn dynamic_task_times_out_while_its_subgraph_runs() {
         let mut g = Graph::builder();

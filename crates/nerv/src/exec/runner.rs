@@ -142,6 +142,9 @@ pub(crate) struct Runner {
     scope: OnceLock<Scope>,
     /// What a resumed top run restores instead of running (never set for a subgraph).
     restore: Option<Arc<crate::graph::Restore>>,
+    /// No observer, no restore, no per-task timestamps, no run-wide timeout: a plain graph's
+    /// tasks then take a copy of the path that checks none of them (see `run_node`).
+    lean: bool,
 }
 
 impl Runner {
@@ -164,6 +167,10 @@ impl Runner {
             Some(p) => p.handle.runner().workflow(),
             None => run_id,
         };
+        let restore = match &parent {
+            None => opts.resume.as_ref().map(|r| r.restore.clone()),
+            Some(_) => None,
+        };
         let obs = env.bus.clone().map(|bus| Observer {
             receivers: bus.receivers_cache(),
             bus,
@@ -171,6 +178,7 @@ impl Runner {
             workflow,
             subgraph: parent.is_some(),
         });
+        let lean = obs.is_none() && restore.is_none() && stamps == 0 && opts.timeout.is_none();
         let span = match &parent {
             Some(p) => {
                 tracing::info_span!(parent: &p.handle.runner().span, "subgraph", run = run_id, task = %prefix)
@@ -181,10 +189,8 @@ impl Runner {
             obs,
             span,
             scope: OnceLock::new(),
-            restore: match &parent {
-                None => opts.resume.as_ref().map(|r| r.restore.clone()),
-                Some(_) => None,
-            },
+            lean,
+            restore,
             holding: Mutex::new(HashSet::new()),
             fallbacks: Mutex::new(Vec::new()),
             branch_skips: Mutex::new(Vec::new()),
@@ -1155,9 +1161,12 @@ impl NodeRunner for Runner {
         // A plain graph's tasks get their own copy of the path, compiled knowing that no
         // task has options (see `GraphInner::plain`).
         if self.graph.0.plain {
-            return self.run_node::<true>(ncx);
+            if self.lean {
+                return self.run_node::<true, true>(ncx);
+            }
+            return self.run_node::<true, false>(ncx);
         }
-        let v = self.run_node::<false>(ncx);
+        let v = self.run_node::<false, false>(ncx);
         if v != Verdict::Deferred {
             self.settle(ncx.node());
         }
@@ -1174,7 +1183,10 @@ impl Runner {
     /// implied, not read (a line per task less), and every option check folds away (chain
     /// shape: about 20 % of a task's time, measured with that copy of the path).
     #[inline(always)]
-    fn run_node<const PLAIN: bool>(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
+    ///
+    /// `LEAN`: the run is lean (`Runner::lean`): no event to publish, nothing to restore, no
+    /// timestamp to record, no run-wide timeout; those checks fold away too.
+    fn run_node<const PLAIN: bool, const LEAN: bool>(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
         let node = ncx.node();
         let implied;
         let n = if PLAIN {
@@ -1187,7 +1199,7 @@ impl Runner {
         } else {
             &self.graph.0.nodes[node as usize]
         };
-        if self.restore.is_some() && self.restored(node) {
+        if !LEAN && self.restore.is_some() && self.restored(node) {
             return Verdict::Completed;
         }
         if let Some(e) = n.extra.as_ref().filter(|e| e.by_rule()) {
@@ -1266,27 +1278,29 @@ impl Runner {
                 attempts.store(attempt, Relaxed);
                 attempt
             };
-            let mut at = None;
-            if attempt == 1 {
-                if let Some(s) = self.started.get(node as usize) {
-                    let raw = self.env.clock.raw();
-                    s.store(raw, Relaxed);
-                    at = Some(raw);
+            if !LEAN {
+                let mut at = None;
+                if attempt == 1 {
+                    if let Some(s) = self.started.get(node as usize) {
+                        let raw = self.env.clock.raw();
+                        s.store(raw, Relaxed);
+                        at = Some(raw);
+                    }
                 }
+                self.emit_task_at(
+                    node,
+                    at,
+                    || EventData::TaskStarted { attempt },
+                    EventKind::TaskStarted,
+                );
             }
-            self.emit_task_at(
-                node,
-                at,
-                || EventData::TaskStarted { attempt },
-                EventKind::TaskStarted,
-            );
             // The fast path: no circuit permit, no task span. The span is made only when its
             // level is enabled (the span macro's own first test), so that without a subscriber
             // no disabled span is built, entered and dropped per task. `attempt` is inlined here
             // with a constant `None` permit only: a permit moved in from the variable above
             // would be copied through the stack per task.
             let step = if gated.is_none() && !task_spans_enabled() {
-                self.attempt(ncx, n, attempt, None)
+                self.attempt::<LEAN>(ncx, n, attempt, None)
             } else {
                 self.attempt_outlined(ncx, n, attempt, permit)
             };
@@ -1308,19 +1322,19 @@ impl Runner {
         permit: Option<CircuitPermit>,
     ) -> Option<Verdict> {
         if !task_spans_enabled() {
-            return self.attempt(ncx, n, attempt, permit);
+            return self.attempt::<false>(ncx, n, attempt, permit);
         }
         let node = ncx.node();
         let _span =
             tracing::info_span!(parent: &self.span, "task", task = %self.full_id(node), attempt)
                 .entered();
-        self.attempt(ncx, n, attempt, permit)
+        self.attempt::<false>(ncx, n, attempt, permit)
     }
 
     /// Runs one counted attempt's work and handles its outcome: the node's verdict, or `None`
     /// to retry at once.
     #[inline(always)]
-    fn attempt(
+    fn attempt<const LEAN: bool>(
         &self,
         ncx: &NodeCx<'_, Self>,
         n: &Node,
@@ -1328,7 +1342,7 @@ impl Runner {
         mut permit: Option<CircuitPermit>,
     ) -> Option<Verdict> {
         let node = ncx.node();
-        let timeout = self.timeout(n);
+        let timeout = if LEAN { None } else { self.timeout(n) };
         let cx = TaskContext {
             ncx,
             runner: self,
@@ -1348,16 +1362,18 @@ impl Runner {
                 }
                 // `completed`, spelled out: through the helper the chain shape measured
                 // ~1.5 ns/task slower (code layout of this hot path).
-                let at = self.stamp_end(node);
-                self.emit_task_at(
-                    node,
-                    at,
-                    || EventData::TaskCompleted {
-                        attempt,
-                        output: self.output_bytes(node),
-                    },
-                    EventKind::TaskCompleted,
-                );
+                if !LEAN {
+                    let at = self.stamp_end(node);
+                    self.emit_task_at(
+                        node,
+                        at,
+                        || EventData::TaskCompleted {
+                            attempt,
+                            output: self.output_bytes(node),
+                        },
+                        EventKind::TaskCompleted,
+                    );
+                }
                 return Some(Verdict::Completed);
             }
             // Any other outcome records the attempt before it can be read (see `attempts`).
