@@ -3006,13 +3006,18 @@ mod batching {
         assert_eq!(out.len(), 50_000);
         assert!(out.iter().enumerate().all(|(i, &v)| v == 2 * i as u64));
         assert_eq!(calls.load(SeqCst), 50_000, "each item once");
-        // Tiny items run in chunks: far fewer tasks than items.
+        // Tiny items run in chunks: far fewer tasks than items. The chunk size comes from the
+        // measured time of an item (its arithmetic is `chunk_size`'s unit test), so the bound
+        // here leaves room for a loaded machine: at most 12 500 chunks (4 items each) means a
+        // measured item time under 50 µs. (A bound of 1000, 4 µs, failed once in CI with the
+        // whole debug test suite running on 2 cores: one preempted group of four was then the
+        // whole measurement, which `keep_sampling` now prevents.)
         let chunks = report
             .results()
             .iter()
             .filter(|r| r.id.starts_with("double/chunk"))
             .count();
-        assert!((1..1_000).contains(&chunks), "{chunks} chunk tasks");
+        assert!((1..=12_500).contains(&chunks), "{chunks} chunk tasks");
     }
 
     #[test]

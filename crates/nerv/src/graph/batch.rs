@@ -10,7 +10,9 @@
 //! 1. Measure: compute items inline, from the first, until [`SAMPLE_TIME`] has passed (at least
 //!    [`SAMPLE_MIN`] items, at most [`SAMPLE_MAX`]), timed in groups of four; the median
 //!    group's time per item is the estimate (a preemption while measuring spoils one group,
-//!    not the estimate).
+//!    not the estimate). So that there is a median to take, measuring goes on to three groups
+//!    unless [`SAMPLE_PATIENCE`] has passed: a preempted first group alone used to end the
+//!    measuring with an estimate hundreds of times too high (and chunks that small).
 //! 2. Choose the chunk size: as many items as fit in [`CHUNK_TIME`] at that estimate, but no
 //!    more than an eighth of the rest per worker (so that every worker gets several chunks and a
 //!    slow chunk does not leave the others idle), and at least one.
@@ -31,6 +33,9 @@ pub const SAMPLE_TIME: Duration = Duration::from_micros(20);
 pub const SAMPLE_MIN: usize = 4;
 /// The most items measured.
 pub const SAMPLE_MAX: usize = 4096;
+/// How long measuring may go on past [`SAMPLE_TIME`] to get three groups (items slower than
+/// this, a quarter of it each, are measured on one group: a preemption is small beside them).
+pub const SAMPLE_PATIENCE: Duration = Duration::from_millis(1);
 /// Items per timed group while measuring.
 const SAMPLE_GROUP: usize = 4;
 /// The time one chunk should take at the measured per-item time: long enough that the cost of
@@ -66,6 +71,12 @@ impl<T: Send + Sync + 'static> BatchItems for Arc<Vec<T>> {
     fn share(&self) -> Arc<dyn AsRef<[T]> + Send + Sync> {
         self.clone()
     }
+}
+
+/// Whether to measure another item, having measured `measured` in `groups` full groups for
+/// `elapsed` (step 1).
+fn keep_sampling(measured: usize, groups: usize, elapsed: Duration) -> bool {
+    measured < SAMPLE_MIN || elapsed < SAMPLE_TIME || (groups < 3 && elapsed < SAMPLE_PATIENCE)
 }
 
 /// The chunk size for `rest` items at `per_item` each on `workers` workers (step 2).
@@ -123,7 +134,7 @@ where
     let mut g0 = t0;
     while head.len() < all.len()
         && head.len() < SAMPLE_MAX
-        && (head.len() < SAMPLE_MIN || t0.elapsed() < SAMPLE_TIME)
+        && keep_sampling(head.len(), groups.len(), t0.elapsed())
     {
         let i = head.len();
         head.push(f(&all[i]).map_err(|e| item_error(i, e))?);
@@ -196,5 +207,21 @@ mod tests {
         // Slow items run one per task.
         assert_eq!(chunk_size(Duration::from_millis(1), 1_000, 4), 1);
         assert_eq!(chunk_size(Duration::ZERO, 0, 0), 1);
+    }
+
+    #[test]
+    fn measuring_goes_on_to_three_groups_unless_items_are_slow() {
+        let us = Duration::from_micros;
+        // Fewer than the minimum: always on.
+        assert!(keep_sampling(2, 0, us(5_000)));
+        // A first group preempted for 500 µs: on, for a median of three.
+        assert!(keep_sampling(4, 1, us(500)));
+        assert!(keep_sampling(8, 2, us(510)));
+        assert!(!keep_sampling(12, 3, us(520)));
+        // Fast items: the time budget, however many groups.
+        assert!(keep_sampling(40, 10, us(15)));
+        assert!(!keep_sampling(44, 11, us(21)));
+        // Slow items (a group takes longer than the patience): one group is enough.
+        assert!(!keep_sampling(4, 1, us(1_200)));
     }
 }
