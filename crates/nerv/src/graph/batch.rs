@@ -33,8 +33,8 @@ pub const SAMPLE_TIME: Duration = Duration::from_micros(20);
 pub const SAMPLE_MIN: usize = 4;
 /// The most items measured.
 pub const SAMPLE_MAX: usize = 4096;
-/// How long measuring may go on past [`SAMPLE_TIME`] to get three groups (items slower than
-/// this, a quarter of it each, are measured on one group: a preemption is small beside them).
+/// How long measuring may go on past [`SAMPLE_TIME`] to get three groups. Past it, one group
+/// is enough: its items took so long that a preemption is small beside them.
 pub const SAMPLE_PATIENCE: Duration = Duration::from_millis(1);
 /// Items per timed group while measuring.
 const SAMPLE_GROUP: usize = 4;
