@@ -649,6 +649,117 @@ mod dataflow {
 mod failure {
     use super::*;
 
+    /// A graph of one closure type without task options, run without events, restore, timing
+    /// or timeout, runs in a loop compiled for that closure (the executor's leanest path):
+    /// failures, panics, skips, retries, cancellation and outputs are as on any other path.
+    #[test]
+    fn a_lean_run_of_a_plain_graph_fails_skips_retries_and_passes_outputs() {
+        quiet_expected_panics();
+        // Output: 1 + the sum of the inputs; 5 fails, 7 panics, 9 fails on its first attempt.
+        fn link(g: &mut nerv::GraphBuilder, name: &str, ins: Vec<Handle<u64>>) -> Handle<u64> {
+            g.task(name).run(ins, |cx, xs| {
+                let v = 1 + xs.iter().sum::<u64>();
+                match v {
+                    5 => Err(TaskError::msg("five")),
+                    7 => panic!("seven"),
+                    9 if cx.attempt() == 1 => Err(TaskError::msg("nine, once")),
+                    _ => Ok(v),
+                }
+            })
+        }
+        let mut g = Graph::builder();
+        let a = link(&mut g, "a", vec![]);
+        let b = link(&mut g, "b", vec![a]);
+        let c = link(&mut g, "c", vec![b]);
+        let d = link(&mut g, "d", vec![c]);
+        let e = link(&mut g, "e", vec![d]); // 5: fails
+        let f = link(&mut g, "f", vec![e]);
+        let p1 = link(&mut g, "p1", vec![c, b]); // 6
+        let p2 = link(&mut g, "p2", vec![p1]); // 7: panics
+        let p3 = link(&mut g, "p3", vec![p2, a]);
+        let q = link(&mut g, "q", vec![b, c]); // 6
+        let r = link(&mut g, "r", vec![q, d]); // 11
+        let n = link(&mut g, "n", vec![d, c]); // 8
+        let graph = g.build().unwrap();
+        let lean = RunOptions::default().timing(Timing::Off);
+        let report = exec(2).run_with(&graph, lean.clone());
+        assert_eq!(report.result(e).status, TaskStatus::Failed, "{report}");
+        assert_eq!(error_message(&report, "e"), "five");
+        let panicked = report.result(p2);
+        assert_eq!(panicked.status, TaskStatus::Failed);
+        assert!(panicked.error.unwrap().message().contains("seven"));
+        for (h, cause) in [(f, "e"), (p3, "p2")] {
+            let res = report.result(h);
+            assert_eq!(res.status, TaskStatus::Skipped, "{}", res.id);
+            assert_eq!(res.skipped_because.as_deref(), Some(cause));
+        }
+        for (h, v) in [
+            (a, 1),
+            (b, 2),
+            (c, 3),
+            (d, 4),
+            (p1, 6),
+            (q, 6),
+            (r, 11),
+            (n, 8),
+        ] {
+            assert_eq!(report.output(h), Some(&v), "{report}");
+        }
+        // 9 (a fan-in of eight 1s) fails on its first attempt: with a run-wide retry policy
+        // it is retried after a back-off (the node is deferred, then queued again).
+        let mut g = Graph::builder();
+        let one = link(&mut g, "one", vec![]);
+        let nine = link(&mut g, "nine", vec![one; 8]);
+        let after = link(&mut g, "after", vec![nine]); // 10
+        let graph = g.build().unwrap();
+        let report = exec(2).run_with(&graph, lean.clone());
+        assert_eq!(report.result(nine).status, TaskStatus::Failed, "{report}");
+        assert_eq!(report.result(after).status, TaskStatus::Skipped);
+        let report = exec(2).run_with(&graph, lean.retry(RetryPolicy::attempts(2).backoff(ms(1))));
+        assert_eq!(report.result(nine).attempts, 2, "{report}");
+        assert_eq!(report.output(after), Some(&10));
+    }
+
+    /// Cancelling a lean run of a plain graph (see above) stops the running task through its
+    /// token and cancels the rest.
+    #[test]
+    fn a_lean_run_of_a_plain_graph_is_cancelled_like_any_other() {
+        let started = Arc::new(AtomicBool::new(false));
+        let mut g = Graph::builder();
+        let mut prev: Option<Handle<u64>> = None;
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            let s = started.clone();
+            let ins: Vec<Handle<u64>> = prev.into_iter().collect();
+            let h = g.task(format!("t{i}")).run(ins, move |cx, xs| {
+                let v = 1 + xs.iter().sum::<u64>();
+                if v == 4 {
+                    s.store(true, SeqCst);
+                    wait_until_cancelled(cx, LIMIT)?;
+                    return Err(TaskError::msg("interrupted"));
+                }
+                Ok(v)
+            });
+            ids.push(h);
+            prev = Some(h);
+        }
+        let graph = g.build().unwrap();
+        let run = exec(2).start_with(&graph, RunOptions::default().timing(Timing::Off));
+        assert!(wait_for(LIMIT, || started.load(SeqCst)), "t3 never started");
+        run.cancel();
+        assert!(run.wait_timeout(LIMIT), "the run did not finish");
+        let report = run.wait();
+        assert_eq!(report.status(), RunStatus::Cancelled, "{report}");
+        for (i, h) in ids.iter().enumerate() {
+            let want = if i < 3 {
+                TaskStatus::Completed
+            } else {
+                TaskStatus::Cancelled
+            };
+            assert_eq!(report.result(*h).status, want, "t{i}: {report}");
+        }
+    }
+
     #[test]
     fn descendants_of_a_failure_are_skipped_naming_the_root_cause() {
         let mut g = Graph::builder();

@@ -26,4 +26,6 @@ mod sync;
 pub use arena::{ArenaLayout, OnceArena, SlotKey};
 pub use dag::{Dag, DagError, BANDS};
 pub use pool::Pool;
-pub use run::{NodeCx, NodeRunner, NodeState, NotDeferred, Prepared, RunHandle, Upstream, Verdict};
+pub use run::{
+    Inline, NodeCx, NodeRunner, NodeState, NotDeferred, Prepared, RunHandle, Upstream, Verdict,
+};

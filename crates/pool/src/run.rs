@@ -63,19 +63,21 @@ const CANCEL_CAUSE: u32 = u32::MAX;
 const _: () = assert!(PENDING == 0 && NO_CAUSE == 0);
 
 /// What a runner says about one attempt at a node.
+// Each final verdict's value is its node state, so that recording it is a store of that value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Verdict {
     /// The node produced its output.
-    Completed,
+    Completed = COMPLETED,
     /// The node failed for good; its descendants see it as their upstream cause.
-    Failed,
+    Failed = FAILED,
     /// The node was not run because of an upstream failure (see [`NodeCx::upstream`]).
-    Skipped,
+    Skipped = SKIPPED,
     /// The node was not run (or stopped) because the run was cancelled.
-    Cancelled,
+    Cancelled = CANCELLED,
     /// The node finishes later through [`RunHandle::complete`] or runs again after
     /// [`RunHandle::requeue`] (async work, a retry after a delay, a subgraph).
-    Deferred,
+    Deferred = DEFERRED,
 }
 
 /// A node's state as seen from outside.
@@ -121,6 +123,69 @@ pub trait NodeRunner: Send + Sync + Sized + 'static {
 
     /// Called once when every node of the run is finished, before waiters are woken.
     fn finished(&self, _run: &RunHandle<Self>) {}
+
+    /// Runs the claimed node of `lp`, then each node [`Inline::next`] hands on, until it
+    /// hands on none. The default calls [`run`](Self::run) for each. A runner overrides it to
+    /// keep this loop in code compiled for the work it runs (the work of every node inline,
+    /// not a call through a pointer per node). An override must end each attempt it made with
+    /// `next` (a node whose attempt is not ended never finishes, and neither does its run).
+    #[inline]
+    fn run_inline(&self, mut lp: Inline<'_, '_, Self>) {
+        loop {
+            let v = self.run(&lp.cx());
+            match lp.next(v) {
+                Some(l) => lp = l,
+                None => return,
+            }
+        }
+    }
+}
+
+/// A worker's loop over the nodes it runs one after another: the node it claimed, then the
+/// best successor each finished node made ready, as long as no queued job of a higher band
+/// waits. Handed to [`NodeRunner::run_inline`].
+pub struct Inline<'a, 'w, R: NodeRunner> {
+    run: &'a RunInner<R>,
+    w: &'a mut WorkerCtx<'w>,
+    node: u32,
+    first: bool,
+}
+
+impl<'a, 'w, R: NodeRunner> Inline<'a, 'w, R> {
+    /// The current node's context, for its runner.
+    #[inline(always)]
+    pub fn cx(&self) -> NodeCx<'a, R> {
+        NodeCx {
+            run: self.run,
+            node: self.node,
+            first: self.first,
+        }
+    }
+
+    /// Ends the current node's attempt with the runner's `verdict`: records it, releases the
+    /// node's successors if it is final, and claims the next node to run inline. `Some`: the
+    /// loop goes on with that node; `None`: the loop must end (nothing ready, a higher band
+    /// waiting, or the node deferred).
+    #[inline(always)]
+    pub fn next(self, verdict: Verdict) -> Option<Self> {
+        let Inline { run, w, node, .. } = self;
+        let fin = run.conclude(node, verdict)?;
+        w.done += 1;
+        let next = run.release(node, fin, 0, Sink::Worker(w))?;
+        // A queued job of higher priority goes first: queue the successor instead.
+        let band = run.band(next);
+        if w.has_above(band) {
+            w.push(run.job(next), band);
+            return None;
+        }
+        run.claim_released(next);
+        Some(Inline {
+            run,
+            w,
+            node: next,
+            first: true,
+        })
+    }
 }
 
 /// What a runner may ask about the node it runs.
@@ -297,21 +362,20 @@ impl<R: NodeRunner> RunInner<R> {
         }
     }
 
-    /// Runs the runner on a claimed node (`first`: claimed from `PENDING`); returns its final
-    /// state, or `None` if the node is deferred (someone else will finish it).
+    /// Claims a node that the caller's release just made ready: it is `PENDING`, and no other
+    /// thread writes its state before it is claimed (see [`claim`](Self::claim)).
     #[inline(always)]
-    fn attempt(&self, node: u32, first: bool) -> Option<u8> {
-        let verdict = self.runner.run(&NodeCx {
-            run: self,
-            node,
-            first,
-        });
+    fn claim_released(&self, node: u32) {
+        debug_assert_eq!(self.state[node as usize].load(Relaxed), PENDING);
+        self.state[node as usize].store(RUNNING, Relaxed);
+    }
+
+    /// Records the runner's verdict on an attempt at a claimed node; returns its final state,
+    /// or `None` if the node is deferred (someone else will finish it).
+    #[inline(always)]
+    fn conclude(&self, node: u32, verdict: Verdict) -> Option<u8> {
         let st = &self.state[node as usize];
         let fin = match verdict {
-            Verdict::Completed => COMPLETED,
-            Verdict::Failed => FAILED,
-            Verdict::Skipped => SKIPPED,
-            Verdict::Cancelled => CANCELLED,
             Verdict::Deferred => {
                 return match st.compare_exchange(RUNNING, DEFERRED, AcqRel, Acquire) {
                     Ok(_) => None,
@@ -336,6 +400,8 @@ impl<R: NodeRunner> RunInner<R> {
                     Err(_) => None,
                 };
             }
+            // A final verdict's value is its state.
+            final_verdict => final_verdict as u8,
         };
         // A `COMPLETING` or `REQUEUE` written meanwhile by `complete`/`requeue` is overridden:
         // the runner's own final verdict wins, and the node is still released once, here.
@@ -355,6 +421,12 @@ impl<R: NodeRunner> RunInner<R> {
         let all = self.dag.successors(node);
         if from >= all.len() {
             return None;
+        }
+        // A link of a chain or a tree, completed: its one successor runs inline if it is ready.
+        if let [s] = *all {
+            if fin == COMPLETED && !self.dag.is_ranked() {
+                return self.count_release(s).then_some(s);
+            }
         }
         let end = all.len().min(from + RELEASE_BATCH);
         let succ = &all[from..end];
@@ -501,25 +573,15 @@ impl<R: NodeRunner> Execute for RunInner<R> {
                 None => return,
             }
         }
-        loop {
-            let Some(first) = self.claim(node) else {
-                return;
-            };
-            let Some(fin) = self.attempt(node, first) else {
-                return;
-            };
-            w.done += 1;
-            match self.release(node, fin, 0, Sink::Worker(w)) {
-                // A queued job of higher priority goes first: queue the successor instead.
-                Some(next) if w.has_above(self.band(next)) => {
-                    w.push(self.job(next), self.band(next));
-                    return;
-                }
-                // The inline successor is PENDING and ready: claim it at the loop's top.
-                Some(next) => node = next,
-                None => return,
-            }
-        }
+        let Some(first) = self.claim(node) else {
+            return;
+        };
+        self.runner.run_inline(Inline {
+            run: self,
+            w,
+            node,
+            first,
+        });
     }
 
     fn retire(&self, n: usize) -> bool {

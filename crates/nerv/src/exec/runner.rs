@@ -17,12 +17,12 @@ use crate::container::Scope;
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Transfer};
 use crate::event::{Event, EventBus, EventData, EventKind, Receivers, Source, TaskRef, TaskView};
-use crate::graph::{Graph, Node, Started};
+use crate::graph::{Bodies, Graph, Node, Started};
 use crate::policy::circuit_breaker::CircuitPermit;
 use crate::policy::retry::RetryPolicy;
 use crate::task::{ErrorKind, TaskError, TaskResult, TaskStatus};
 use futures_util::FutureExt;
-use nerv_pool::{NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
+use nerv_pool::{Inline, NodeCx, NodeRunner, OnceArena, RunHandle, Upstream, Verdict};
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -1160,13 +1160,14 @@ impl NodeRunner for Runner {
     fn run(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
         // A plain graph's tasks get their own copy of the path, compiled knowing that no
         // task has options (see `GraphInner::plain`).
+        let bodies = &*self.graph.0.chunks;
         if self.graph.0.plain {
             if self.lean {
-                return self.run_node::<true, true>(ncx);
+                return self.run_node::<true, true, _>(ncx, bodies);
             }
-            return self.run_node::<true, false>(ncx);
+            return self.run_node::<true, false, _>(ncx, bodies);
         }
-        let v = self.run_node::<false, false>(ncx);
+        let v = self.run_node::<false, false, _>(ncx, bodies);
         if v != Verdict::Deferred {
             self.settle(ncx.node());
         }
@@ -1176,9 +1177,41 @@ impl NodeRunner for Runner {
     fn finished(&self, run: &RunHandle<Self>) {
         self.finish_run(run)
     }
+
+    #[inline]
+    fn run_inline(&self, mut lp: Inline<'_, '_, Self>) {
+        // A lean run of a plain graph: the graph's one chunk runs the loop, compiled for its
+        // body type.
+        if self.graph.0.plain && self.lean {
+            if let Some(chunk) = self.graph.0.chunks.first() {
+                return chunk.run_inline(self, lp);
+            }
+        }
+        loop {
+            let v = self.run(&lp.cx());
+            match lp.next(v) {
+                Some(l) => lp = l,
+                None => return,
+            }
+        }
+    }
 }
 
 impl Runner {
+    /// The inline loop of a lean run of a plain graph, whose bodies are `bodies`, a chunk of
+    /// one known type: each task's path, its body included, is compiled into the loop (no
+    /// call through a pointer per task). Called by the chunk (`BodyChunk::run_inline`).
+    #[inline(always)]
+    pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, mut lp: Inline<'_, '_, Self>) {
+        loop {
+            let v = self.run_node::<true, true, C>(&lp.cx(), bodies);
+            match lp.next(v) {
+                Some(l) => lp = l,
+                None => return,
+            }
+        }
+    }
+
     /// Runs `node`; `PLAIN`: the graph is plain (`GraphInner::plain`), so its node record is
     /// implied, not read (a line per task less), and every option check folds away (chain
     /// shape: about 20 % of a task's time, measured with that copy of the path).
@@ -1186,7 +1219,11 @@ impl Runner {
     ///
     /// `LEAN`: the run is lean (`Runner::lean`): no event to publish, nothing to restore, no
     /// timestamp to record, no run-wide timeout; those checks fold away too.
-    fn run_node<const PLAIN: bool, const LEAN: bool>(&self, ncx: &NodeCx<'_, Self>) -> Verdict {
+    fn run_node<const PLAIN: bool, const LEAN: bool, C: Bodies + ?Sized>(
+        &self,
+        ncx: &NodeCx<'_, Self>,
+        bodies: &C,
+    ) -> Verdict {
         let node = ncx.node();
         let implied;
         let n = if PLAIN {
@@ -1300,9 +1337,9 @@ impl Runner {
             // with a constant `None` permit only: a permit moved in from the variable above
             // would be copied through the stack per task.
             let step = if gated.is_none() && !task_spans_enabled() {
-                self.attempt::<LEAN>(ncx, n, attempt, None)
+                self.attempt::<LEAN, C>(ncx, bodies, n, attempt, None)
             } else {
-                self.attempt_outlined(ncx, n, attempt, permit)
+                self.attempt_outlined(ncx, bodies, n, attempt, permit)
             };
             match step {
                 Some(v) => return v,
@@ -1314,29 +1351,31 @@ impl Runner {
     /// [`attempt`](Self::attempt) with a circuit permit, or inside the task's tracing span
     /// when spans are enabled.
     #[inline(never)]
-    fn attempt_outlined(
+    fn attempt_outlined<C: Bodies + ?Sized>(
         &self,
         ncx: &NodeCx<'_, Self>,
+        bodies: &C,
         n: &Node,
         attempt: u32,
         permit: Option<CircuitPermit>,
     ) -> Option<Verdict> {
         if !task_spans_enabled() {
-            return self.attempt::<false>(ncx, n, attempt, permit);
+            return self.attempt::<false, C>(ncx, bodies, n, attempt, permit);
         }
         let node = ncx.node();
         let _span =
             tracing::info_span!(parent: &self.span, "task", task = %self.full_id(node), attempt)
                 .entered();
-        self.attempt::<false>(ncx, n, attempt, permit)
+        self.attempt::<false, C>(ncx, bodies, n, attempt, permit)
     }
 
     /// Runs one counted attempt's work and handles its outcome: the node's verdict, or `None`
     /// to retry at once.
     #[inline(always)]
-    fn attempt<const LEAN: bool>(
+    fn attempt<const LEAN: bool, C: Bodies + ?Sized>(
         &self,
         ncx: &NodeCx<'_, Self>,
+        bodies: &C,
         n: &Node,
         attempt: u32,
         mut permit: Option<CircuitPermit>,
@@ -1350,7 +1389,7 @@ impl Runner {
             deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
         };
         let res = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.graph.0.chunks[n.chunk as usize].start(n.index, &cx)
+            bodies.start(n.chunk, n.index, &cx)
         })) {
             Ok(r) => r,
             Err(p) => Err(TaskError::panic(panic_message(&*p))),

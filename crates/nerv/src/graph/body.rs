@@ -3,8 +3,9 @@
 use super::{Inputs, TaskId};
 use crate::context::TaskContext;
 use crate::dynamic::{ChildGraph, Subgraph};
+use crate::exec::runner::Runner;
 use crate::task::{ErrorKind, TaskError};
-use nerv_pool::SlotKey;
+use nerv_pool::{Inline, SlotKey};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -45,6 +46,31 @@ pub(crate) trait BodyChunk: Send + Sync + 'static {
     fn heap_bytes(&self) -> usize;
     /// Gives back unused capacity.
     fn shrink(&mut self);
+    /// Runs the inline loop of a lean run of a plain graph, whose bodies are exactly this
+    /// chunk's: the loop and every task's path through the runner are compiled for the body
+    /// type, so that the body's code runs inline (see `Runner::run_plain_inline`).
+    fn run_inline(&self, runner: &Runner, lp: Inline<'_, '_, Runner>);
+}
+
+/// Where an attempt finds its task's body: through the graph's chunks (one call through a
+/// pointer per attempt), or in one chunk whose body type is known (the body inline).
+pub(crate) trait Bodies {
+    /// Starts an attempt of body `i` of chunk `chunk`.
+    fn start(&self, chunk: u32, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError>;
+}
+
+impl Bodies for [Box<dyn BodyChunk>] {
+    #[inline(always)]
+    fn start(&self, chunk: u32, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        self[chunk as usize].start(i, cx)
+    }
+}
+
+impl<B: Body> Bodies for Chunk<B> {
+    #[inline(always)]
+    fn start(&self, _chunk: u32, i: u32, cx: &TaskContext<'_>) -> Result<Started, TaskError> {
+        self.0[i as usize].start(cx)
+    }
 }
 
 /// A chunk of bodies of type `B`.
@@ -66,6 +92,9 @@ impl<B: Body> BodyChunk for Chunk<B> {
     }
     fn shrink(&mut self) {
         self.0.shrink_to_fit();
+    }
+    fn run_inline(&self, runner: &Runner, lp: Inline<'_, '_, Runner>) {
+        runner.run_plain_inline(self, lp)
     }
 }
 

@@ -21,7 +21,7 @@ mod flow;
 pub(crate) mod inputs;
 
 pub use batch::BatchItems;
-pub(crate) use body::Started;
+pub(crate) use body::{Bodies, Started};
 use body::{Body, BodyChunk, Chunk};
 pub use codec::Restore;
 pub use error::GraphError;
