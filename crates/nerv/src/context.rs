@@ -65,8 +65,7 @@ impl<'a> TaskContext<'a> {
         let g = &self.runner.graph.0;
         g.dag
             .successors(self.ncx.node())
-            .iter()
-            .map(|&s| g.ids.get(s as usize))
+            .map(|s| g.ids.get(s as usize))
             .collect()
     }
 

@@ -19,8 +19,7 @@ pub(crate) fn upward_rank(dag: &Dag, est: impl Fn(u32) -> u64) -> Vec<u64> {
     for &u in dag.topological_order().iter().rev() {
         let below = dag
             .successors(u)
-            .iter()
-            .map(|&s| rank[s as usize])
+            .map(|s| rank[s as usize])
             .max()
             .unwrap_or(0);
         rank[u as usize] = est(u).saturating_add(below);
@@ -64,7 +63,7 @@ pub(crate) fn list_schedule(
             break;
         };
         now = t;
-        for &s in dag.successors(u) {
+        for s in dag.successors(u) {
             indeg[s as usize] -= 1;
             if indeg[s as usize] == 0 {
                 ready.push(entry(s));
@@ -200,7 +199,7 @@ impl Planner {
         let rank = upward_rank(dag, |u| weight[u as usize]);
         let mut depth = vec![0u32; dag.len()];
         for &u in &dag.topological_order() {
-            for &s in dag.successors(u) {
+            for s in dag.successors(u) {
                 depth[s as usize] = depth[s as usize].max(depth[u as usize] + 1);
             }
         }
@@ -229,8 +228,6 @@ impl Planner {
             critical.push(u);
             cur = dag
                 .successors(u)
-                .iter()
-                .copied()
                 .max_by_key(|&s| (rank[s as usize], std::cmp::Reverse(s)));
         }
         let total: u64 = weight.iter().fold(0u64, |a, &w| a.saturating_add(w));

@@ -10,6 +10,12 @@ use std::fmt;
 /// Number of priority bands the pool keeps ready queues for.
 pub const BANDS: usize = 4;
 
+/// Set on the entry of a node's only successor when that successor has no other predecessor,
+/// a link of a chain (so node indices stay below `2^31`): the executor releases it without
+/// reading its in-degree, a load from another array that depends on this one. Only lists of
+/// one entry carry it.
+pub(crate) const ONE_PRED: u32 = 1 << 31;
+
 /// Why a list of edges is not a DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DagError {
@@ -29,7 +35,7 @@ pub enum DagError {
         /// Nodes on or behind a cycle (never ready).
         on_cycle: Vec<u32>,
     },
-    /// More nodes or edges than a `u32` index can hold.
+    /// `2^31` nodes or more, or more edges than a `u32` index can hold.
     TooLarge,
 }
 
@@ -43,7 +49,7 @@ impl fmt::Display for DagError {
             DagError::Cycle { on_cycle } => {
                 write!(f, "cycle among {} nodes", on_cycle.len())
             }
-            DagError::TooLarge => write!(f, "more than u32::MAX nodes or edges"),
+            DagError::TooLarge => write!(f, "2^31 nodes or more, or u32::MAX edges or more"),
         }
     }
 }
@@ -54,6 +60,7 @@ impl std::error::Error for DagError {}
 #[derive(Debug, Clone)]
 pub struct Dag {
     succ_off: Box<[u32]>,
+    /// Successor entries: node indices, an only successor's with `ONE_PRED` if it is a link.
     succ: Box<[u32]>,
     pred_off: Box<[u32]>,
     pred: Box<[u32]>,
@@ -70,7 +77,7 @@ impl Dag {
     /// Duplicate edges are kept once. Fails on an index out of range, a self-loop or a cycle.
     pub fn new(nodes: usize, edges: &[(u32, u32)]) -> Result<Dag, DagError> {
         let n = u32::try_from(nodes).map_err(|_| DagError::TooLarge)?;
-        if n == u32::MAX || u32::try_from(edges.len()).is_err() {
+        if n >= ONE_PRED || u32::try_from(edges.len()).is_err() {
             return Err(DagError::TooLarge);
         }
         for &(from, to) in edges {
@@ -91,6 +98,16 @@ impl Dag {
                 succ[a..b].iter().map(move |&s| (s, i as u32))
             }),
         );
+        let mut succ = succ;
+        for i in 0..nodes {
+            if succ_off[i + 1] - succ_off[i] == 1 {
+                let s = &mut succ[succ_off[i] as usize];
+                let j = *s as usize;
+                if pred_off[j + 1] - pred_off[j] == 1 {
+                    *s |= ONE_PRED;
+                }
+            }
+        }
         let roots: Box<[u32]> = (0..n)
             .filter(|&i| pred_off[i as usize] == pred_off[i as usize + 1])
             .collect();
@@ -133,7 +150,13 @@ impl Dag {
 
     /// The nodes that `node` releases when it finishes, in release order.
     #[inline]
-    pub fn successors(&self, node: u32) -> &[u32] {
+    pub fn successors(&self, node: u32) -> Successors<'_> {
+        Successors(self.release_list(node).iter())
+    }
+
+    /// `node`'s successor entries, in release order (see `ONE_PRED`).
+    #[inline]
+    pub(crate) fn release_list(&self, node: u32) -> &[u32] {
         let i = node as usize;
         &self.succ[self.succ_off[i] as usize..self.succ_off[i + 1] as usize]
     }
@@ -176,7 +199,7 @@ impl Dag {
         while head < topo.len() {
             let u = topo[head];
             head += 1;
-            for &s in self.successors(u) {
+            for s in self.successors(u) {
                 indeg[s as usize] -= 1;
                 if indeg[s as usize] == 0 {
                     topo.push(s);
@@ -237,7 +260,7 @@ impl Dag {
         for i in 0..self.len() {
             let (a, b) = (self.succ_off[i] as usize, self.succ_off[i + 1] as usize);
             if b - a > 1 {
-                self.succ[a..b].sort_by_key(|&s| std::cmp::Reverse(key(s)));
+                self.succ[a..b].sort_by_key(|&s| std::cmp::Reverse(key(s & !ONE_PRED)));
             }
         }
     }
@@ -253,6 +276,31 @@ impl Dag {
             + 8 * self.rank.len()
     }
 }
+
+/// The successors of a node, in release order (see [`Dag::successors`]).
+#[derive(Debug, Clone)]
+pub struct Successors<'a>(std::slice::Iter<'a, u32>);
+
+impl Iterator for Successors<'_> {
+    type Item = u32;
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        self.0.next().map(|&s| s & !ONE_PRED)
+    }
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for Successors<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<u32> {
+        self.0.next_back().map(|&s| s & !ONE_PRED)
+    }
+}
+
+impl ExactSizeIterator for Successors<'_> {}
 
 /// Counting-sort a stream of `(row, value)` pairs into CSR offsets and values (stable: values
 /// keep their order within a row). Uses the offsets array itself as the fill cursor, so the
@@ -334,7 +382,8 @@ mod tests {
     #[test]
     fn builds_csr_and_topo_order() {
         let d = Dag::new(4, &[(0, 1), (0, 2), (1, 3), (2, 3), (0, 1)]).unwrap();
-        assert_eq!(d.successors(0), &[1, 2]);
+        assert_eq!(d.successors(0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(d.successors(1).collect::<Vec<_>>(), [3]);
         assert_eq!(d.predecessors(3), &[1, 2]);
         assert_eq!(d.roots(), &[0]);
         assert_eq!(d.edge_count(), 4);
@@ -351,6 +400,7 @@ mod tests {
             Err(DagError::Cycle { on_cycle }) if on_cycle == vec![1, 2]
         ));
         assert_eq!(Dag::new(2, &[(0, 0)]).unwrap_err(), DagError::SelfLoop(0));
+        assert_eq!(Dag::new(1 << 31, &[]).unwrap_err(), DagError::TooLarge);
         assert!(matches!(
             Dag::new(2, &[(0, 5)]),
             Err(DagError::OutOfRange { to: 5, .. })
@@ -361,6 +411,6 @@ mod tests {
     fn sorts_successors_descending() {
         let mut d = Dag::new(4, &[(0, 1), (0, 2), (0, 3)]).unwrap();
         d.sort_successors_by_key(|s| [0, 5, 1, 9][s as usize]);
-        assert_eq!(d.successors(0), &[3, 1, 2]);
+        assert_eq!(d.successors(0).collect::<Vec<_>>(), [3, 1, 2]);
     }
 }

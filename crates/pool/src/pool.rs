@@ -244,6 +244,13 @@ impl WorkerCtx<'_> {
         band + 1 < BANDS as u8 && self.shared.has_above(band, self.bands_used)
     }
 
+    /// The bands in which a job may be queued, in this worker's deques or the injector (a bit
+    /// per band): when none, no released successor needs its band compared.
+    #[inline]
+    pub(crate) fn queued_bands(&self) -> u8 {
+        self.bands_used | self.shared.injected.load(Relaxed)
+    }
+
     /// Wakes up to `k` sleepers after pushes.
     #[inline]
     pub(crate) fn notify(&self, k: usize) {

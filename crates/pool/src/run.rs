@@ -28,7 +28,7 @@
 //! queued and sleepers are woken. A run's counters, states and causes start as zeroed memory:
 //! setting up a run writes nothing per node, and pages nobody writes are never touched.
 
-use crate::dag::Dag;
+use crate::dag::{Dag, ONE_PRED};
 use crate::pool::{Execute, Job, Pool, Shared, WorkerCtx};
 use crate::sync::{
     lock, zeroed_u32, zeroed_u8, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Condvar, Mutex,
@@ -172,11 +172,15 @@ impl<'a, 'w, R: NodeRunner> Inline<'a, 'w, R> {
         let fin = run.conclude(node, verdict)?;
         w.done += 1;
         let next = run.release(node, fin, 0, Sink::Worker(w))?;
-        // A queued job of higher priority goes first: queue the successor instead.
-        let band = run.band(next);
-        if w.has_above(band) {
-            w.push(run.job(next), band);
-            return None;
+        // A queued job of higher priority goes first: queue the successor instead. With no job
+        // queued at all (a chain), the successor's band is not even looked up.
+        let queued = w.queued_bands();
+        if queued != 0 {
+            let band = run.band(next);
+            if queued & (!0u8 << (band + 1)) != 0 {
+                w.push(run.job(next), band);
+                return None;
+            }
         }
         run.claim_released(next);
         Some(Inline {
@@ -418,30 +422,24 @@ impl<R: NodeRunner> RunInner<R> {
     /// other workers help release them.
     #[inline(always)]
     fn release(&self, node: u32, fin: u8, from: usize, mut sink: Sink<'_, '_>) -> Option<u32> {
-        let all = self.dag.successors(node);
+        let all = self.dag.release_list(node);
         if from >= all.len() {
             return None;
         }
-        // A link of a chain or a tree, completed: its one successor runs inline if it is ready.
-        if let [s] = *all {
-            if fin == COMPLETED && !self.dag.is_ranked() {
-                return self.count_release(s).then_some(s);
+        // An only successor (a chain's next link) runs inline if it is ready. Only such lists
+        // carry `ONE_PRED`: the others' entries are node indices as they are.
+        if let [t] = *all {
+            if !self.dag.is_ranked() {
+                let s = t & !ONE_PRED;
+                if fin != COMPLETED {
+                    self.record_cause_cold(node, fin, s);
+                }
+                return self.count_release(s, t & ONE_PRED != 0).then_some(s);
             }
         }
         let end = all.len().min(from + RELEASE_BATCH);
         let succ = &all[from..end];
-        let cause = match fin {
-            COMPLETED => NO_CAUSE,
-            FAILED => node + 1,
-            SKIPPED => match self.cause[node as usize].load(Relaxed) {
-                NO_CAUSE => node + 1, // skipped by its runner's own choice: it is the root
-                c => c,
-            },
-            _ => CANCEL_CAUSE,
-        };
-        if cause != NO_CAUSE && !self.any_cause.load(Relaxed) {
-            self.any_cause.store(true, Relaxed);
-        }
+        let cause = self.cause_of(node, fin);
         let mut pushed = 0;
         if end < all.len() {
             let resume = Job {
@@ -464,10 +462,8 @@ impl<R: NodeRunner> RunInner<R> {
         // successor runs inline, and the LIFO deque pops the others best first.
         let mut next: Option<u32> = None;
         for &s in succ.iter().rev() {
-            if cause != NO_CAUSE {
-                let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
-            }
-            let ready = self.count_release(s);
+            self.record_cause(s, cause);
+            let ready = self.count_release(s, false);
             if ready {
                 if let Some(prev) = next.replace(s) {
                     match &mut sink {
@@ -486,16 +482,55 @@ impl<R: NodeRunner> RunInner<R> {
         next
     }
 
+    /// What the successors of `node`, finished in state `fin`, record as their upstream cause
+    /// (`NO_CAUSE` if it completed); sets `any_cause` before the first cause is recorded.
+    #[inline(always)]
+    fn cause_of(&self, node: u32, fin: u8) -> u32 {
+        let cause = match fin {
+            COMPLETED => NO_CAUSE,
+            FAILED => node + 1,
+            SKIPPED => match self.cause[node as usize].load(Relaxed) {
+                NO_CAUSE => node + 1, // skipped by its runner's own choice: it is the root
+                c => c,
+            },
+            _ => CANCEL_CAUSE,
+        };
+        if cause != NO_CAUSE && !self.any_cause.load(Relaxed) {
+            self.any_cause.store(true, Relaxed);
+        }
+        cause
+    }
+
+    /// Records the cause of `node`'s final state `fin` (not `COMPLETED`) for its successor `s`:
+    /// out of the hot path, where a chain's links complete.
+    #[cold]
+    #[inline(never)]
+    fn record_cause_cold(&self, node: u32, fin: u8, s: u32) {
+        self.record_cause(s, self.cause_of(node, fin));
+    }
+
+    /// Records `cause` as `s`'s upstream cause unless it has one (the first cause wins).
+    #[inline(always)]
+    fn record_cause(&self, s: u32, cause: u32) {
+        if cause != NO_CAUSE {
+            let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
+        }
+    }
+
     /// Counts one predecessor of `s` as finished; returns whether it was the last one.
+    /// `single`: `s` has one predecessor (its successor entry says so, see `ONE_PRED`).
     ///
     /// A counter counts the predecessors that finished, up from zero (a run's counters start
     /// as zeroed memory, so that setting up a run writes nothing per node). A node with one
-    /// predecessor is ready at once, without touching its counter. A counter that reads
+    /// predecessor is ready at once, without reading its in-degree or touching its counter. A counter that reads
     /// `in_degree - 1` means every other predecessor has already counted itself: this release
     /// is the last one and needs no RMW. The Acquire load pairs with the other predecessors'
     /// releasing increments.
     #[inline(always)]
-    fn count_release(&self, s: u32) -> bool {
+    fn count_release(&self, s: u32, single: bool) -> bool {
+        if single {
+            return true;
+        }
         let last = self.dag.in_degree(s) - 1;
         if last == 0 {
             return true;
@@ -519,11 +554,10 @@ impl<R: NodeRunner> RunInner<R> {
         sink: &Sink<'_, '_>,
     ) -> Option<u32> {
         let mut ready = Vec::new();
-        for &s in succ {
-            if cause != NO_CAUSE {
-                let _ = self.cause[s as usize].compare_exchange(NO_CAUSE, cause, Relaxed, Relaxed);
-            }
-            if self.count_release(s) {
+        for &t in succ {
+            let (s, single) = (t & !ONE_PRED, t & ONE_PRED != 0);
+            self.record_cause(s, cause);
+            if self.count_release(s, single) {
                 ready.push((self.job(s), self.band(s), self.dag.rank(s).unwrap_or(0)));
             }
         }

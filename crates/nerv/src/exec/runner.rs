@@ -63,7 +63,8 @@ impl Cancel {
 
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.flag.load(Relaxed) || self.ancestors.iter().any(|a| a.load(Relaxed))
+        self.flag.load(Relaxed)
+            || (!self.ancestors.is_empty() && self.ancestors.iter().any(|a| a.load(Relaxed)))
     }
 
     pub(crate) fn cancel(&self) {
@@ -142,8 +143,9 @@ pub(crate) struct Runner {
     scope: OnceLock<Scope>,
     /// What a resumed top run restores instead of running (never set for a subgraph).
     restore: Option<Arc<crate::graph::Restore>>,
-    /// No observer, no restore, no per-task timestamps, no run-wide timeout: a plain graph's
-    /// tasks then take a copy of the path that checks none of them (see `run_node`).
+    /// No observer, no restore, no per-task timestamps, no run-wide timeout, no task spans
+    /// (their level disabled as the run starts): a plain graph's tasks then take a copy of the
+    /// path that checks none of them (see `run_node` and `run_lean_plain`).
     lean: bool,
 }
 
@@ -178,7 +180,12 @@ impl Runner {
             workflow,
             subgraph: parent.is_some(),
         });
-        let lean = obs.is_none() && restore.is_none() && stamps == 0 && opts.timeout.is_none();
+        // Task spans are made when their level is enabled as the run starts, as its own span.
+        let lean = obs.is_none()
+            && restore.is_none()
+            && stamps == 0
+            && opts.timeout.is_none()
+            && !task_spans_enabled();
         let span = match &parent {
             Some(p) => {
                 tracing::info_span!(parent: &p.handle.runner().span, "subgraph", run = run_id, task = %prefix)
@@ -1163,11 +1170,11 @@ impl NodeRunner for Runner {
         let bodies = &*self.graph.0.chunks;
         if self.graph.0.plain {
             if self.lean {
-                return self.run_node::<true, true, _>(ncx, bodies);
+                return self.run_node::<true, true, _>(ncx, bodies, ncx.is_first_run());
             }
-            return self.run_node::<true, false, _>(ncx, bodies);
+            return self.run_node::<true, false, _>(ncx, bodies, ncx.is_first_run());
         }
-        let v = self.run_node::<false, false, _>(ncx, bodies);
+        let v = self.run_node::<false, false, _>(ncx, bodies, ncx.is_first_run());
         if v != Verdict::Deferred {
             self.settle(ncx.node());
         }
@@ -1204,12 +1211,53 @@ impl Runner {
     #[inline(always)]
     pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, mut lp: Inline<'_, '_, Self>) {
         loop {
-            let v = self.run_node::<true, true, C>(&lp.cx(), bodies);
+            let v = self.run_lean_plain(&lp.cx(), bodies);
             match lp.next(v) {
                 Some(l) => lp = l,
                 None => return,
             }
         }
+    }
+
+    /// A task of a lean run of a plain graph: on its first run, with every predecessor
+    /// completed and the run not cancelled, one attempt with nothing around it (a lean run
+    /// makes no task span); anything else takes the general path.
+    #[inline(always)]
+    fn run_lean_plain<C: Bodies>(&self, ncx: &NodeCx<'_, Self>, bodies: &C) -> Verdict {
+        let first = ncx.is_first_run();
+        if !first || ncx.upstream() != Upstream::Ok || self.cancel.is_cancelled() {
+            return self.run_node::<true, true, C>(ncx, bodies, first);
+        }
+        let node = ncx.node();
+        let cx = TaskContext {
+            ncx,
+            runner: self,
+            attempt: 1,
+            deadline: None,
+        };
+        let res = match std::panic::catch_unwind(AssertUnwindSafe(|| bodies.start(0, node, &cx))) {
+            Ok(r) => r,
+            Err(p) => Err(TaskError::panic(panic_message(&*p))),
+        };
+        if let Ok(Started::Done) = res {
+            return Verdict::Completed;
+        }
+        match self.lean_outcome(&cx, res) {
+            Some(v) => v,
+            // Retried at once: the next attempts on the general path.
+            None => self.run_node::<true, true, C>(ncx, bodies, false),
+        }
+    }
+
+    /// [`outcome`](Self::outcome) of a lean run's first attempt that did not complete at once.
+    #[cold]
+    #[inline(never)]
+    fn lean_outcome(
+        &self,
+        cx: &TaskContext<'_>,
+        res: Result<Started, TaskError>,
+    ) -> Option<Verdict> {
+        self.outcome::<true>(cx, res, None, None)
     }
 
     /// Runs `node`; `PLAIN`: the graph is plain (`GraphInner::plain`), so its node record is
@@ -1223,6 +1271,7 @@ impl Runner {
         &self,
         ncx: &NodeCx<'_, Self>,
         bodies: &C,
+        mut first: bool,
     ) -> Verdict {
         let node = ncx.node();
         let implied;
@@ -1266,9 +1315,8 @@ impl Runner {
                 }
             }
         }
-        // On the node's first run nothing has counted an attempt yet: the first one is 1
-        // without reading the record (see `attempts`).
-        let mut first = ncx.is_first_run();
+        // `first`: on the node's first run (`NodeCx::is_first_run`) nothing has counted an
+        // attempt yet: the first one is 1 without reading the record (see `attempts`).
         loop {
             if self.cancel.is_cancelled() {
                 let at = self.stamp_end(node);
@@ -1378,9 +1426,8 @@ impl Runner {
         bodies: &C,
         n: &Node,
         attempt: u32,
-        mut permit: Option<CircuitPermit>,
+        permit: Option<CircuitPermit>,
     ) -> Option<Verdict> {
-        let node = ncx.node();
         let timeout = if LEAN { None } else { self.timeout(n) };
         let cx = TaskContext {
             ncx,
@@ -1394,6 +1441,20 @@ impl Runner {
             Ok(r) => r,
             Err(p) => Err(TaskError::panic(panic_message(&*p))),
         };
+        self.outcome::<LEAN>(&cx, res, timeout, permit)
+    }
+
+    /// Handles the outcome of an attempt (see [`attempt`](Self::attempt)): the node's verdict,
+    /// or `None` to retry at once.
+    #[inline(always)]
+    fn outcome<const LEAN: bool>(
+        &self,
+        cx: &TaskContext<'_>,
+        res: Result<Started, TaskError>,
+        timeout: Option<Duration>,
+        mut permit: Option<CircuitPermit>,
+    ) -> Option<Verdict> {
+        let (ncx, node, attempt) = (cx.ncx, cx.ncx.node(), cx.attempt);
         let err = match res {
             Ok(Started::Done) => {
                 if let Some(p) = permit.take() {

@@ -498,7 +498,7 @@ impl GraphBuilder {
                 .as_ref()
                 .is_some_and(|e| e.branch.is_some())
             {
-                for &s in dag.successors(b) {
+                for s in dag.successors(b) {
                     nodes[s as usize]
                         .extra
                         .get_or_insert_with(Default::default)
@@ -1093,8 +1093,7 @@ impl<'g> TaskInfo<'g> {
         let g = self.g;
         g.dag
             .successors(self.index)
-            .iter()
-            .map(move |&p| g.ids.get(p as usize))
+            .map(move |p| g.ids.get(p as usize))
     }
 }
 
