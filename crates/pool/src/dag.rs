@@ -10,11 +10,13 @@ use std::fmt;
 /// Number of priority bands the pool keeps ready queues for.
 pub const BANDS: usize = 4;
 
-/// Set on the entry of a node's only successor when that successor has no other predecessor,
-/// a link of a chain (so node indices stay below `2^31`): the executor releases it without
-/// reading its in-degree, a load from another array that depends on this one. Only lists of
-/// one entry carry it.
-pub(crate) const ONE_PRED: u32 = 1 << 31;
+/// A successor entry is the successor's index in its low 30 bits (so node indices stay below
+/// `2^30`) and its in-degree in the top two when it is 1, 2 or 3 (0: 4 or more, read from the
+/// predecessor offsets): the executor counts a released node against its in-degree without a
+/// load from another array, which would depend on this one, per edge.
+pub(crate) const NODE_BITS: u32 = 30;
+/// The index bits of a successor entry (see [`NODE_BITS`]).
+pub(crate) const NODE_MASK: u32 = (1 << NODE_BITS) - 1;
 
 /// Why a list of edges is not a DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +37,7 @@ pub enum DagError {
         /// Nodes on or behind a cycle (never ready).
         on_cycle: Vec<u32>,
     },
-    /// `2^31` nodes or more, or more edges than a `u32` index can hold.
+    /// `2^30` nodes or more, or more edges than a `u32` index can hold.
     TooLarge,
 }
 
@@ -49,7 +51,7 @@ impl fmt::Display for DagError {
             DagError::Cycle { on_cycle } => {
                 write!(f, "cycle among {} nodes", on_cycle.len())
             }
-            DagError::TooLarge => write!(f, "2^31 nodes or more, or u32::MAX edges or more"),
+            DagError::TooLarge => write!(f, "2^30 nodes or more, or u32::MAX edges or more"),
         }
     }
 }
@@ -60,7 +62,7 @@ impl std::error::Error for DagError {}
 #[derive(Debug, Clone)]
 pub struct Dag {
     succ_off: Box<[u32]>,
-    /// Successor entries: node indices, an only successor's with `ONE_PRED` if it is a link.
+    /// Successor entries: node indices with small in-degrees (see `NODE_BITS`).
     succ: Box<[u32]>,
     pred_off: Box<[u32]>,
     pred: Box<[u32]>,
@@ -77,7 +79,7 @@ impl Dag {
     /// Duplicate edges are kept once. Fails on an index out of range, a self-loop or a cycle.
     pub fn new(nodes: usize, edges: &[(u32, u32)]) -> Result<Dag, DagError> {
         let n = u32::try_from(nodes).map_err(|_| DagError::TooLarge)?;
-        if n >= ONE_PRED || u32::try_from(edges.len()).is_err() {
+        if n > NODE_MASK || u32::try_from(edges.len()).is_err() {
             return Err(DagError::TooLarge);
         }
         for &(from, to) in edges {
@@ -99,13 +101,11 @@ impl Dag {
             }),
         );
         let mut succ = succ;
-        for i in 0..nodes {
-            if succ_off[i + 1] - succ_off[i] == 1 {
-                let s = &mut succ[succ_off[i] as usize];
-                let j = *s as usize;
-                if pred_off[j + 1] - pred_off[j] == 1 {
-                    *s |= ONE_PRED;
-                }
+        for s in succ.iter_mut() {
+            let j = *s as usize;
+            let in_degree = pred_off[j + 1] - pred_off[j];
+            if in_degree <= 3 {
+                *s |= in_degree << NODE_BITS;
             }
         }
         let roots: Box<[u32]> = (0..n)
@@ -154,7 +154,7 @@ impl Dag {
         Successors(self.release_list(node).iter())
     }
 
-    /// `node`'s successor entries, in release order (see `ONE_PRED`).
+    /// `node`'s successor entries, in release order (see [`NODE_BITS`]).
     #[inline]
     pub(crate) fn release_list(&self, node: u32) -> &[u32] {
         let i = node as usize;
@@ -260,7 +260,7 @@ impl Dag {
         for i in 0..self.len() {
             let (a, b) = (self.succ_off[i] as usize, self.succ_off[i + 1] as usize);
             if b - a > 1 {
-                self.succ[a..b].sort_by_key(|&s| std::cmp::Reverse(key(s & !ONE_PRED)));
+                self.succ[a..b].sort_by_key(|&s| std::cmp::Reverse(key(s & NODE_MASK)));
             }
         }
     }
@@ -285,7 +285,7 @@ impl Iterator for Successors<'_> {
     type Item = u32;
     #[inline]
     fn next(&mut self) -> Option<u32> {
-        self.0.next().map(|&s| s & !ONE_PRED)
+        self.0.next().map(|&s| s & NODE_MASK)
     }
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -296,7 +296,7 @@ impl Iterator for Successors<'_> {
 impl DoubleEndedIterator for Successors<'_> {
     #[inline]
     fn next_back(&mut self) -> Option<u32> {
-        self.0.next_back().map(|&s| s & !ONE_PRED)
+        self.0.next_back().map(|&s| s & NODE_MASK)
     }
 }
 
@@ -400,11 +400,35 @@ mod tests {
             Err(DagError::Cycle { on_cycle }) if on_cycle == vec![1, 2]
         ));
         assert_eq!(Dag::new(2, &[(0, 0)]).unwrap_err(), DagError::SelfLoop(0));
-        assert_eq!(Dag::new(1 << 31, &[]).unwrap_err(), DagError::TooLarge);
+        assert_eq!(Dag::new(1 << 30, &[]).unwrap_err(), DagError::TooLarge);
         assert!(matches!(
             Dag::new(2, &[(0, 5)]),
             Err(DagError::OutOfRange { to: 5, .. })
         ));
+    }
+
+    /// Successor entries carry small in-degrees (see `NODE_BITS`): what `successors` and
+    /// `in_degree` report is unchanged by them.
+    #[test]
+    fn successor_entries_keep_their_nodes_whatever_the_in_degree() {
+        // Node 0 feeds nodes 1..=5; node k (1..=5) has k predecessors among 0 and 6..=9.
+        let mut edges = Vec::new();
+        for k in 1..=5u32 {
+            edges.push((0, k));
+            for p in 6..5 + k {
+                edges.push((p, k));
+            }
+        }
+        let d = Dag::new(10, &edges).unwrap();
+        assert_eq!(d.successors(0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        for k in 1..=5u32 {
+            assert_eq!(d.in_degree(k), k);
+            for &p in d.predecessors(k) {
+                assert!(d.successors(p).any(|s| s == k), "{p} -> {k}");
+            }
+        }
+        assert_eq!(d.successors(8).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(d.successors(6).rev().collect::<Vec<_>>(), [5, 4, 3, 2]);
     }
 
     #[test]

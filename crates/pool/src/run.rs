@@ -28,7 +28,7 @@
 //! queued and sleepers are woken. A run's counters, states and causes start as zeroed memory:
 //! setting up a run writes nothing per node, and pages nobody writes are never touched.
 
-use crate::dag::{Dag, ONE_PRED};
+use crate::dag::{Dag, NODE_BITS, NODE_MASK};
 use crate::pool::{Execute, Job, Pool, Shared, WorkerCtx};
 use crate::sync::{
     lock, zeroed_u32, zeroed_u8, Arc, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Condvar, Mutex,
@@ -426,15 +426,14 @@ impl<R: NodeRunner> RunInner<R> {
         if from >= all.len() {
             return None;
         }
-        // An only successor (a chain's next link) runs inline if it is ready. Only such lists
-        // carry `ONE_PRED`: the others' entries are node indices as they are.
+        // An only successor (a chain's next link) runs inline if it is ready.
         if let [t] = *all {
             if !self.dag.is_ranked() {
-                let s = t & !ONE_PRED;
+                let s = t & NODE_MASK;
                 if fin != COMPLETED {
                     self.record_cause_cold(node, fin, s);
                 }
-                return self.count_release(s, t & ONE_PRED != 0).then_some(s);
+                return self.count_release(t).then_some(s);
             }
         }
         let end = all.len().min(from + RELEASE_BATCH);
@@ -447,7 +446,7 @@ impl<R: NodeRunner> RunInner<R> {
                 ..self.job(node)
             };
             // Queued at the band of the best successor it will release.
-            let band = self.band(all[end]);
+            let band = self.band(all[end] & NODE_MASK);
             match &mut sink {
                 Sink::Worker(w) => w.push(resume, band),
                 Sink::Injector(sh) => sh.inject(resume, band),
@@ -461,9 +460,10 @@ impl<R: NodeRunner> RunInner<R> {
         // becomes the inline candidate and the previous candidate is queued: the best ready
         // successor runs inline, and the LIFO deque pops the others best first.
         let mut next: Option<u32> = None;
-        for &s in succ.iter().rev() {
+        for &t in succ.iter().rev() {
+            let s = t & NODE_MASK;
             self.record_cause(s, cause);
-            let ready = self.count_release(s, false);
+            let ready = self.count_release(t);
             if ready {
                 if let Some(prev) = next.replace(s) {
                     match &mut sink {
@@ -517,24 +517,27 @@ impl<R: NodeRunner> RunInner<R> {
         }
     }
 
-    /// Counts one predecessor of `s` as finished; returns whether it was the last one.
-    /// `single`: `s` has one predecessor (its successor entry says so, see `ONE_PRED`).
+    /// Counts one predecessor of the node of successor entry `t` (see [`NODE_BITS`]) as
+    /// finished; returns whether it was the last one.
     ///
     /// A counter counts the predecessors that finished, up from zero (a run's counters start
-    /// as zeroed memory, so that setting up a run writes nothing per node). A node with one
-    /// predecessor is ready at once, without reading its in-degree or touching its counter. A counter that reads
+    /// as zeroed memory, so that setting up a run writes nothing per node), and compares with
+    /// the in-degree that the entry carries (read from the Dag only when it is 4 or more). A
+    /// node with one predecessor is ready at once, without touching its counter. A counter that reads
     /// `in_degree - 1` means every other predecessor has already counted itself: this release
     /// is the last one and needs no RMW. The Acquire load pairs with the other predecessors'
     /// releasing increments.
     #[inline(always)]
-    fn count_release(&self, s: u32, single: bool) -> bool {
-        if single {
+    fn count_release(&self, t: u32) -> bool {
+        let (s, small) = (t & NODE_MASK, t >> NODE_BITS);
+        if small == 1 {
             return true;
         }
-        let last = self.dag.in_degree(s) - 1;
-        if last == 0 {
-            return true;
-        }
+        let last = if small == 0 {
+            self.dag.in_degree(s) - 1
+        } else {
+            small - 1
+        };
         let c = &self.counters[s as usize];
         c.load(Acquire) == last || c.fetch_add(1, AcqRel) == last
     }
@@ -555,9 +558,9 @@ impl<R: NodeRunner> RunInner<R> {
     ) -> Option<u32> {
         let mut ready = Vec::new();
         for &t in succ {
-            let (s, single) = (t & !ONE_PRED, t & ONE_PRED != 0);
+            let s = t & NODE_MASK;
             self.record_cause(s, cause);
-            if self.count_release(s, single) {
+            if self.count_release(t) {
                 ready.push((self.job(s), self.band(s), self.dag.rank(s).unwrap_or(0)));
             }
         }
