@@ -53,7 +53,7 @@ const CANCELLED: u8 = 8;
 const COMPLETING: u8 = 9;
 
 /// No upstream problem. A failed root `r` is recorded as `r + 1` (node indices stop below
-/// `u32::MAX - 1`, see `Dag::new`), so that a run's causes start as zeroed memory.
+/// `2^30`, see `Dag::new`), so that a run's causes start as zeroed memory.
 const NO_CAUSE: u32 = 0;
 /// Most successors one call of `release` makes ready (see there).
 const RELEASE_BATCH: usize = 256;
