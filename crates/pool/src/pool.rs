@@ -269,10 +269,25 @@ impl WorkerCtx<'_> {
         }
     }
 
+    /// Notes what taking a job from band `b`'s injector left behind: this worker's deque of
+    /// that band holds the rest of the batch, if any; an injector left empty has its bit
+    /// cleared (as by a worker that finds it empty). So that a worker running a long chain
+    /// inline, its first job taken from the injector, sees no queued job (and looks up no
+    /// band) per task.
+    fn took_injected(&mut self, b: usize) {
+        let bit = 1u8 << b;
+        if !self.locals[b].is_empty() {
+            self.bands_used |= bit;
+        }
+        if self.shared.injector[b].is_empty() {
+            self.shared.injected.fetch_and(!bit, Relaxed);
+        }
+    }
+
     fn steal(&mut self) -> Option<Job> {
         for b in (0..BANDS).rev() {
             if let Some(j) = queue::steal_injector(&self.shared.injector[b], &self.locals[b]) {
-                self.bands_used |= 1 << b;
+                self.took_injected(b);
                 return Some(j);
             }
             let n = self.shared.stealers.len();
@@ -312,7 +327,7 @@ impl WorkerCtx<'_> {
             }
             if inj & bit != 0 {
                 if let Some(j) = queue::steal_injector(&self.shared.injector[b], &self.locals[b]) {
-                    self.bands_used |= bit;
+                    self.took_injected(b);
                     return Some(j);
                 }
                 self.shared.injected.fetch_and(!bit, Relaxed);

@@ -62,6 +62,9 @@ mod imp {
         pub(crate) fn stealer(&self) -> Stealer<T> {
             Stealer(self.0.clone())
         }
+        pub(crate) fn is_empty(&self) -> bool {
+            lock(&self.0).is_empty()
+        }
     }
     impl<T> Injector<T> {
         pub(crate) fn new() -> Self {
@@ -69,6 +72,9 @@ mod imp {
         }
         pub(crate) fn push(&self, t: T) {
             lock(&self.0).push_back(t);
+        }
+        pub(crate) fn is_empty(&self) -> bool {
+            lock(&self.0).is_empty()
         }
     }
     pub(crate) fn steal<T>(s: &Stealer<T>) -> Option<T> {

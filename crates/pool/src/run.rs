@@ -124,20 +124,13 @@ pub trait NodeRunner: Send + Sync + Sized + 'static {
     /// Called once when every node of the run is finished, before waiters are woken.
     fn finished(&self, _run: &RunHandle<Self>) {}
 
-    /// Runs the claimed node of `lp`, then each node [`Inline::next`] hands on, until it
-    /// hands on none. The default calls [`run`](Self::run) for each. A runner overrides it to
-    /// keep this loop in code compiled for the work it runs (the work of every node inline,
-    /// not a call through a pointer per node). An override must end each attempt it made with
-    /// `next` (a node whose attempt is not ended never finishes, and neither does its run).
+    /// Runs the claimed node of `lp` and the nodes the worker runs inline after it, through
+    /// [`Inline::run_each`]. The default calls [`run`](Self::run) for each. A runner overrides
+    /// it to keep this loop in code compiled for the work it runs (the work of every node
+    /// inline, not a call through a pointer per node).
     #[inline]
-    fn run_inline(&self, mut lp: Inline<'_, '_, Self>) {
-        loop {
-            let v = self.run(&lp.cx());
-            match lp.next(v) {
-                Some(l) => lp = l,
-                None => return,
-            }
-        }
+    fn run_inline(&self, lp: Inline<'_, '_, Self>) {
+        lp.run_each(|cx| self.run(cx))
     }
 }
 
@@ -151,44 +144,43 @@ pub struct Inline<'a, 'w, R: NodeRunner> {
     first: bool,
 }
 
-impl<'a, 'w, R: NodeRunner> Inline<'a, 'w, R> {
-    /// The current node's context, for its runner.
+impl<R: NodeRunner> Inline<'_, '_, R> {
+    /// Runs `f` (one attempt, returning the runner's verdict) on the claimed node, then, as
+    /// long as the node it finished made a successor ready to run inline, on that successor:
+    /// each verdict is recorded, a final node's successors are released, and the best one
+    /// that became ready is claimed, unless a queued job of a higher band waits (then it is
+    /// queued). The loop's state stays in registers, and `f` is compiled into the loop.
     #[inline(always)]
-    pub fn cx(&self) -> NodeCx<'a, R> {
-        NodeCx {
-            run: self.run,
-            node: self.node,
-            first: self.first,
-        }
-    }
-
-    /// Ends the current node's attempt with the runner's `verdict`: records it, releases the
-    /// node's successors if it is final, and claims the next node to run inline. `Some`: the
-    /// loop goes on with that node; `None`: the loop must end (nothing ready, a higher band
-    /// waiting, or the node deferred).
-    #[inline(always)]
-    pub fn next(self, verdict: Verdict) -> Option<Self> {
-        let Inline { run, w, node, .. } = self;
-        let fin = run.conclude(node, verdict)?;
-        w.done += 1;
-        let next = run.release(node, fin, 0, Sink::Worker(w))?;
-        // A queued job of higher priority goes first: queue the successor instead. With no job
-        // queued at all (a chain), the successor's band is not even looked up.
-        let queued = w.queued_bands();
-        if queued != 0 {
-            let band = run.band(next);
-            if queued & (!0u8 << (band + 1)) != 0 {
-                w.push(run.job(next), band);
-                return None;
-            }
-        }
-        run.claim_released(next);
-        Some(Inline {
+    pub fn run_each(self, mut f: impl FnMut(&NodeCx<'_, R>) -> Verdict) {
+        let Inline {
             run,
             w,
-            node: next,
-            first: true,
-        })
+            mut node,
+            mut first,
+        } = self;
+        loop {
+            let verdict = f(&NodeCx { run, node, first });
+            let Some(fin) = run.conclude(node, verdict) else {
+                return;
+            };
+            w.done += 1;
+            let Some(next) = run.release(node, fin, 0, Sink::Worker(w)) else {
+                return;
+            };
+            // A queued job of higher priority goes first: queue the successor instead. With
+            // no job queued at all (a chain), the successor's band is not even looked up.
+            let queued = w.queued_bands();
+            if queued != 0 {
+                let band = run.band(next);
+                if queued & (!0u8 << (band + 1)) != 0 {
+                    w.push(run.job(next), band);
+                    return;
+                }
+            }
+            run.claim_released(next);
+            node = next;
+            first = true;
+        }
     }
 }
 
@@ -454,7 +446,13 @@ impl<R: NodeRunner> RunInner<R> {
             pushed += 1;
         }
         if self.dag.is_ranked() {
-            return self.release_ranked(succ, cause, pushed, &sink);
+            self.release_ranked(succ, cause);
+            if pushed > 0 {
+                if let Sink::Worker(w) = &sink {
+                    w.notify(pushed);
+                }
+            }
+            return None;
         }
         // Successors are sorted best first. Walking them backwards, each newly ready one
         // becomes the inline candidate and the previous candidate is queued: the best ready
@@ -549,13 +547,7 @@ impl<R: NodeRunner> RunInner<R> {
     /// beside them, and a small `Vec` per release is allowed here.
     #[cold]
     #[inline(never)]
-    fn release_ranked(
-        &self,
-        succ: &[u32],
-        cause: u32,
-        pushed: usize,
-        sink: &Sink<'_, '_>,
-    ) -> Option<u32> {
+    fn release_ranked(&self, succ: &[u32], cause: u32) {
         let mut ready = Vec::new();
         for &t in succ {
             let s = t & NODE_MASK;
@@ -565,12 +557,6 @@ impl<R: NodeRunner> RunInner<R> {
             }
         }
         self.pool.shared().push_ranked(&ready);
-        if pushed > 0 {
-            if let Sink::Worker(w) = sink {
-                w.notify(pushed);
-            }
-        }
-        None
     }
 
     /// Finishes the run: tells the runner, wakes waiters. Called once, by whoever retired

@@ -1186,7 +1186,7 @@ impl NodeRunner for Runner {
     }
 
     #[inline]
-    fn run_inline(&self, mut lp: Inline<'_, '_, Self>) {
+    fn run_inline(&self, lp: Inline<'_, '_, Self>) {
         // A lean run of a plain graph: the graph's one chunk runs the loop, compiled for its
         // body type.
         if self.graph.0.plain && self.lean {
@@ -1194,13 +1194,7 @@ impl NodeRunner for Runner {
                 return chunk.run_inline(self, lp);
             }
         }
-        loop {
-            let v = self.run(&lp.cx());
-            match lp.next(v) {
-                Some(l) => lp = l,
-                None => return,
-            }
-        }
+        lp.run_each(|cx| self.run(cx))
     }
 }
 
@@ -1209,14 +1203,8 @@ impl Runner {
     /// one known type: each task's path, its body included, is compiled into the loop (no
     /// call through a pointer per task). Called by the chunk (`BodyChunk::run_inline`).
     #[inline(always)]
-    pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, mut lp: Inline<'_, '_, Self>) {
-        loop {
-            let v = self.run_lean_plain(&lp.cx(), bodies);
-            match lp.next(v) {
-                Some(l) => lp = l,
-                None => return,
-            }
-        }
+    pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, lp: Inline<'_, '_, Self>) {
+        lp.run_each(|cx| self.run_lean_plain(cx, bodies))
     }
 
     /// A task of a lean run of a plain graph: on its first run, with every predecessor
