@@ -623,6 +623,71 @@ fn bands_released_by_a_node_run_highest_band_first() {
     }
 }
 
+/// Logs the nodes it runs (with its run's id) in one log shared by runs; at node `spawn_at`
+/// it starts a one-node run of band 3 on the same pool.
+struct Spawner {
+    id: u8,
+    log: Arc<Mutex<Vec<(u8, u32)>>>,
+    spawn_at: Option<u32>,
+    pool: Pool,
+    spawned: Arc<Mutex<Vec<RunHandle<Spawner>>>>,
+}
+
+impl NodeRunner for Spawner {
+    fn run(&self, cx: &NodeCx<'_, Self>) -> Verdict {
+        self.log.lock().unwrap().push((self.id, cx.node()));
+        if Some(cx.node()) == self.spawn_at {
+            let mut dag = Dag::new(1, &[]).unwrap();
+            dag.set_bands([3]);
+            let h = self.pool.start(
+                Arc::new(dag),
+                Spawner {
+                    id: 1,
+                    log: self.log.clone(),
+                    spawn_at: None,
+                    pool: self.pool.clone(),
+                    spawned: self.spawned.clone(),
+                },
+            );
+            self.spawned.lock().unwrap().push(h);
+        }
+        Verdict::Completed
+    }
+}
+
+#[test]
+fn a_higher_band_job_queued_during_an_inline_chain_runs_before_the_next_link() {
+    // The only worker takes the chain's first node from the injector and runs the chain
+    // inline; a job of a higher band injected meanwhile must run before the next link, even
+    // though the worker found the injector empty when it took the chain's first node.
+    let pool = Pool::new(1, "t-bands-chain");
+    let n = 20u32;
+    let mut dag = Dag::new(n as usize, &(1..n).map(|i| (i - 1, i)).collect::<Vec<_>>()).unwrap();
+    dag.set_bands((0..n).map(|_| 0));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let spawned = Arc::new(Mutex::new(Vec::new()));
+    let chain = pool.start(
+        Arc::new(dag),
+        Spawner {
+            id: 0,
+            log: log.clone(),
+            spawn_at: Some(5),
+            pool: pool.clone(),
+            spawned: spawned.clone(),
+        },
+    );
+    wait(&chain);
+    // Taken out, so that the runs' runners (which hold the list) are freed.
+    let others: Vec<_> = spawned.lock().unwrap().drain(..).collect();
+    for h in &others {
+        wait(h);
+    }
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), n as usize + 1);
+    let at = log.iter().position(|&e| e == (0, 5)).unwrap();
+    assert_eq!(log[at + 1], (1, 0), "run order: {log:?}");
+}
+
 #[test]
 fn bands_of_queued_roots_run_highest_band_first() {
     // While the only worker is held by another run, a run's roots are queued in the injector
