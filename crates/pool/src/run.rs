@@ -127,7 +127,8 @@ pub trait NodeRunner: Send + Sync + Sized + 'static {
     /// Runs the claimed node of `lp` and the nodes the worker runs inline after it, through
     /// [`Inline::run_each`]. The default calls [`run`](Self::run) for each. A runner overrides
     /// it to keep this loop in code compiled for the work it runs (the work of every node
-    /// inline, not a call through a pointer per node).
+    /// inline, not a call through a pointer per node); an override hands `lp` to `run_each`
+    /// (a claimed node that is never run never finishes, and neither does its run).
     #[inline]
     fn run_inline(&self, lp: Inline<'_, '_, Self>) {
         lp.run_each(|cx| self.run(cx))
@@ -521,10 +522,10 @@ impl<R: NodeRunner> RunInner<R> {
     /// A counter counts the predecessors that finished, up from zero (a run's counters start
     /// as zeroed memory, so that setting up a run writes nothing per node), and compares with
     /// the in-degree that the entry carries (read from the Dag only when it is 4 or more). A
-    /// node with one predecessor is ready at once, without touching its counter. A counter that reads
-    /// `in_degree - 1` means every other predecessor has already counted itself: this release
-    /// is the last one and needs no RMW. The Acquire load pairs with the other predecessors'
-    /// releasing increments.
+    /// node with one predecessor is ready at once, without touching its counter. A counter
+    /// that reads `in_degree - 1` means every other predecessor has already counted itself:
+    /// this release is the last one and needs no RMW. The Acquire load pairs with the other
+    /// predecessors' releasing increments.
     #[inline(always)]
     fn count_release(&self, t: u32) -> bool {
         let (s, small) = (t & NODE_MASK, t >> NODE_BITS);

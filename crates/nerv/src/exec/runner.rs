@@ -1125,6 +1125,21 @@ enum Gate {
 }
 
 /// Records a failed attempt in its circuit; a cancellation is no verdict on the service.
+/// Starts an attempt's work (body `index` of chunk `chunk`); a panic in it is the attempt's
+/// error, with the panic's message.
+#[inline(always)]
+fn start_caught<C: Bodies + ?Sized>(
+    bodies: &C,
+    chunk: u32,
+    index: u32,
+    cx: &TaskContext<'_>,
+) -> Result<Started, TaskError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| bodies.start(chunk, index, cx))) {
+        Ok(r) => r,
+        Err(p) => Err(TaskError::panic(panic_message(&*p))),
+    }
+}
+
 fn record_failure(p: CircuitPermit, err: &TaskError) {
     if !err.is_cancelled() {
         p.failure();
@@ -1223,10 +1238,7 @@ impl Runner {
             attempt: 1,
             deadline: None,
         };
-        let res = match std::panic::catch_unwind(AssertUnwindSafe(|| bodies.start(0, node, &cx))) {
-            Ok(r) => r,
-            Err(p) => Err(TaskError::panic(panic_message(&*p))),
-        };
+        let res = start_caught(bodies, 0, node, &cx);
         if let Ok(Started::Done) = res {
             return Verdict::Completed;
         }
@@ -1423,12 +1435,7 @@ impl Runner {
             attempt,
             deadline: timeout.map(|t| (self.env.clock.now() + t, t)),
         };
-        let res = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            bodies.start(n.chunk, n.index, &cx)
-        })) {
-            Ok(r) => r,
-            Err(p) => Err(TaskError::panic(panic_message(&*p))),
-        };
+        let res = start_caught(bodies, n.chunk, n.index, &cx);
         self.outcome::<LEAN>(&cx, res, timeout, permit)
     }
 
