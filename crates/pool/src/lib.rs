@@ -24,7 +24,7 @@ mod sleep;
 mod sync;
 
 pub use arena::{ArenaLayout, OnceArena, SlotKey};
-pub use dag::{Dag, DagError, BANDS};
+pub use dag::{Dag, DagError, Successors, BANDS};
 pub use pool::Pool;
 pub use run::{
     Inline, NodeCx, NodeRunner, NodeState, NotDeferred, Prepared, RunHandle, Upstream, Verdict,
