@@ -17,11 +17,7 @@ fn task_event(id: &Arc<str>) -> Event {
         SystemTime::UNIX_EPOCH,
         Source {
             workflow: Some(1),
-            task: Some(TaskRef {
-                id: id.clone(),
-                index: 7,
-                subgraph: false,
-            }),
+            task: Some(TaskRef::new(id.clone(), 7, false)),
         },
         EventData::TaskCompleted {
             attempt: 1,

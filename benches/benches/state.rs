@@ -59,11 +59,7 @@ impl RunEvents {
                 t,
                 Source {
                     workflow: Some(0),
-                    task: Some(TaskRef {
-                        id: Arc::from(format!("t{i}")),
-                        index: i,
-                        subgraph: false,
-                    }),
+                    task: Some(TaskRef::new(Arc::from(format!("t{i}")), i, false)),
                 },
                 data,
             )

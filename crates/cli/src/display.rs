@@ -83,7 +83,7 @@ pub enum UiEvent {
 impl UiEvent {
     /// The display's view of a nerv event (`None` for events it does not show).
     pub fn from_event(e: &Event) -> Option<UiEvent> {
-        let task: Arc<str> = e.source.task.as_ref()?.id.clone();
+        let task: Arc<str> = e.source.task.as_ref()?.shared_id();
         let at = e.timestamp;
         Some(match &e.data {
             EventData::TaskStarted { attempt } => UiEvent::Started {

@@ -694,7 +694,7 @@ fn subgraph_tasks_are_named_by_their_parent() {
         .map(|e| {
             let t = e.source.task.as_ref().unwrap();
             assert_eq!(e.source.workflow, Some(report.run_id()));
-            (t.id.to_string(), t.subgraph)
+            (t.id().to_string(), t.subgraph)
         })
         .collect();
     ids.sort();
@@ -925,7 +925,7 @@ fn task_events_carry_the_times_the_report_records() {
         let at = |kind| {
             log.events()
                 .iter()
-                .find(|e| e.kind() == kind && e.source.task.as_ref().unwrap().id.as_ref() == id)
+                .find(|e| e.kind() == kind && e.source.task.as_ref().unwrap().id() == id)
                 .map(|e| e.timestamp)
         };
         assert_eq!(at(EventKind::TaskStarted), r.started_at, "{id} started");

@@ -152,11 +152,7 @@ fn task(run: u64, g: &Graph, id: &str, secs: u64, data: EventData) -> Event {
         at(secs),
         Source {
             workflow: Some(run),
-            task: Some(TaskRef {
-                id: id.into(),
-                index,
-                subgraph: false,
-            }),
+            task: Some(TaskRef::new(id, index, false)),
         },
         data,
     )
@@ -359,11 +355,7 @@ fn task_event(run: u64, index: u32, id: &Arc<str>, data: EventData) -> Event {
     Event::new(
         Source {
             workflow: Some(run),
-            task: Some(TaskRef {
-                id: id.clone(),
-                index,
-                subgraph: false,
-            }),
+            task: Some(TaskRef::new(id.clone(), index, false)),
         },
         data,
     )

@@ -91,9 +91,9 @@ struct TaskHook {
 pub(crate) struct TaskView<'a> {
     /// The top run's id.
     pub(crate) workflow: u64,
-    /// The task's full id.
-    pub(crate) name: &'a Arc<str>,
-    /// Its index in its graph.
+    /// The full ids of its graph's tasks, by index.
+    pub(crate) names: &'a Arc<[Arc<str>]>,
+    /// Its index in its graph (in range of `names`).
     pub(crate) index: u32,
     /// Whether it belongs to a subgraph.
     pub(crate) subgraph: bool,
@@ -104,6 +104,12 @@ pub(crate) struct TaskView<'a> {
 }
 
 impl TaskView<'_> {
+    /// The task's full id.
+    #[inline]
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.names[self.index as usize]
+    }
+
     /// The event (with a fresh id).
     ///
     /// Built as one expression, inlined into its caller, so that the event is written where
@@ -118,11 +124,12 @@ impl TaskView<'_> {
             timestamp: UNIX_EPOCH + Duration::from_nanos(self.ts),
             source: Source {
                 workflow: Some(self.workflow),
-                task: Some(TaskRef {
-                    id: self.name.clone(),
-                    index: self.index,
-                    subgraph: self.subgraph,
-                }),
+                task: Some(TaskRef::in_table(
+                    self.names,
+                    self.index,
+                    self.index,
+                    self.subgraph,
+                )),
             },
             data: self.data(),
         }
@@ -187,18 +194,17 @@ impl TaskView<'_> {
         e.source.workflow = Some(self.workflow);
         match &mut e.source.task {
             Some(t) => {
-                if !Arc::ptr_eq(&t.id, self.name) {
-                    t.id = self.name.clone();
-                }
+                t.point_into(self.names, self.index);
                 t.index = self.index;
                 t.subgraph = self.subgraph;
             }
             none => {
-                *none = Some(TaskRef {
-                    id: self.name.clone(),
-                    index: self.index,
-                    subgraph: self.subgraph,
-                })
+                *none = Some(TaskRef::in_table(
+                    self.names,
+                    self.index,
+                    self.index,
+                    self.subgraph,
+                ))
             }
         }
         // The executor's plain data over the same kind is one field written in place: the
@@ -293,7 +299,7 @@ impl EventFilter {
             return false;
         }
         match &self.task {
-            Some(task) => Arc::ptr_eq(v.name, task) || **v.name == **task,
+            Some(task) => Arc::ptr_eq(v.name(), task) || **v.name() == **task,
             None => true,
         }
     }
@@ -315,7 +321,7 @@ impl EventFilter {
         }
         if let Some(task) = &self.task {
             match &event.source.task {
-                Some(t) if Arc::ptr_eq(&t.id, task) || t.id == *task => {}
+                Some(t) if t.is(task) => {}
                 _ => return false,
             }
         }
@@ -1245,10 +1251,16 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    fn view<'a>(name: &'a Arc<str>, workflow: u64, data: &'a EventData) -> TaskView<'a> {
+    /// A graph's names, task 3 being `id` (the task of `view`).
+    fn table(id: &str) -> Arc<[Arc<str>]> {
+        let id: Arc<str> = id.into();
+        (0..4).map(|_| id.clone()).collect()
+    }
+
+    fn view<'a>(names: &'a Arc<[Arc<str>]>, workflow: u64, data: &'a EventData) -> TaskView<'a> {
         TaskView {
             workflow,
-            name,
+            names,
             index: 3,
             subgraph: false,
             ts: 5,
@@ -1265,7 +1277,7 @@ mod tests {
 
     #[test]
     fn lent_events_are_whole_when_built_inside_one_another() {
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (a, b) = (table("a"), table("b"));
         let started = EventData::TaskStarted { attempt: 2 };
         let failed = EventData::TaskFailed {
             attempt: 1,
@@ -1302,7 +1314,7 @@ mod tests {
     fn a_refilled_event_carries_the_new_attempt_and_data() {
         // Events of one kind one after the other (the scratch's data written in place), then
         // of other kinds: each lent event is the one its view stands for.
-        let a: Arc<str> = "a".into();
+        let a = table("a");
         let completed = |attempt| EventData::TaskCompleted {
             attempt,
             output: None,
@@ -1360,12 +1372,12 @@ mod tests {
             },
         ];
         let mut stream = bus.stream(EventFilter::all().task("b"), 8);
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let (a, b) = (table("a"), table("b"));
         let data = EventData::TaskStarted { attempt: 2 };
         let cache = bus.receivers_cache();
         bus.publish_task(Some(&cache), &view(&a, 1, &data));
         bus.publish_task(Some(&cache), &view(&b, 2, &data));
-        bus.publish_task(None, &view(&String::from("a").into(), 2, &data));
+        bus.publish_task(None, &view(&table("a"), 2, &data));
         let count = |n: &AtomicUsize| n.load(Relaxed);
         assert_eq!(count(&all), 3);
         assert_eq!(count(&only_a), 2, "by id, not only by pointer");
@@ -1414,7 +1426,7 @@ mod tests {
                 (run == 1).then(|| p.clone() as Arc<dyn RunHook>)
             },
         );
-        let name: Arc<str> = "t".into();
+        let name = table("t");
         let started = EventData::TaskStarted { attempt: 1 };
         let done = EventData::TaskCompleted {
             attempt: 1,
@@ -1451,7 +1463,7 @@ mod tests {
             },
             |_| None,
         );
-        let name: Arc<str> = "t".into();
+        let name = table("t");
         let started = EventData::TaskStarted { attempt: 1 };
         let cache = bus.receivers_cache();
         assert_ne!(cache.solo[EventKind::TaskStarted as usize], NO_SUB);
@@ -1475,7 +1487,7 @@ mod tests {
         let cache = bus.receivers_cache();
         let n = Arc::new(AtomicUsize::new(0));
         let sub = bus.subscribe(EventFilter::all(), counter(&n));
-        let name: Arc<str> = "t".into();
+        let name = table("t");
         let data = EventData::TaskCompleted {
             attempt: 1,
             output: None,
@@ -1512,7 +1524,7 @@ mod tests {
         let _sub = bus.subscribe(EventFilter::all(), counter(&n));
         bus.add_middleware(|e| (e.source.task_id() != Some("drop")).then_some(e));
         let data = EventData::TaskStarted { attempt: 1 };
-        let (keep, dropped): (Arc<str>, Arc<str>) = ("keep".into(), "drop".into());
+        let (keep, dropped) = (table("keep"), table("drop"));
         let cache = bus.receivers_cache();
         bus.publish_task(Some(&cache), &view(&keep, 1, &data));
         bus.publish_task(Some(&cache), &view(&dropped, 1, &data));

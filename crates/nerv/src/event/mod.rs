@@ -159,20 +159,117 @@ impl Source {
 
     /// The task's id, if any.
     pub fn task_id(&self) -> Option<&str> {
-        self.task.as_ref().map(|t| &*t.id)
+        self.task.as_ref().map(TaskRef::id)
     }
 }
 
 /// A task as named in events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its id is read with [`id`](Self::id). The executor's events share their graph's table of
+/// task names instead of holding one name each, so that rebuilding an event for the next
+/// task costs no reference count of the task's name (an atomic increment and decrement, and
+/// a cache line of the name, per event and task, seen in profiles).
+#[derive(Clone)]
 pub struct TaskRef {
-    /// The task's id; `parent/child` for a task of a subgraph.
-    pub id: Arc<str>,
+    name: TaskName,
     /// Its index in its graph (the top graph's index when `subgraph` is false).
     pub index: u32,
     /// Whether it belongs to a subgraph added at run time (its index is then in that
     /// subgraph's own graph).
     pub subgraph: bool,
+}
+
+/// Where a [`TaskRef`]'s id is.
+#[derive(Clone)]
+enum TaskName {
+    /// The id itself.
+    Own(Arc<str>),
+    /// Entry `at` of a graph's names (the executor's; `at` is always in range).
+    Table { names: Arc<[Arc<str>]>, at: u32 },
+}
+
+impl TaskRef {
+    /// The task `id` (`parent/child` for a task of a subgraph), at `index` in its graph.
+    pub fn new(id: impl Into<Arc<str>>, index: u32, subgraph: bool) -> Self {
+        TaskRef {
+            name: TaskName::Own(id.into()),
+            index,
+            subgraph,
+        }
+    }
+
+    /// The task of entry `at` of `names` (in range).
+    pub(crate) fn in_table(names: &Arc<[Arc<str>]>, at: u32, index: u32, subgraph: bool) -> Self {
+        debug_assert!((at as usize) < names.len());
+        TaskRef {
+            name: TaskName::Table {
+                names: names.clone(),
+                at,
+            },
+            index,
+            subgraph,
+        }
+    }
+
+    /// Makes this the task of entry `at` of `names` (in range), without touching the names'
+    /// reference counts when it already points into `names`.
+    #[inline(always)]
+    pub(crate) fn point_into(&mut self, names: &Arc<[Arc<str>]>, at: u32) {
+        debug_assert!((at as usize) < names.len());
+        match &mut self.name {
+            TaskName::Table { names: n, at: a } if Arc::ptr_eq(n, names) => *a = at,
+            other => {
+                *other = TaskName::Table {
+                    names: names.clone(),
+                    at,
+                }
+            }
+        }
+    }
+
+    /// The task's id; `parent/child` for a task of a subgraph.
+    #[inline]
+    pub fn id(&self) -> &str {
+        match &self.name {
+            TaskName::Own(id) => id,
+            TaskName::Table { names, at } => &names[*at as usize],
+        }
+    }
+
+    /// The task's id, shared (no copy of the string).
+    pub fn shared_id(&self) -> Arc<str> {
+        match &self.name {
+            TaskName::Own(id) => id.clone(),
+            TaskName::Table { names, at } => names[*at as usize].clone(),
+        }
+    }
+
+    /// Whether the id is `id`, compared by pointer first.
+    pub(crate) fn is(&self, id: &Arc<str>) -> bool {
+        let mine = match &self.name {
+            TaskName::Own(own) => own,
+            TaskName::Table { names, at } => &names[*at as usize],
+        };
+        Arc::ptr_eq(mine, id) || **mine == **id
+    }
+}
+
+impl PartialEq for TaskRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index && self.subgraph == other.subgraph && self.id() == other.id()
+    }
+}
+
+impl Eq for TaskRef {}
+
+impl fmt::Debug for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskRef")
+            .field("id", &self.id())
+            .field("index", &self.index)
+            .field("subgraph", &self.subgraph)
+            .finish()
+    }
 }
 
 /// A running task's report of how far it got.
@@ -418,5 +515,28 @@ mod tests {
         assert_eq!(e.signal_name(), "TASK_STARTED");
         assert!(e.kind().is_task());
         assert!(!EventKind::WorkflowFailed.is_task());
+    }
+
+    #[test]
+    fn a_task_ref_into_a_names_table_reads_and_compares_as_its_own_id() {
+        let names: Arc<[Arc<str>]> = ["a", "b", "c"].map(Arc::<str>::from).into();
+        let mut t = TaskRef::in_table(&names, 1, 1, false);
+        assert_eq!(t.id(), "b");
+        assert_eq!(&*t.shared_id(), "b");
+        assert_eq!(t, TaskRef::new("b", 1, false));
+        assert_ne!(t, TaskRef::new("c", 1, false));
+        assert!(t.is(&Arc::from("b")) && !t.is(&names[0]));
+        assert!(format!("{t:?}").contains("\"b\""));
+        // Pointed at another task of the same table: no reference taken to the table.
+        let refs = Arc::strong_count(&names);
+        t.point_into(&names, 2);
+        assert_eq!((t.id(), Arc::strong_count(&names)), ("c", refs));
+        // Into another table (or from an id of its own): that table is held.
+        let other: Arc<[Arc<str>]> = ["x"].map(Arc::<str>::from).into();
+        t.point_into(&other, 0);
+        assert_eq!((t.id(), Arc::strong_count(&names)), ("x", refs - 1));
+        let mut own = TaskRef::new("z", 0, true);
+        own.point_into(&names, 0);
+        assert_eq!(own.id(), "a");
     }
 }

@@ -91,7 +91,7 @@ pub(crate) struct Observer {
     /// The bus's receivers when the run was created (used while they do not change).
     receivers: Receivers,
     /// The tasks' full ids, shared by their events; built on the first task event.
-    names: OnceLock<Box<[Arc<str>]>>,
+    names: OnceLock<Arc<[Arc<str>]>>,
     /// The id of the top run (the workflow) this run belongs to.
     pub(crate) workflow: u64,
     /// Whether this run is a subgraph's.
@@ -300,7 +300,7 @@ impl Runner {
             Some(&o.receivers),
             &TaskView {
                 workflow: o.workflow,
-                name: self.name_ref(o, node),
+                names: self.names(o),
                 index: node,
                 subgraph: o.subgraph,
                 ts: self.nanos_at(at.unwrap_or_else(|| self.env.clock.raw())),
@@ -326,20 +326,16 @@ impl Runner {
     fn task_source(&self, o: &Observer, node: u32) -> Source {
         Source {
             workflow: Some(o.workflow),
-            task: Some(TaskRef {
-                id: self.name_arc(o, node),
-                index: node,
-                subgraph: o.subgraph,
-            }),
+            task: Some(TaskRef::in_table(self.names(o), node, node, o.subgraph)),
         }
     }
 
     fn name_arc(&self, o: &Observer, node: u32) -> Arc<str> {
-        self.name_ref(o, node).clone()
+        self.names(o)[node as usize].clone()
     }
 
-    /// The task's full id, shared by its events.
-    fn name_ref<'a>(&'a self, o: &'a Observer, node: u32) -> &'a Arc<str> {
+    /// The tasks' full ids, by node, shared by their events.
+    fn names<'a>(&'a self, o: &'a Observer) -> &'a Arc<[Arc<str>]> {
         let ids = &self.graph.0.ids;
         let names = if self.prefix.is_empty() {
             // A top run's names are the graph's own: shared by all its runs.
@@ -347,7 +343,7 @@ impl Runner {
         } else {
             &o.names
         };
-        let names = names.get_or_init(|| {
+        names.get_or_init(|| {
             // Built once per graph (per subgraph run), by the first event that needs one: a
             // top run's names are its ids as they are (no formatting: a tenth of the first
             // observed run of a graph of empty tasks went to `format!` here).
@@ -359,8 +355,7 @@ impl Runner {
             (0..self.graph.len())
                 .map(|i| Arc::from(format!("{}{}", self.prefix, ids.get(i))))
                 .collect()
-        });
-        &names[node as usize]
+        })
     }
 
     /// Publishes a memo lookup of `node` (hit or miss).

@@ -986,7 +986,7 @@ pub(crate) struct GraphInner {
     graph: u32,
     /// The tasks' ids as shared strings for events; built when a run first publishes a task
     /// event, then shared by every run of the graph.
-    pub(crate) names: std::sync::OnceLock<Box<[Arc<str>]>>,
+    pub(crate) names: std::sync::OnceLock<Arc<[Arc<str>]>>,
     /// Codecs of persisted tasks, by node (empty when none is persisted).
     pub(crate) codecs: Box<[Option<Arc<dyn codec::Codec>>]>,
 }

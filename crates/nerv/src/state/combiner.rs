@@ -766,11 +766,7 @@ mod tests {
         Event::new(
             Source {
                 workflow: Some(run),
-                task: Some(TaskRef {
-                    id: Arc::from(format!("t{index}")),
-                    index,
-                    subgraph: false,
-                }),
+                task: Some(TaskRef::new(format!("t{index}"), index, false)),
             },
             data,
         )

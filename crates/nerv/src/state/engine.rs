@@ -316,7 +316,7 @@ impl WorkflowState {
     fn apply_task(&mut self, task: &TaskRef, data: &EventData, ts: u64) {
         if task.subgraph {
             self.subtasks
-                .entry(task.id.clone())
+                .entry(task.shared_id())
                 .or_insert(TaskState::PENDING)
                 .apply(data, ts);
             return;
@@ -543,11 +543,7 @@ mod tests {
             UNIX_EPOCH + Duration::from_secs(10 + u64::from(index)),
             Source {
                 workflow: Some(run),
-                task: Some(TaskRef {
-                    id: Arc::from(format!("t{index}")),
-                    index,
-                    subgraph: false,
-                }),
+                task: Some(TaskRef::new(format!("t{index}"), index, false)),
             },
             data,
         )

@@ -290,10 +290,21 @@ mod tests {
     use crate::state::task::TaskState;
     use std::sync::Arc;
 
-    fn view<'a>(name: &'a Arc<str>, index: u32, ts: u64, data: &'a EventData) -> TaskView<'a> {
+    /// The names of a graph of `n` tasks (all `t`).
+    fn table(n: usize) -> Arc<[Arc<str>]> {
+        let id: Arc<str> = Arc::from("t");
+        (0..n).map(|_| id.clone()).collect()
+    }
+
+    fn view<'a>(
+        names: &'a Arc<[Arc<str>]>,
+        index: u32,
+        ts: u64,
+        data: &'a EventData,
+    ) -> TaskView<'a> {
         TaskView {
             workflow: 7,
-            name,
+            names,
             index,
             subgraph: false,
             ts,
@@ -304,7 +315,7 @@ mod tests {
     #[test]
     fn a_fold_gives_the_state_of_the_events_one_by_one() {
         // Each task's events as the executor publishes them: in order, one final event.
-        let name: Arc<str> = Arc::from("t");
+        let name = table(1000);
         let events = [
             (1, 10, EventData::TaskStarted { attempt: 1 }),
             (1, 11, EventData::MemoMiss),
@@ -362,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_table_takes_only_its_run_s_plain_top_graph_events_while_attached() {
-        let name: Arc<str> = Arc::from("t");
+        let name = table(1000);
         let live = LiveRun::new(7, 2, 1, None, 2);
         let started = EventData::TaskStarted { attempt: 1 };
         let progress = EventData::TaskProgress(crate::event::Progress {
@@ -403,8 +414,8 @@ mod tests {
 
     #[test]
     fn writers_on_two_threads_lose_nothing_to_concurrent_folds() {
-        let name: Arc<str> = Arc::from("t");
         let n = 20_000u32;
+        let name = table(n as usize);
         let live = Arc::new(LiveRun::new(7, n as usize, 2, None, 100));
         let mut wf = WorkflowState::with_pending(n as usize);
         std::thread::scope(|s| {
@@ -441,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_fold_counts_slots_past_the_state_s_tasks_as_ignored() {
-        let name: Arc<str> = Arc::from("t");
+        let name = table(1000);
         let done = EventData::TaskCompleted {
             attempt: 1,
             output: None,
@@ -459,7 +470,7 @@ mod tests {
 
     #[test]
     fn recycled_slots_start_from_nothing() {
-        let name: Arc<str> = Arc::from("t");
+        let name = table(1000);
         let done = EventData::TaskCompleted {
             attempt: 3,
             output: None,
@@ -495,7 +506,7 @@ mod tests {
     #[ignore = "prints a figure; run it on its own, in release"]
     fn fold_rate() {
         let n = 1_000_000u32;
-        let name: Arc<str> = Arc::from("t");
+        let name = table(n as usize);
         let st = EventData::TaskStarted { attempt: 1 };
         let done = EventData::TaskCompleted {
             attempt: 1,
