@@ -417,9 +417,13 @@ pub(crate) struct Receivers {
     runs: Box<[RunCell]>,
     /// Whether every event takes the general path (middleware or a history).
     general: bool,
-    /// Per kind (by its number), the indices of the subscriptions whose filter takes it: a
-    /// task event visits only those.
-    by_kind: Box<[Box<[u32]>]>,
+    /// Per kind (by its number), the subscriptions whose filter takes it: a task event
+    /// visits only those.
+    by_kind: Box<[Box<[Taker]>]>,
+    /// Per kind (by its number), whether one of `by_kind`'s handlers takes every event of the
+    /// kind (its filter names no workflow and no task): the event is then built without
+    /// asking the filters.
+    always_built: u32,
     /// The kinds some stream takes.
     stream_kinds: u32,
     /// Per kind (by its number), the subscription that is its only receiver, if that has a
@@ -429,6 +433,37 @@ pub(crate) struct Receivers {
 
 /// No subscription (in [`Receivers::solo`]).
 const NO_SUB: u32 = u32::MAX;
+
+/// A subscription that may take a kind of task event (in [`Receivers::by_kind`]).
+#[derive(Debug, Clone, Copy)]
+struct Taker {
+    /// Its index in the registry.
+    sub: u32,
+    /// Whether it takes events unbuilt (a task hook).
+    hook: bool,
+    /// Whether its filter takes every event of the kind (no workflow, no task named).
+    open: bool,
+}
+
+impl Taker {
+    /// Subscription `sub` of `reg`, if its filter takes kind `k` (by its number) of task event.
+    fn of(reg: &Registry, sub: u32, k: u32) -> Option<Taker> {
+        let s = &reg.subs[sub as usize];
+        let f = &s.filter;
+        // A named filter takes only custom events, which take the general path.
+        (f.kinds & (1 << k) != 0 && f.name.is_none()).then_some(Taker {
+            sub,
+            hook: s.task_hook.is_some(),
+            open: f.workflow.is_none() && f.task.is_none(),
+        })
+    }
+
+    /// Whether it takes task event `v`.
+    #[inline(always)]
+    fn takes(self, reg: &Registry, kind: EventKind, v: &TaskView<'_>) -> bool {
+        self.open || reg.subs[self.sub as usize].filter.matches_task(kind, v)
+    }
+}
 
 impl fmt::Debug for Receivers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -805,7 +840,10 @@ impl EventBus {
             {
                 self.publish(v.to_event());
             } else {
-                self.deliver_task(&reg, 0..reg.subs.len() as u32, &[], true, v);
+                let takers: Vec<Taker> = (0..reg.subs.len() as u32)
+                    .filter_map(|i| Taker::of(&reg, i, kind as u32))
+                    .collect();
+                self.deliver_task(&reg, &takers, &[], (true, false), kind, v);
             }
             return;
         };
@@ -823,66 +861,77 @@ impl EventBus {
             }
             return;
         }
-        self.deliver_task(
-            &c.registry,
-            c.by_kind[k].iter().copied(),
-            &c.runs,
+        let flags = (
             c.stream_kinds & kind.bit() != 0,
-            v,
+            c.always_built & kind.bit() != 0,
         );
+        self.deliver_task(&c.registry, &c.by_kind[k], &c.runs, flags, kind, v);
     }
 
-    /// Delivers task event `v` to the subscriptions `subs` (indices into `reg.subs`, in
-    /// order; each is still matched against its filter), with their per-run receivers
-    /// `runs` (empty: none), and to the matching streams if `streams`.
+    /// Delivers task event `v` of kind `kind` to the subscriptions `takers` (in order; each
+    /// is still matched against its filter, unless open), with their per-run receivers
+    /// `runs` (by subscription; empty: none), and to the matching streams if `streams`.
+    /// `built`: some open handler takes it (the event is built without asking the filters).
     #[inline]
     fn deliver_task(
         &self,
         reg: &Registry,
-        subs: impl Iterator<Item = u32> + Clone,
+        takers: &[Taker],
         runs: &[RunCell],
-        streams: bool,
+        (streams, built): (bool, bool),
+        kind: EventKind,
         v: &TaskView<'_>,
     ) {
-        let kind = v.data.kind();
         // Built once, before delivering, if a handler or a stream takes it (built into a
         // variable that is then only lent: no copy of the event per receiver).
-        let wanted = subs.clone().any(|i| {
-            let s = &reg.subs[i as usize];
-            s.task_hook.is_none() && s.filter.matches_task(kind, v)
-        }) || (streams && reg.streams.iter().any(|s| s.filter.matches_task(kind, v)));
-        let deliver = |event: Option<&Event>| {
-            let mut dead: Vec<u64> = Vec::new();
-            for i in subs {
-                let s = &reg.subs[i as usize];
-                if !s.filter.matches_task(kind, v) {
-                    continue;
-                }
-                match (&s.task_hook, event) {
-                    (Some(hook), _) => to_hook(kind, hook, runs.get(i as usize), v),
-                    (None, Some(e)) => {
-                        if call_guarded(kind, || (s.handler)(e)) == Some(false) {
-                            dead.push(s.id);
-                        }
-                    }
-                    (None, None) => unreachable!("a handler took the event: it was built"),
-                }
+        let wanted = built
+            || takers.iter().any(|t| !t.hook && t.takes(reg, kind, v))
+            || (streams && reg.streams.iter().any(|s| s.filter.matches_task(kind, v)));
+        if wanted {
+            v.with_event(|e| self.deliver_to(reg, takers, runs, streams, kind, v, Some(e)));
+        } else {
+            self.deliver_to(reg, takers, runs, false, kind, v, None);
+        }
+    }
+
+    /// [`deliver_task`](Self::deliver_task)'s deliveries, with the event if it was built.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn deliver_to(
+        &self,
+        reg: &Registry,
+        takers: &[Taker],
+        runs: &[RunCell],
+        streams: bool,
+        kind: EventKind,
+        v: &TaskView<'_>,
+        event: Option<&Event>,
+    ) {
+        let mut dead: Vec<u64> = Vec::new();
+        for &t in takers {
+            if !t.takes(reg, kind, v) {
+                continue;
             }
-            if let (true, Some(e)) = (streams, event) {
-                for s in &reg.streams {
-                    if s.filter.matches_task(kind, v) && s.tx.send(e.clone()).is_err() {
+            let s = &reg.subs[t.sub as usize];
+            match (&s.task_hook, event) {
+                (Some(hook), _) => to_hook(kind, hook, runs.get(t.sub as usize), v),
+                (None, Some(e)) => {
+                    if call_guarded(kind, || (s.handler)(e)) == Some(false) {
                         dead.push(s.id);
                     }
                 }
+                (None, None) => unreachable!("a handler took the event: it was built"),
             }
-            if !dead.is_empty() {
-                self.inner.remove(&dead);
+        }
+        if let (true, Some(e)) = (streams, event) {
+            for s in &reg.streams {
+                if s.filter.matches_task(kind, v) && s.tx.send(e.clone()).is_err() {
+                    dead.push(s.id);
+                }
             }
-        };
-        if wanted {
-            v.with_event(|e| deliver(Some(e)));
-        } else {
-            deliver(None);
+        }
+        if !dead.is_empty() {
+            self.inner.remove(&dead);
         }
     }
 
@@ -895,26 +944,22 @@ impl EventBus {
         let registry = self.inner.registry.load_full();
         // Per kind, the subscriptions that may take it (a named filter takes custom events
         // only, which take the general path).
-        let by_kind: Box<[Box<[u32]>]> = (0..u32::BITS)
+        let by_kind: Box<[Box<[Taker]>]> = (0..u32::BITS)
             .map(|k| {
                 (0..registry.subs.len() as u32)
-                    .filter(|&i| {
-                        let f = &registry.subs[i as usize].filter;
-                        f.kinds & (1 << k) != 0 && f.name.is_none()
-                    })
+                    .filter_map(|i| Taker::of(&registry, i, k))
                     .collect()
             })
             .collect();
+        let always_built = (0..u32::BITS)
+            .filter(|&k| by_kind[k as usize].iter().any(|t| t.open && !t.hook))
+            .fold(0, |m, k| m | 1 << k);
         let stream_kinds = registry.streams.iter().fold(0, |m, s| m | s.filter.kinds);
         let solo = by_kind
             .iter()
             .enumerate()
-            .map(|(k, subs)| match **subs {
-                [i] if registry.subs[i as usize].task_hook.is_some()
-                    && stream_kinds & (1 << k) == 0 =>
-                {
-                    i
-                }
+            .map(|(k, takers)| match **takers {
+                [t] if t.hook && stream_kinds & (1 << k) == 0 => t.sub,
                 _ => NO_SUB,
             })
             .collect();
@@ -925,6 +970,7 @@ impl EventBus {
             runs: registry.subs.iter().map(|_| OnceLock::new()).collect(),
             general: !registry.middleware.is_empty() || self.inner.history.is_some(),
             by_kind,
+            always_built,
             registry,
             bus: Arc::downgrade(&self.inner),
         }

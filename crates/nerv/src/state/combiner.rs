@@ -32,8 +32,8 @@
 //!   event was published after every event of its tasks, so the round that applies it folds
 //!   them all, then detaches and forgets the table. A slot holds the merge of its task's plain
 //!   events, which commutes with the task's other events, so folding it in any round gives the
-//!   same state. Every `8 × batch` writes a writer asks for a round (as a full shard does), so
-//!   folding keeps pace with the run.
+//!   same state. Every `64 × batch` writes a writer asks for a round (as a full shard does), so
+//!   folding keeps pace with the run (`README.md` says why not more often).
 //! - `dirty` is set, under a shard lock, by every push; cleared by a publishing round before it
 //!   drains the shards, and set again by a round that held ops back or that leaves a run
 //!   started and not ended (its live table may get writes at any time): while it is clear, the
@@ -434,7 +434,7 @@ impl EngineProjector {
                     .position(|s| s.len() >= n && s.len() <= n.saturating_mul(2).max(4096));
                 fit.map(|i| spare.swap_remove(i))
             };
-            let fold_every = 8 * sh.batch as u64;
+            let fold_every = 64 * sh.batch as u64;
             Arc::new(LiveHook {
                 table: LiveRun::new(run, n, sh.shards.len(), slots, fold_every),
                 shared: Arc::downgrade(&self.shared),
