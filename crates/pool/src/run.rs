@@ -522,22 +522,24 @@ impl<R: NodeRunner> RunInner<R> {
     /// A counter counts the predecessors that finished, up from zero (a run's counters start
     /// as zeroed memory, so that setting up a run writes nothing per node), and compares with
     /// the in-degree that the entry carries (read from the Dag only when it is 4 or more). A
-    /// node with one predecessor is ready at once, without touching its counter. A counter
-    /// that reads `in_degree - 1` means every other predecessor has already counted itself:
-    /// this release is the last one and needs no RMW. The Acquire load pairs with the other
-    /// predecessors' releasing increments.
+    /// node with one predecessor is ready at once, without touching its counter. For an
+    /// in-degree of 2 or 3, a counter that reads `in_degree - 1` means every other
+    /// predecessor has already counted itself: this release is the last one and needs no RMW
+    /// (the Acquire load pairs with the other predecessors' releasing increments). A node of
+    /// higher in-degree (a fan-in) is counted by the RMW alone: there the load would almost
+    /// never find the last release, and it costs a second transfer of a contended line
+    /// (read shared, then owned).
     #[inline(always)]
     fn count_release(&self, t: u32) -> bool {
         let (s, small) = (t & NODE_MASK, t >> NODE_BITS);
         if small == 1 {
             return true;
         }
-        let last = if small == 0 {
-            self.dag.in_degree(s) - 1
-        } else {
-            small - 1
-        };
         let c = &self.counters[s as usize];
+        if small == 0 {
+            return c.fetch_add(1, AcqRel) == self.dag.in_degree(s) - 1;
+        }
+        let last = small - 1;
         c.load(Acquire) == last || c.fetch_add(1, AcqRel) == last
     }
 
