@@ -654,6 +654,68 @@ mod failure {
     /// failures, panics, skips, retries, cancellation and outputs are as on any other path.
     #[test]
     fn a_lean_run_of_a_plain_graph_fails_skips_retries_and_passes_outputs() {
+        plain_graph_runs(&exec(2), RunOptions::default().timing(Timing::Off));
+    }
+
+    /// With events and timestamps (a direct run: the same compiled loop, each task between
+    /// its events), a plain graph runs as above, and every task's events come in order.
+    #[test]
+    fn a_direct_run_of_a_plain_graph_publishes_each_task_s_events_in_order() {
+        let bus = nerv::EventBus::new();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let _sub = bus.subscribe(nerv::EventFilter::all(), move |e: &nerv::Event| {
+            if let Some(t) = e.source.task_id() {
+                s.lock().unwrap().push((t.to_string(), e.kind()));
+            }
+        });
+        let exec = Executor::builder().workers(2).events(bus.clone()).build();
+        plain_graph_runs(&exec, RunOptions::default().timing(Timing::Tasks));
+        use nerv::EventKind::*;
+        let seen = seen.lock().unwrap();
+        // The last run's (`nine` retried) events of three tasks, in order.
+        let last = seen.len() - seen.iter().rev().position(|(t, _)| t == "one").unwrap() - 1;
+        let first_of_last = seen[..=last]
+            .iter()
+            .rposition(|(t, k)| t == "one" && *k == TaskPending)
+            .unwrap();
+        let of = |task: &str| -> Vec<nerv::EventKind> {
+            seen[first_of_last..]
+                .iter()
+                .filter(|(t, _)| t == task)
+                .map(|&(_, k)| k)
+                .collect()
+        };
+        assert_eq!(of("one"), [TaskPending, TaskStarted, TaskCompleted]);
+        assert_eq!(
+            of("nine"),
+            [
+                TaskPending,
+                TaskStarted,
+                TaskRetrying,
+                TaskStarted,
+                TaskCompleted
+            ]
+        );
+        assert_eq!(of("after"), [TaskPending, TaskStarted, TaskCompleted]);
+        // In the first run: a failure, a panic and the skips they cause.
+        let first: Vec<_> = seen.iter().take_while(|(t, _)| t != "one").collect();
+        let kinds = |task: &str| -> Vec<nerv::EventKind> {
+            first
+                .iter()
+                .filter(|(t, _)| t == task)
+                .map(|&&(_, k)| k)
+                .collect()
+        };
+        assert_eq!(kinds("a"), [TaskPending, TaskStarted, TaskCompleted]);
+        assert_eq!(kinds("e"), [TaskPending, TaskStarted, TaskFailed]);
+        assert_eq!(kinds("p2"), [TaskPending, TaskStarted, TaskFailed]);
+        assert_eq!(kinds("f"), [TaskPending, TaskSkipped]);
+    }
+
+    /// Runs plain graphs (one closure type, no task options) with `opts` (a run-wide retry
+    /// policy is added for the last run) on `exec`, and checks their reports.
+    fn plain_graph_runs(exec: &Executor, opts: RunOptions) {
         quiet_expected_panics();
         // Output: 1 + the sum of the inputs; 5 fails, 7 panics, 9 fails on its first attempt.
         fn link(g: &mut nerv::GraphBuilder, name: &str, ins: Vec<Handle<u64>>) -> Handle<u64> {
@@ -681,8 +743,7 @@ mod failure {
         let r = link(&mut g, "r", vec![q, d]); // 11
         let n = link(&mut g, "n", vec![d, c]); // 8
         let graph = g.build().unwrap();
-        let lean = RunOptions::default().timing(Timing::Off);
-        let report = exec(2).run_with(&graph, lean.clone());
+        let report = exec.run_with(&graph, opts.clone());
         assert_eq!(report.result(e).status, TaskStatus::Failed, "{report}");
         assert_eq!(error_message(&report, "e"), "five");
         let panicked = report.result(p2);
@@ -712,10 +773,10 @@ mod failure {
         let nine = link(&mut g, "nine", vec![one; 8]);
         let after = link(&mut g, "after", vec![nine]); // 10
         let graph = g.build().unwrap();
-        let report = exec(2).run_with(&graph, lean.clone());
+        let report = exec.run_with(&graph, opts.clone());
         assert_eq!(report.result(nine).status, TaskStatus::Failed, "{report}");
         assert_eq!(report.result(after).status, TaskStatus::Skipped);
-        let report = exec(2).run_with(&graph, lean.retry(RetryPolicy::attempts(2).backoff(ms(1))));
+        let report = exec.run_with(&graph, opts.retry(RetryPolicy::attempts(2).backoff(ms(1))));
         assert_eq!(report.result(nine).attempts, 2, "{report}");
         assert_eq!(report.output(after), Some(&10));
     }

@@ -147,6 +147,10 @@ pub(crate) struct Runner {
     /// (their level disabled as the run starts): a plain graph's tasks then take a copy of the
     /// path that checks none of them (see `run_node` and `run_lean_plain`).
     lean: bool,
+    /// No restore, no run-wide timeout, no task spans (as for `lean`, but events and
+    /// timestamps allowed): a plain graph's tasks then run in the inline loop compiled for
+    /// its body type, with their events (see `run_direct_plain`).
+    direct: bool,
 }
 
 impl Runner {
@@ -181,11 +185,8 @@ impl Runner {
             subgraph: parent.is_some(),
         });
         // Task spans are made when their level is enabled as the run starts, as its own span.
-        let lean = obs.is_none()
-            && restore.is_none()
-            && stamps == 0
-            && opts.timeout.is_none()
-            && !task_spans_enabled();
+        let direct = restore.is_none() && opts.timeout.is_none() && !task_spans_enabled();
+        let lean = direct && obs.is_none() && stamps == 0;
         let span = match &parent {
             Some(p) => {
                 tracing::info_span!(parent: &p.handle.runner().span, "subgraph", run = run_id, task = %prefix)
@@ -197,6 +198,7 @@ impl Runner {
             span,
             scope: OnceLock::new(),
             lean,
+            direct,
             restore,
             holding: Mutex::new(HashSet::new()),
             fallbacks: Mutex::new(Vec::new()),
@@ -1198,9 +1200,9 @@ impl NodeRunner for Runner {
 
     #[inline]
     fn run_inline(&self, lp: Inline<'_, '_, Self>) {
-        // A lean run of a plain graph: the graph's one chunk runs the loop, compiled for its
-        // body type.
-        if self.graph.0.plain && self.lean {
+        // A lean or direct run of a plain graph: the graph's one chunk runs the loop,
+        // compiled for its body type.
+        if self.graph.0.plain && self.direct {
             if let Some(chunk) = self.graph.0.chunks.first() {
                 return chunk.run_inline(self, lp);
             }
@@ -1210,12 +1212,79 @@ impl NodeRunner for Runner {
 }
 
 impl Runner {
-    /// The inline loop of a lean run of a plain graph, whose bodies are `bodies`, a chunk of
-    /// one known type: each task's path, its body included, is compiled into the loop (no
-    /// call through a pointer per task). Called by the chunk (`BodyChunk::run_inline`).
+    /// The inline loop of a lean or direct run of a plain graph, whose bodies are `bodies`, a
+    /// chunk of one known type: each task's path, its body included, is compiled into the
+    /// loop (no call through a pointer per task). Called by the chunk
+    /// (`BodyChunk::run_inline`).
     #[inline(always)]
     pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, lp: Inline<'_, '_, Self>) {
-        lp.run_each(|cx| self.run_lean_plain(cx, bodies))
+        if self.lean {
+            lp.run_each(|cx| self.run_lean_plain(cx, bodies))
+        } else {
+            lp.run_each(|cx| self.run_direct_plain(cx, bodies))
+        }
+    }
+
+    /// A task of a direct run (`Runner::direct`) of a plain graph: on its first run, with
+    /// every predecessor completed and the run not cancelled, one attempt between its started
+    /// and completed events and stamps, with nothing else around it (no restore, no timeout,
+    /// no task span, no option to check); anything else takes the general path.
+    #[inline(always)]
+    fn run_direct_plain<C: Bodies>(&self, ncx: &NodeCx<'_, Self>, bodies: &C) -> Verdict {
+        let first = ncx.is_first_run();
+        if !first || ncx.upstream() != Upstream::Ok || self.cancel.is_cancelled() {
+            return self.run_node::<true, false, C>(ncx, bodies, first);
+        }
+        let node = ncx.node();
+        self.attempt_started(node, 1);
+        let cx = TaskContext {
+            ncx,
+            runner: self,
+            attempt: 1,
+            deadline: None,
+        };
+        let res = start_caught(bodies, 0, node, &cx);
+        if let Ok(Started::Done) = res {
+            self.completed(node, 1);
+            return Verdict::Completed;
+        }
+        match self.direct_outcome(&cx, res) {
+            Some(v) => v,
+            // Retried at once: the next attempts on the general path.
+            None => self.run_node::<true, false, C>(ncx, bodies, false),
+        }
+    }
+
+    /// [`outcome`](Self::outcome) of a direct run's first attempt that did not complete at
+    /// once.
+    #[cold]
+    #[inline(never)]
+    fn direct_outcome(
+        &self,
+        cx: &TaskContext<'_>,
+        res: Result<Started, TaskError>,
+    ) -> Option<Verdict> {
+        self.outcome::<false>(cx, res, None, None)
+    }
+
+    /// Records the start of attempt `attempt` of `node`: its first attempt's start time (if
+    /// the run records them) and its `TaskStarted` event (if anyone listens).
+    #[inline(always)]
+    fn attempt_started(&self, node: u32, attempt: u32) {
+        let mut at = None;
+        if attempt == 1 {
+            if let Some(s) = self.started.get(node as usize) {
+                let raw = self.env.clock.raw();
+                s.store(raw, Relaxed);
+                at = Some(raw);
+            }
+        }
+        self.emit_task_at(
+            node,
+            at,
+            || EventData::TaskStarted { attempt },
+            EventKind::TaskStarted,
+        );
     }
 
     /// A task of a lean run of a plain graph: on its first run, with every predecessor
@@ -1360,20 +1429,7 @@ impl Runner {
                 attempt
             };
             if !LEAN {
-                let mut at = None;
-                if attempt == 1 {
-                    if let Some(s) = self.started.get(node as usize) {
-                        let raw = self.env.clock.raw();
-                        s.store(raw, Relaxed);
-                        at = Some(raw);
-                    }
-                }
-                self.emit_task_at(
-                    node,
-                    at,
-                    || EventData::TaskStarted { attempt },
-                    EventKind::TaskStarted,
-                );
+                self.attempt_started(node, attempt);
             }
             // The fast path: no circuit permit, no task span. The span is made only when its
             // level is enabled (the span macro's own first test), so that without a subscriber

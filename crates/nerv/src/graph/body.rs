@@ -46,7 +46,7 @@ pub(crate) trait BodyChunk: Send + Sync + 'static {
     fn heap_bytes(&self) -> usize;
     /// Gives back unused capacity.
     fn shrink(&mut self);
-    /// Runs the inline loop of a lean run of a plain graph, whose bodies are exactly this
+    /// Runs the inline loop of a lean or direct run of a plain graph, whose bodies are exactly this
     /// chunk's: the loop and every task's path through the runner are compiled for the body
     /// type, so that the body's code runs inline (see `Runner::run_plain_inline`).
     fn run_inline(&self, runner: &Runner, lp: Inline<'_, '_, Runner>);
