@@ -1122,7 +1122,6 @@ enum Gate {
     Done(Verdict),
 }
 
-/// Records a failed attempt in its circuit; a cancellation is no verdict on the service.
 /// Starts an attempt's work (body `index` of chunk `chunk`); a panic in it is the attempt's
 /// error, with the panic's message.
 #[inline(always)]
@@ -1138,6 +1137,7 @@ fn start_caught<C: Bodies + ?Sized>(
     }
 }
 
+/// Records a failed attempt in its circuit; a cancellation is no verdict on the service.
 fn record_failure(p: CircuitPermit, err: &TaskError) {
     if !err.is_cancelled() {
         p.failure();
@@ -1204,7 +1204,10 @@ impl NodeRunner for Runner {
         // compiled for its body type.
         if self.graph.0.plain && self.direct {
             if let Some(chunk) = self.graph.0.chunks.first() {
-                return chunk.run_inline(self, lp);
+                if self.lean {
+                    return chunk.run_inline(self, lp);
+                }
+                return chunk.run_direct_inline(self, lp);
             }
         }
         lp.run_each(|cx| self.run(cx))
@@ -1212,17 +1215,19 @@ impl NodeRunner for Runner {
 }
 
 impl Runner {
-    /// The inline loop of a lean or direct run of a plain graph, whose bodies are `bodies`, a
-    /// chunk of one known type: each task's path, its body included, is compiled into the
-    /// loop (no call through a pointer per task). Called by the chunk
-    /// (`BodyChunk::run_inline`).
+    /// The inline loop of a lean run of a plain graph, whose bodies are `bodies`, a chunk of
+    /// one known type: each task's path, its body included, is compiled into the loop (no
+    /// call through a pointer per task). Called by the chunk (`BodyChunk::run_inline`).
     #[inline(always)]
     pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, lp: Inline<'_, '_, Self>) {
-        if self.lean {
-            lp.run_each(|cx| self.run_lean_plain(cx, bodies))
-        } else {
-            lp.run_each(|cx| self.run_direct_plain(cx, bodies))
-        }
+        lp.run_each(|cx| self.run_lean_plain(cx, bodies))
+    }
+
+    /// [`run_plain_inline`](Self::run_plain_inline) for a direct run (`Runner::direct`).
+    /// Called by the chunk (`BodyChunk::run_direct_inline`).
+    #[inline(always)]
+    pub(crate) fn run_direct_inline<C: Bodies>(&self, bodies: &C, lp: Inline<'_, '_, Self>) {
+        lp.run_each(|cx| self.run_direct_plain(cx, bodies))
     }
 
     /// A task of a direct run (`Runner::direct`) of a plain graph: on its first run, with
@@ -1245,6 +1250,7 @@ impl Runner {
         };
         let res = start_caught(bodies, 0, node, &cx);
         if let Ok(Started::Done) = res {
+            std::mem::forget(res); // See `run_lean_plain`.
             self.completed(node, 1);
             return Verdict::Completed;
         }
@@ -1305,6 +1311,9 @@ impl Runner {
         };
         let res = start_caught(bodies, 0, node, &cx);
         if let Ok(Started::Done) = res {
+            // Nothing to drop: said so, as the drop glue of the whole `Result` (not always
+            // inlined) was called here per task otherwise (12 instructions on a chain).
+            std::mem::forget(res);
             return Verdict::Completed;
         }
         match self.lean_outcome(&cx, res) {
