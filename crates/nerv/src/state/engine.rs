@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - Runs are keyed by run id in an `OrdMap`, so they list in id (creation) order.
-//! - A run's top-graph tasks are a dense `Vector<TaskState>` indexed like the graph. It is created
+//! - A run's top-graph tasks are a dense vector (`Tasks`, `tasks.rs`) indexed like the graph. It is created
 //!   all PENDING by the first of `WorkflowCreated` (its task count) and `WorkflowStarted` (its
 //!   graph), and extended, never shrunk, if the graph turns out larger (so a top-graph
 //!   `TaskPending` event changes nothing). The tasks of subgraphs
@@ -22,12 +22,13 @@
 //! - Times are kept as nanoseconds since the Unix epoch in a `u64` (0: not yet).
 
 use super::task::{nanos, time, Hot, TaskState};
+use super::tasks::Tasks;
 use crate::event::{Event, EventData, TaskRef};
 use crate::exec::StatusCounts;
 use crate::graph::Graph;
 use crate::manager::WorkflowStatus;
 use crate::task::TaskStatus;
-use imbl::{OrdMap, Vector};
+use imbl::OrdMap;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
@@ -43,7 +44,7 @@ pub struct WorkflowState {
     started: u64,
     ended: u64,
     graph: Option<Graph>,
-    tasks: Vector<TaskState>,
+    tasks: Tasks,
     subtasks: imbl::HashMap<Arc<str>, TaskState>,
     /// Top-graph tasks by status (indexed by `TaskStatus as usize`).
     live: [u32; 6],
@@ -66,7 +67,7 @@ impl WorkflowState {
             started: 0,
             ended: 0,
             graph: None,
-            tasks: Vector::new(),
+            tasks: Tasks::default(),
             subtasks: imbl::HashMap::new(),
             live: [0; 6],
             counts: None,
@@ -205,23 +206,11 @@ impl WorkflowState {
         }
     }
 
-    /// Makes sure there are `n` top-graph tasks (new ones PENDING), taking them from `blank`
-    /// (see [`EngineState`]).
-    fn ensure_tasks(&mut self, n: usize, blank: &mut Vector<TaskState>) {
-        if n > self.tasks.len() {
-            let more = n - self.tasks.len();
-            self.live[TaskStatus::Pending as usize] += more as u32;
-            if blank.len() < more {
-                *blank = Vector::from(vec![TaskState::PENDING; more]);
-            }
-            let mut add = blank.clone();
-            add.truncate(more);
-            if self.tasks.is_empty() {
-                self.tasks = add;
-            } else {
-                self.tasks.append(add);
-            }
-        }
+    /// Makes sure there are `n` top-graph tasks (new ones PENDING).
+    fn ensure_tasks(&mut self, n: usize) {
+        let more = n.saturating_sub(self.tasks.len());
+        self.live[TaskStatus::Pending as usize] += more as u32;
+        self.tasks.grow(n);
     }
 
     fn end(
@@ -260,12 +249,12 @@ impl WorkflowState {
     /// leaf it points at reach it without walking the tree again (each step of a walk is an
     /// `Arc::make_mut`: two atomic operations).
     pub(crate) fn apply_hot_many(&mut self, ops: impl Iterator<Item = (u32, Hot, u32, u64)>) {
-        let mut focus = self.tasks.focus_mut();
+        let mut cursor = self.tasks.cursor();
         for (index, hot, attempt, ts) in ops {
             if hot == Hot::Pending {
                 continue;
             }
-            match focus.get_mut(index as usize) {
+            match cursor.get_mut(index as usize) {
                 Some(t) => counted(&mut self.live, t, |t| t.apply_hot(hot, attempt, ts)),
                 None => self.ignored += 1,
             }
@@ -281,13 +270,15 @@ impl WorkflowState {
         read: impl Fn(usize) -> Option<super::live::Plain>,
     ) {
         let len = self.tasks.len();
-        let mut focus = self.tasks.focus_mut();
+        let mut cursor = self.tasks.cursor();
         for r in ranges {
             let mut i = r.start;
             while i < r.end.min(len) {
-                let (leaf_range, leaf) = focus.chunk_at(i);
-                let stop = r.end.min(leaf_range.end);
-                for (j, t) in (i..stop).zip(&mut leaf[i - leaf_range.start..]) {
+                let Some(block) = cursor.rest_of_block(i) else {
+                    break;
+                };
+                let stop = r.end.min(i + block.len());
+                for (j, t) in (i..stop).zip(block) {
                     if let Some(p) = read(j) {
                         counted(&mut self.live, t, |t| t.merge_plain(p));
                     }
@@ -301,15 +292,8 @@ impl WorkflowState {
     /// A running run of `n` pending top-graph tasks (for tests).
     #[cfg(test)]
     pub(crate) fn with_pending(n: usize) -> Self {
-        Self::with_pending_from(n, &mut Vector::new())
-    }
-
-    /// [`with_pending`](Self::with_pending), its tasks taken from `blank` as the engine's
-    /// state takes them (for tests).
-    #[cfg(test)]
-    pub(crate) fn with_pending_from(n: usize, blank: &mut Vector<TaskState>) -> Self {
         let mut wf = WorkflowState::new(WorkflowStatus::Running);
-        wf.ensure_tasks(n, blank);
+        wf.ensure_tasks(n);
         wf
     }
 
@@ -349,11 +333,6 @@ fn counted(live: &mut [u32; 6], t: &mut TaskState, f: impl FnOnce(&mut TaskState
 #[derive(Clone, Default)]
 pub struct EngineState {
     runs: OrdMap<u64, WorkflowState>,
-    /// PENDING tasks, as many as the largest run has had: a new run's task vector is a slice of
-    /// it (O(log n), sharing its leaves until they are written), instead of 10^6 tasks built
-    /// one by one (about 25 ms; the first write of each leaf then copies it: about 7 ns a task).
-    /// (Built by doubling, its leaves shared among themselves, folds measured 3x slower.)
-    blank: Vector<TaskState>,
 }
 
 impl fmt::Debug for EngineState {
@@ -387,7 +366,7 @@ impl EngineState {
                 wf.advance(WorkflowStatus::Created);
                 wf.name = name.clone();
                 wf.created = ts;
-                wf.ensure_tasks(*tasks, &mut self.blank);
+                wf.ensure_tasks(*tasks);
             }
             EventData::WorkflowStarted { graph, .. } => {
                 let wf = self
@@ -396,7 +375,7 @@ impl EngineState {
                     .or_insert_with(|| WorkflowState::new(WorkflowStatus::Running));
                 wf.advance(WorkflowStatus::Running);
                 wf.started = ts;
-                wf.ensure_tasks(graph.len(), &mut self.blank);
+                wf.ensure_tasks(graph.len());
                 wf.graph = Some(graph.clone());
             }
             EventData::WorkflowCompleted { counts, elapsed } => {

@@ -513,15 +513,13 @@ mod tests {
             output: None,
         };
         let mut best = f64::MAX;
-        // Kept, as the engine's state keeps it: the run's leaves are shared with it.
-        let mut blank = imbl::Vector::new();
         for _ in 0..5 {
             let live = LiveRun::new(7, n as usize, 2, None, u64::MAX);
             for i in 0..n {
                 live.take(&view(&name, i, 1 + u64::from(i), &st));
                 live.take(&view(&name, i, 2 + u64::from(i), &done));
             }
-            let mut wf = WorkflowState::with_pending_from(n as usize, &mut blank);
+            let mut wf = WorkflowState::with_pending(n as usize);
             let t = std::time::Instant::now();
             live.fold(&mut wf);
             best = best.min(t.elapsed().as_nanos() as f64 / f64::from(n));

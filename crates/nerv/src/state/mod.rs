@@ -50,6 +50,7 @@ mod freeze;
 mod live;
 mod op;
 mod task;
+mod tasks;
 
 pub use combiner::{EngineProjector, EngineProjectorBuilder};
 pub use engine::{EngineState, WorkflowState};
