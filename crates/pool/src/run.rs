@@ -429,6 +429,30 @@ impl<R: NodeRunner> RunInner<R> {
                 return self.count_release(t).then_some(s);
             }
         }
+        // Two successors of a completed node (a tree's children, a grid cell's right and lower
+        // neighbours): as the loop below does it, without a cause to record or a batch to
+        // resume. The first ready one runs inline, the other is queued.
+        if let [a, b] = *all {
+            if fin == COMPLETED && from == 0 && !self.dag.is_ranked() {
+                let (sa, sb) = (a & NODE_MASK, b & NODE_MASK);
+                let ready_b = self.count_release(b);
+                return match (self.count_release(a), ready_b) {
+                    (true, true) => {
+                        match &mut sink {
+                            Sink::Worker(w) => {
+                                w.push(self.job(sb), self.band(sb));
+                                w.notify(1);
+                            }
+                            Sink::Injector(sh) => sh.inject(self.job(sb), self.band(sb)),
+                        }
+                        Some(sa)
+                    }
+                    (true, false) => Some(sa),
+                    (false, true) => Some(sb),
+                    (false, false) => None,
+                };
+            }
+        }
         let end = all.len().min(from + RELEASE_BATCH);
         let succ = &all[from..end];
         let cause = self.cause_of(node, fin);
