@@ -145,11 +145,11 @@ pub(crate) struct Runner {
     restore: Option<Arc<crate::graph::Restore>>,
     /// No observer, no restore, no per-task timestamps, no run-wide timeout, no task spans
     /// (their level disabled as the run starts): a plain graph's tasks then take a copy of the
-    /// path that checks none of them (see `run_node` and `run_lean_plain`).
+    /// path that checks none of them (see `run_node` and `run_plain`).
     lean: bool,
     /// No restore, no run-wide timeout, no task spans (as for `lean`, but events and
     /// timestamps allowed): a plain graph's tasks then run in the inline loop compiled for
-    /// its body type, with their events (see `run_direct_plain`).
+    /// its body type, with their events (see `run_plain`).
     direct: bool,
 }
 
@@ -1220,28 +1220,34 @@ impl Runner {
     /// call through a pointer per task). Called by the chunk (`BodyChunk::run_inline`).
     #[inline(always)]
     pub(crate) fn run_plain_inline<C: Bodies>(&self, bodies: &C, lp: Inline<'_, '_, Self>) {
-        lp.run_each(|cx| self.run_lean_plain(cx, bodies))
+        lp.run_each(|cx| self.run_plain::<true, C>(cx, bodies))
     }
 
     /// [`run_plain_inline`](Self::run_plain_inline) for a direct run (`Runner::direct`).
     /// Called by the chunk (`BodyChunk::run_direct_inline`).
     #[inline(always)]
     pub(crate) fn run_direct_inline<C: Bodies>(&self, bodies: &C, lp: Inline<'_, '_, Self>) {
-        lp.run_each(|cx| self.run_direct_plain(cx, bodies))
+        lp.run_each(|cx| self.run_plain::<false, C>(cx, bodies))
     }
 
-    /// A task of a direct run (`Runner::direct`) of a plain graph: on its first run, with
-    /// every predecessor completed and the run not cancelled, one attempt between its started
-    /// and completed events and stamps, with nothing else around it (no restore, no timeout,
-    /// no task span, no option to check); anything else takes the general path.
+    /// A task of a lean (`LEAN`) or direct run of a plain graph: on its first run, with every
+    /// predecessor completed and the run not cancelled, one attempt with nothing around it
+    /// but, in a direct run, its started and completed events and stamps (no restore, no
+    /// timeout, no task span, no option to check); anything else takes the general path.
     #[inline(always)]
-    fn run_direct_plain<C: Bodies>(&self, ncx: &NodeCx<'_, Self>, bodies: &C) -> Verdict {
+    fn run_plain<const LEAN: bool, C: Bodies>(
+        &self,
+        ncx: &NodeCx<'_, Self>,
+        bodies: &C,
+    ) -> Verdict {
         let first = ncx.is_first_run();
         if !first || ncx.upstream() != Upstream::Ok || self.cancel.is_cancelled() {
-            return self.run_node::<true, false, C>(ncx, bodies, first);
+            return self.run_node::<true, LEAN, C>(ncx, bodies, first);
         }
         let node = ncx.node();
-        self.attempt_started(node, 1);
+        if !LEAN {
+            self.attempt_started(node, 1);
+        }
         let cx = TaskContext {
             ncx,
             runner: self,
@@ -1250,27 +1256,31 @@ impl Runner {
         };
         let res = start_caught(bodies, 0, node, &cx);
         if let Ok(Started::Done) = res {
-            std::mem::forget(res); // See `run_lean_plain`.
-            self.completed(node, 1);
+            // Nothing to drop: said so, as the drop glue of the whole `Result` (not always
+            // inlined) was called here per task otherwise (12 instructions on a chain).
+            std::mem::forget(res);
+            if !LEAN {
+                self.completed(node, 1);
+            }
             return Verdict::Completed;
         }
-        match self.direct_outcome(&cx, res) {
+        match self.first_outcome::<LEAN>(&cx, res) {
             Some(v) => v,
             // Retried at once: the next attempts on the general path.
-            None => self.run_node::<true, false, C>(ncx, bodies, false),
+            None => self.run_node::<true, LEAN, C>(ncx, bodies, false),
         }
     }
 
-    /// [`outcome`](Self::outcome) of a direct run's first attempt that did not complete at
-    /// once.
+    /// [`outcome`](Self::outcome) of [`run_plain`](Self::run_plain)'s attempt that did not
+    /// complete at once.
     #[cold]
     #[inline(never)]
-    fn direct_outcome(
+    fn first_outcome<const LEAN: bool>(
         &self,
         cx: &TaskContext<'_>,
         res: Result<Started, TaskError>,
     ) -> Option<Verdict> {
-        self.outcome::<false>(cx, res, None, None)
+        self.outcome::<LEAN>(cx, res, None, None)
     }
 
     /// Records the start of attempt `attempt` of `node`: its first attempt's start time (if
@@ -1291,47 +1301,6 @@ impl Runner {
             || EventData::TaskStarted { attempt },
             EventKind::TaskStarted,
         );
-    }
-
-    /// A task of a lean run of a plain graph: on its first run, with every predecessor
-    /// completed and the run not cancelled, one attempt with nothing around it (a lean run
-    /// makes no task span); anything else takes the general path.
-    #[inline(always)]
-    fn run_lean_plain<C: Bodies>(&self, ncx: &NodeCx<'_, Self>, bodies: &C) -> Verdict {
-        let first = ncx.is_first_run();
-        if !first || ncx.upstream() != Upstream::Ok || self.cancel.is_cancelled() {
-            return self.run_node::<true, true, C>(ncx, bodies, first);
-        }
-        let node = ncx.node();
-        let cx = TaskContext {
-            ncx,
-            runner: self,
-            attempt: 1,
-            deadline: None,
-        };
-        let res = start_caught(bodies, 0, node, &cx);
-        if let Ok(Started::Done) = res {
-            // Nothing to drop: said so, as the drop glue of the whole `Result` (not always
-            // inlined) was called here per task otherwise (12 instructions on a chain).
-            std::mem::forget(res);
-            return Verdict::Completed;
-        }
-        match self.lean_outcome(&cx, res) {
-            Some(v) => v,
-            // Retried at once: the next attempts on the general path.
-            None => self.run_node::<true, true, C>(ncx, bodies, false),
-        }
-    }
-
-    /// [`outcome`](Self::outcome) of a lean run's first attempt that did not complete at once.
-    #[cold]
-    #[inline(never)]
-    fn lean_outcome(
-        &self,
-        cx: &TaskContext<'_>,
-        res: Result<Started, TaskError>,
-    ) -> Option<Verdict> {
-        self.outcome::<true>(cx, res, None, None)
     }
 
     /// Runs `node`; `PLAIN`: the graph is plain (`GraphInner::plain`), so its node record is
