@@ -209,6 +209,15 @@ impl Dag {
         topo
     }
 
+    /// The bit of the band every node has (`1 << band`), or 0 if their bands differ.
+    pub(crate) fn uniform_bit(&self) -> u8 {
+        if self.band.is_empty() {
+            1 << self.uniform_band
+        } else {
+            0
+        }
+    }
+
     /// The priority band of `node` (0 ..= `BANDS - 1`; higher runs first).
     #[inline]
     pub fn band(&self, node: u32) -> u8 {

@@ -169,9 +169,11 @@ impl<R: NodeRunner> Inline<'_, '_, R> {
                 return;
             };
             // A queued job of higher priority goes first: queue the successor instead. With
-            // no job queued at all (a chain), the successor's band is not even looked up.
+            // no job queued (a chain), or only jobs of the band every node of the run has (a
+            // grid, whose other ready cell waits in the deque), the successor's band is not
+            // even looked up.
             let queued = w.queued_bands();
-            if queued != 0 {
+            if queued != 0 && (queued & !run.uniform_bit != 0 || run.rebanded.load(Relaxed)) {
                 let band = run.band(next);
                 if queued & (!0u8 << (band + 1)) != 0 {
                     w.push(run.job(next), band);
@@ -271,6 +273,10 @@ pub(crate) struct RunInner<R: NodeRunner> {
     /// node's band); read on every push, set once.
     rebanded: AtomicBool,
     bands: Mutex<Option<Box<[u8]>>>,
+    /// The bit of the run's one band if every node has it as the run starts (0 if the nodes'
+    /// bands differ): while the run is not rebanded, a successor released inline cannot be
+    /// of a lower band than a queued job of that band, whose band need not be looked up.
+    uniform_bit: u8,
 }
 
 /// Where released jobs go: a worker's own deques, or the shared injector.
@@ -881,6 +887,7 @@ impl Pool {
     /// [`Prepared::launch`]. Dropping it unlaunched drops the run.
     pub fn prepare<R: NodeRunner>(&self, dag: Arc<Dag>, runner: R) -> Prepared<R> {
         let n = dag.len();
+        let uniform_bit = dag.uniform_bit();
         // Zeroed memory (PENDING, no count, NO_CAUSE): nothing is written per node here, and
         // a page nobody writes during the run is never touched.
         let counters = zeroed_u32(n);
@@ -903,6 +910,7 @@ impl Pool {
             pool: self.clone(),
             rebanded: AtomicBool::new(false),
             bands: Mutex::new(None),
+            uniform_bit,
         });
         Prepared {
             handle: RunHandle { inner },

@@ -688,6 +688,40 @@ fn a_higher_band_job_queued_during_an_inline_chain_runs_before_the_next_link() {
     assert_eq!(log[at + 1], (1, 0), "run order: {log:?}");
 }
 
+/// Records the order nodes run in; node 0 lowers node 1's band to 0 while it runs.
+struct Lowers {
+    order: Mutex<Vec<u32>>,
+}
+
+impl NodeRunner for Lowers {
+    fn run(&self, cx: &NodeCx<'_, Self>) -> Verdict {
+        if cx.node() == 0 {
+            cx.handle().set_band(1, 0);
+        }
+        self.order.lock().unwrap().push(cx.node());
+        Verdict::Completed
+    }
+}
+
+#[test]
+fn a_successor_rebanded_below_a_queued_job_is_queued_instead_of_run_inline() {
+    // Every node starts in band 1. The root releases 1 and 2 (1 is the inline candidate, 2 is
+    // queued), but 1 was lowered to band 0 meanwhile: 2, of the higher band, runs first. (The
+    // inline check skips the band lookup when every queued job is of the run's one band: not
+    // after a rebanding.)
+    let pool = Pool::new(1, "t-reband-inline");
+    let mut dag = Dag::new(3, &[(0, 1), (0, 2)]).unwrap();
+    dag.set_bands([1, 1, 1]);
+    let h = pool.start(
+        Arc::new(dag),
+        Lowers {
+            order: Mutex::new(Vec::new()),
+        },
+    );
+    wait(&h);
+    assert_eq!(*h.runner().order.lock().unwrap(), [0, 2, 1]);
+}
+
 #[test]
 fn bands_of_queued_roots_run_highest_band_first() {
     // While the only worker is held by another run, a run's roots are queued in the injector
