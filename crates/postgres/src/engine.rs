@@ -100,7 +100,7 @@ impl Engine {
     /// The run and all its tasks.
     pub async fn status(&self, run: RunId) -> Result<RunStatus> {
         let mut g = self.client().await?;
-        let client = g.as_ref().expect("connected");
+        let client = g.as_mut().expect("connected");
         let r = status_in(&self.opts, client, run).await;
         self.forget_if_broken(&mut g, r)
     }
@@ -384,8 +384,18 @@ fn summary(r: &tokio_postgres::Row) -> RunSummary {
     }
 }
 
-async fn status_in(opts: &ConnectOptions, client: &Client, run: RunId) -> Result<RunStatus> {
-    let row = client
+async fn status_in(opts: &ConnectOptions, client: &mut Client, run: RunId) -> Result<RunStatus> {
+    // One snapshot for the run's counts and its tasks: read in two statements outside a
+    // transaction, a task that finished between them was final in the task list and still
+    // unfinished in the counts (seen in CI: every task cancelled, one unfinished).
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(opts.db("reading a run"))?;
+    let row = tx
         .query_opt(
             &format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = $1"),
             &[&run],
@@ -393,7 +403,7 @@ async fn status_in(opts: &ConnectOptions, client: &Client, run: RunId) -> Result
         .await
         .map_err(opts.db("reading a run"))?
         .ok_or(Error::RunNotFound(run))?;
-    let rows = client
+    let rows = tx
         .query(
             "SELECT name, status, attempt, lease_owner, output, error, cached FROM tasks
              WHERE run_id = $1 ORDER BY id",
@@ -401,6 +411,7 @@ async fn status_in(opts: &ConnectOptions, client: &Client, run: RunId) -> Result
         )
         .await
         .map_err(opts.db("reading tasks"))?;
+    tx.commit().await.map_err(opts.db("reading a run"))?;
     let tasks = rows
         .iter()
         .map(|r| TaskStatus {
