@@ -245,9 +245,9 @@ impl WorkflowState {
     }
 
     /// Plain top-graph task events, best in an order where neighbours in the task vector
-    /// follow each other: one cursor (`FocusMut`) walks the vector, so events of tasks in the
-    /// leaf it points at reach it without walking the tree again (each step of a walk is an
-    /// `Arc::make_mut`: two atomic operations).
+    /// follow each other: one cursor (`tasks.rs`) walks the vector of blocks, so events of
+    /// tasks in the block it points at reach it without walking the tree again (each event
+    /// still checks that its block is its own: one atomic operation).
     pub(crate) fn apply_hot_many(&mut self, ops: impl Iterator<Item = (u32, Hot, u32, u64)>) {
         let mut cursor = self.tasks.cursor();
         for (index, hot, attempt, ts) in ops {
